@@ -1,0 +1,68 @@
+"""Checkpoint files that are either complete or absent. Managed by the copier-lightning template.
+
+Lightning's own save stages the file in $TMPDIR and moves it; across filesystems (node-local /tmp
+versus a shared checkpoint disk) that move is a plain copy, and a kill during it leaves a truncated
+checkpoint. Here the bytes go to a temporary file in the target directory, are flushed to disk,
+and only then renamed over the target, which POSIX makes atomic on one filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+TEMPORARY_SUFFIX = ".partial"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save `obj` to `path` so that a crash at any moment leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk; some filesystems refuse this.
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO plugin that writes every checkpoint with `atomic_torch_save`.
+
+    `on_saved(path, checkpoint)` is called after each complete write (the run manifest uses it).
+    """
+
+    def __init__(self, on_saved: Callable[[Path, dict], None] | None = None) -> None:
+        self.on_saved = on_saved
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
+        atomic_torch_save(checkpoint, path)
+        if self.on_saved is not None:
+            self.on_saved(Path(path), checkpoint)

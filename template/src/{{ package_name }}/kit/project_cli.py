@@ -1,0 +1,281 @@
+"""LightningCLI with runs that resume by themselves. Managed by the copier-lightning template.
+
+`fit` puts everything a run makes into `runs/<run_name>/` and, when that directory already holds
+checkpoints, resumes from the newest readable one. The run name is `--run_name` or, when left out,
+derived from the config file name and a hash of the resolved config, so re-running the same
+command finds the same run. `validate`, `test` and `predict` use the same name to find the run's
+best checkpoint, unless `--ckpt_path` is given.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from .atomic_checkpoint_io import AtomicCheckpointIO
+from .checkpoint_files import newest_checkpoint
+from .exact_resume import RandomStateCheckpoint
+from .rolling_checkpoint import RollingCheckpoint
+from .runs import ConfigChangedError, RunDirectory, derive_run_name, runs_root
+
+DEFAULT_CONFIG = "configs/default.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Keys that say which run to use, not what to train: they stay out of the run's config and name.
+RUN_CONTROL_KEYS = ("run_name", "ckpt_path", "config", "__default_config__")
+# Options of one evaluation subcommand only; leaving them out gives `fit` and `test` the same name.
+SUBCOMMAND_ONLY_KEYS = ("verbose", "return_predictions")
+
+
+@dataclass
+class CheckpointPolicy:
+    """When checkpoints are written during `fit`.
+
+    every_n_steps: rewrite runs/<run>/checkpoints/last.ckpt every this many optimizer steps (null: never by steps).
+    every_n_minutes: ... and whenever this many minutes passed since the last write (null: never by time).
+    save_top_k: keep this many best checkpoints by `monitor`.
+    monitor: the validation metric that ranks checkpoints.
+    mode: "max" if a higher `monitor` is better, "min" if lower is better.
+    """
+
+    every_n_steps: int | None = 50
+    every_n_minutes: float | None = 10.0
+    save_top_k: int = 2
+    monitor: str = "val/acc"
+    mode: Literal["min", "max"] = "max"
+
+
+class RunAlreadyFinished(Exception):
+    """`fit` was asked to continue a run that has finished."""
+
+
+class MissingTrainedRun(Exception):
+    """An evaluation subcommand found no checkpoint to evaluate."""
+
+
+class ProjectCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Name of the run directory under runs/ (default: config name + hash of the config).",
+        )
+        parser.add_class_arguments(CheckpointPolicy, "checkpointing")
+
+    # -- choosing the run -----------------------------------------------------------------------
+    def _config_text(self, config: Namespace) -> str:
+        """The resolved config without the keys that only say which run to use."""
+        config = config.clone()
+        for key in RUN_CONTROL_KEYS + SUBCOMMAND_ONLY_KEYS:
+            if key in config:
+                del config[key]
+        return self._parser(self.subcommand).dump(config, skip_check=True)
+
+    def _run_name(self, config: Namespace, config_text: str) -> str:
+        if config.get("run_name"):
+            return config.run_name
+        given = config.get("config") or []
+        label = Path(str(given[-1])).stem if given else Path(DEFAULT_CONFIG).stem
+        return derive_run_name(label, config_text)
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:  # run=False: only building objects, no run involved
+            return
+        config = self.config[self.subcommand]
+        self.config_text = self._config_text(config)
+        self.run = RunDirectory(runs_root() / self._run_name(config, self.config_text))
+        if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
+            self._prepare_fit_run(config)
+        elif self.subcommand != "fit":
+            # Evaluations print their metrics; they do not add log files to the training run.
+            config.trainer.logger = False
+            config.trainer.default_root_dir = str(self.run.path)
+
+    def _prepare_fit_run(self, config: Namespace) -> None:
+        run = self.run
+        if run.is_finished():
+            raise RunAlreadyFinished(
+                f"Run '{run.name}' is complete: its checkpoints are in {run.checkpoint_dir} "
+                f"(list them with `{_console_script()} runs`). To train again, start a fresh run: "
+                f"add --run_name NEW_NAME, or move {run.path} away."
+            )
+        run.check_same_config(self.config_text)
+        config.trainer.default_root_dir = str(run.path)
+        for logger in _as_list(config.trainer.get("logger")):
+            _point_logger_at_run(logger, run)
+
+    # -- the trainer gets the crash-safety callbacks -------------------------------------------
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        if self.subcommand != "fit":
+            return super().instantiate_trainer(**kwargs)
+        policy = self._policy
+        checkpoint_dir = self.run.checkpoint_dir
+        callbacks = [
+            RandomStateCheckpoint(),
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                filename="best-epoch{epoch:03d}-step{step:07d}",
+                auto_insert_metric_name=False,
+                monitor=policy.monitor,
+                mode=policy.mode,
+                save_top_k=policy.save_top_k,
+                save_last=False,
+                enable_version_counter=False,
+            ),
+            RollingCheckpoint(checkpoint_dir, policy.every_n_steps, policy.every_n_minutes),
+        ]
+        trainer_config = self.config_init[self.subcommand]["trainer"]
+        plugins = _as_list(trainer_config.get("plugins"))
+        plugins.append(AtomicCheckpointIO(on_saved=self._record_checkpoint))
+        kwargs["plugins"] = plugins
+        kwargs["callbacks"] = _as_list(trainer_config.get("callbacks")) + callbacks
+        return super().instantiate_trainer(**kwargs)
+
+    def _record_checkpoint(self, path: Path, checkpoint: dict) -> None:
+        if self.trainer.is_global_zero:
+            self.run.record_checkpoint(path, checkpoint, self.trainer.callback_metrics.get(self._policy.monitor))
+
+    @property
+    def _policy(self) -> CheckpointPolicy:
+        return self.config_init[self.subcommand]["checkpointing"]
+
+    # -- resume ---------------------------------------------------------------------------------
+    def before_fit(self) -> None:
+        if self.trainer.fast_dev_run:
+            return
+        self.run.start(self.config_text, monitor={"metric": self._policy.monitor, "mode": self._policy.mode})
+        fit_kwargs = self.config_init["fit"]
+        if fit_kwargs.get("ckpt_path"):
+            print(f"Run '{self.run.name}': starting from the given checkpoint {fit_kwargs['ckpt_path']}")
+            return
+        resume_from = newest_checkpoint(self.run.checkpoint_dir)
+        if resume_from is None:
+            print(f"Run '{self.run.name}': new run in {self.run.path}")
+            return
+        # Loggers keep appending to the run's files; Lightning warns about a non-empty log dir.
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        fit_kwargs["ckpt_path"] = str(resume_from.path)
+        print(
+            f"Run '{self.run.name}': resuming from {resume_from.path.name} "
+            f"(epoch {resume_from.epoch}, step {resume_from.global_step})"
+        )
+
+    def after_fit(self) -> None:
+        if self.trainer.fast_dev_run:
+            return
+        metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
+        shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
+        state = "finished" if self.run.is_finished() else "stopped before the end (re-run the command to resume)"
+        print(f"Run '{self.run.name}' {state}. {shown}\nOutputs: {self.run.path}")
+
+    def _evaluation_checkpoint(self) -> None:
+        kwargs = self.config_init[self.subcommand]
+        if kwargs.get("ckpt_path"):
+            return
+        best = _best_checkpoint(self.run)
+        if best is None:
+            raise MissingTrainedRun(
+                f"No checkpoint to {self.subcommand}: run '{self.run.name}' has none in {self.run.checkpoint_dir}. "
+                f"Train it first with `{_console_script()} fit` and the same config, name the run with "
+                f"--run_name, or pass --ckpt_path FILE."
+            )
+        kwargs["ckpt_path"] = str(best)
+        print(f"Run '{self.run.name}': using {best.name}")
+
+    before_validate = before_test = before_predict = _evaluation_checkpoint
+
+
+def _best_checkpoint(run: RunDirectory) -> Path | None:
+    """The best checkpoint by the monitored metric, else final.ckpt, else last.ckpt."""
+    manifest = run.read_manifest()
+    entries = manifest.get("checkpoints", {})
+    scored = [(name, e) for name, e in entries.items() if name.startswith("best") and e.get("value") is not None]
+    if scored:
+        pick = min if manifest.get("monitor", {}).get("mode") == "min" else max
+        name, _ = pick(scored, key=lambda item: item[1]["value"])
+        if (run.checkpoint_dir / name).exists():
+            return run.checkpoint_dir / name
+    for name in ("final.ckpt", "last.ckpt"):
+        if (run.checkpoint_dir / name).exists():
+            return run.checkpoint_dir / name
+    return None
+
+
+def _as_list(value) -> list:
+    if value is None or value is False or value is True:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
+    """Make the logger write into the run directory, continuing the same files or W&B run on resume."""
+    if not isinstance(logger, Namespace) or "class_path" not in logger:
+        return
+    class_name = logger.class_path.rsplit(".", 1)[-1]
+    init_args = logger.get("init_args") or Namespace()
+    if class_name == "CSVLogger":
+        init_args.update(Namespace(save_dir=str(run.path), name="logs", version=""))
+    elif class_name == "TensorBoardLogger":
+        init_args.update(Namespace(save_dir=str(run.path), name="tensorboard", version=""))
+    elif class_name == "WandbLogger":
+        # A W&B id derived from the run name: a resumed run continues the same W&B run.
+        init_args.update(Namespace(save_dir=str(run.path), name=run.name, id=run.name, resume="allow"))
+    logger.init_args = init_args
+
+
+def _console_script() -> str:
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python -m <package>"
+
+
+def _default_config_files() -> list[str]:
+    return [DEFAULT_CONFIG] if Path(DEFAULT_CONFIG).exists() else []
+
+
+def load_model_and_data(args: list[str] = ()) -> tuple[LightningModule, LightningDataModule]:
+    """The model and data module that `fit` would train, built from configs/default.yaml plus `args`.
+
+    Tests use this so that they check whatever model and data the config names.
+    """
+    cli = ProjectCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=None,
+        parser_kwargs={"default_config_files": _default_config_files()},
+        args=list(args),
+        run=False,
+    )
+    return cli.model, cli.datamodule
+
+
+def run_lightning_cli(args: list[str]) -> int:
+    """Run a LightningCLI subcommand; bad configs and refused runs end with a message, not a traceback."""
+    default_config = _default_config_files()
+    # LightningCLI warns when `args` and sys.argv are both set; here `args` *is* sys.argv[1:].
+    warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
+    try:
+        ProjectCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,
+            parser_kwargs={name: {"default_config_files": default_config} for name in SUBCOMMANDS},
+            args=args,
+        )
+    except RunAlreadyFinished as done:
+        print(done)
+        return 0
+    except (ConfigChangedError, MissingTrainedRun) as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+    return 0

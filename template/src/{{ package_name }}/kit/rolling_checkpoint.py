@@ -1,0 +1,71 @@
+"""The crash-safety checkpoint policy. Managed by the copier-lightning template.
+
+`last.ckpt` is rewritten every N optimizer steps and/or every T minutes, and at every epoch end
+after validation; the one it replaces is kept as `previous.ckpt` until the new one is complete.
+No step checkpoint is taken on an epoch's last batch: the epoch-end one follows right after
+validation, and resuming from the step before means the validation of that epoch is not skipped.
+An exception writes `on_exception.ckpt`; a finished run writes `final.ckpt`.
+Best-k checkpoints by the monitored metric come from Lightning's ModelCheckpoint beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+class RollingCheckpoint(pl.Callback):
+    """Keep `last.ckpt` fresh so that a crash costs at most N steps or T minutes of work."""
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, every_n_minutes: float | None = None):
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive number of steps or null, got {every_n_steps}")
+        if every_n_minutes is not None and every_n_minutes <= 0:
+            raise ValueError(f"every_n_minutes must be positive or null, got {every_n_minutes}")
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.every_n_minutes = every_n_minutes
+        self._last_save_time = time.monotonic()
+        self._last_saved_step = -1
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def _saving_allowed(self, trainer: pl.Trainer) -> bool:
+        return not (trainer.sanity_checking or trainer.fast_dev_run)
+
+    def save_last(self, trainer: pl.Trainer) -> None:
+        """Write `last.ckpt`, keeping the one it replaces as `previous.ckpt`."""
+        if trainer.global_step == self._last_saved_step:
+            return
+        if trainer.is_global_zero and self.last_path.exists():
+            os.replace(self.last_path, self.dirpath / "previous.ckpt")
+        trainer.save_checkpoint(self.last_path, weights_only=False)
+        self._last_saved_step = trainer.global_step
+        self._last_save_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._saving_allowed(trainer) or batch_idx + 1 >= trainer.num_training_batches:
+            return
+        step_due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
+        time_due = (
+            self.every_n_minutes is not None and time.monotonic() - self._last_save_time >= 60 * self.every_n_minutes
+        )
+        if step_due or time_due:
+            self.save_last(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._saving_allowed(trainer):
+            self.save_last(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._saving_allowed(trainer) and not trainer.interrupted:
+            trainer.save_checkpoint(self.dirpath / "final.ckpt", weights_only=False)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._saving_allowed(trainer) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.dirpath / "on_exception.ckpt", weights_only=False)

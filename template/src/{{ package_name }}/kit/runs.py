@@ -1,0 +1,180 @@
+"""Runs as directories: naming, the manifest, and listing. Managed by the copier-lightning template.
+
+A run lives in `runs/<run_name>/` (or under $RUNS_DIR): its resolved config, its checkpoints, its
+logs and `manifest.json`, which records every checkpoint (step, epoch, monitored metric, git SHA,
+time) and whether the run finished. This module imports neither torch nor Lightning, so that
+`<package> runs` answers at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+CONFIG_NAME = "config.yaml"
+
+
+def runs_root() -> Path:
+    """Where runs live: $RUNS_DIR if set (e.g. a scratch filesystem on a cluster), else ./runs."""
+    return Path(os.environ.get("RUNS_DIR", "runs")).resolve()
+
+
+def derive_run_name(config_label: str, config_text: str) -> str:
+    """A readable, deterministic name: the config file's name and a hash of the resolved config."""
+    digest = hashlib.sha256(config_text.encode()).hexdigest()[:8]
+    label = "".join(c if c.isalnum() or c in "-_." else "-" for c in config_label) or "run"
+    return f"{label}-{digest}"
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """The commit the code came from and whether the work tree had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_sha": sha, "git_dirty": bool(status) if status is not None else None}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    with open(temporary, "w") as stream:
+        json.dump(data, stream, indent=2)
+        stream.write("\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+class ConfigChangedError(RuntimeError):
+    """The run directory holds a run with a different config than the one given."""
+
+
+@dataclass
+class RunDirectory:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        return json.loads(self.manifest_path.read_text())
+
+    def is_finished(self) -> bool:
+        return self.read_manifest().get("status") == "finished"
+
+    def check_same_config(self, config_text: str) -> None:
+        """Refuse to continue a run under a different config: results would mix two experiments."""
+        if not self.config_path.exists():
+            return
+        recorded = self.config_path.read_text()
+        if recorded == config_text:
+            return
+        import difflib
+
+        diff = "".join(
+            difflib.unified_diff(
+                recorded.splitlines(keepends=True),
+                config_text.splitlines(keepends=True),
+                fromfile=f"{self.config_path} (the run's config)",
+                tofile="the config given now",
+            )
+        )
+        raise ConfigChangedError(
+            f"Run '{self.name}' was started with a different config. Give this config its own run with "
+            f"--run_name NEW_NAME (or leave --run_name out to get a name derived from the config), or "
+            f"move {self.path} away to start over.\n{diff}"
+        )
+
+    def start(self, config_text: str, monitor: dict[str, str]) -> None:
+        """Create the directory on the first start, and mark the run as running on every start."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            self.config_path.write_text(config_text)
+        manifest = self.read_manifest()
+        manifest.setdefault("run_name", self.name)
+        manifest.setdefault("started", _now())
+        manifest.setdefault("checkpoints", {})
+        manifest["starts"] = manifest.get("starts", 0) + 1
+        manifest.update(status="running", monitor=monitor, **git_state())
+        _write_json_atomically(self.manifest_path, manifest)
+
+    def record_checkpoint(self, path: Path, checkpoint: dict[str, Any], monitored_value: Any = None) -> None:
+        """Add a just-written checkpoint to the manifest; forget files that no longer exist."""
+        manifest = self.read_manifest()
+        entries = manifest.setdefault("checkpoints", {})
+        entries[path.name] = {
+            "step": int(checkpoint.get("global_step", -1)),
+            "epoch": int(checkpoint.get("epoch", -1)),
+            "metric": manifest.get("monitor", {}).get("metric"),
+            "value": float(monitored_value) if monitored_value is not None else None,
+            "git_sha": manifest.get("git_sha"),
+            "time": _now(),
+        }
+        manifest["checkpoints"] = {name: e for name, e in entries.items() if (path.parent / name).exists()}
+        if path.name == "final.ckpt":
+            manifest["status"] = "finished"
+            manifest["finished"] = _now()
+        _write_json_atomically(self.manifest_path, manifest)
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run under `root` with its manifest."""
+    if not root.is_dir():
+        return []
+    runs = []
+    for manifest_path in sorted(root.glob(f"*/{MANIFEST_NAME}")):
+        manifest = json.loads(manifest_path.read_text())
+        manifest["path"] = str(manifest_path.parent)
+        runs.append(manifest)
+    return runs
+
+
+def format_runs(runs: list[dict[str, Any]]) -> str:
+    """A plain-text table: one block per run, one line per checkpoint."""
+    if not runs:
+        return f"No runs yet under {runs_root()}."
+    lines = []
+    for run in runs:
+        sha = (run.get("git_sha") or "no-git")[:10] + ("+dirty" if run.get("git_dirty") else "")
+        lines.append(f"{run['run_name']}  [{run.get('status', '?')}]  started {run.get('started', '?')}  code {sha}")
+        for name, entry in sorted(run.get("checkpoints", {}).items(), key=lambda item: item[1]["step"]):
+            metric = ""
+            if entry.get("value") is not None:
+                metric = f"  {entry['metric']}={entry['value']:.4f}"
+            lines.append(
+                f"    {name:<36} step {entry['step']:>7}  epoch {entry['epoch']:>4}{metric}  {entry['time']}"
+            )
+        lines.append(f"    in {run['path']}")
+    return "\n".join(lines)

@@ -49,7 +49,7 @@ def git_state(cwd: Path | None = None) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
@@ -173,8 +173,6 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
             metric = ""
             if entry.get("value") is not None:
                 metric = f"  {entry['metric']}={entry['value']:.4f}"
-            lines.append(
-                f"    {name:<36} step {entry['step']:>7}  epoch {entry['epoch']:>4}{metric}  {entry['time']}"
-            )
+            lines.append(f"    {name:<36} step {entry['step']:>7}  epoch {entry['epoch']:>4}{metric}  {entry['time']}")
         lines.append(f"    in {run['path']}")
     return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""The example project installs as its README says, passes its own checks and trains its example."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import EXAMPLE_ANSWERS, commit_all, make_project_venv, render, run
+
+PACKAGE = EXAMPLE_ANSWERS["package_name"]
+
+
+def final_validation_accuracy(output: str) -> float:
+    match = re.search(r"finished\. .*val/acc = ([0-9.]+)", output)
+    assert match, f"no final accuracy in the output:\n{output[-3000:]}"
+    return float(match.group(1))
+
+
+def test_installs_without_re_resolving_torch(example_project) -> None:
+    _, venv = example_project
+    collected = re.findall(r"^Collecting (\S+)", venv.install_log, flags=re.MULTILINE)
+    assert not [name for name in collected if name.lower().startswith("torch") and "torchmetrics" not in name.lower()]
+    version = run([str(venv.python), "-c", "import torch; print(torch.__version__)"], cwd=example_project[0])
+    assert version.stdout.strip().startswith("2.13.0")
+
+
+def test_help_lists_subcommands_without_importing_lightning(example_project) -> None:
+    project, venv = example_project
+    probe = (
+        f"import sys; from {PACKAGE}.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'lightning', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    done = run([str(venv.python), "-c", probe], cwd=project)
+    assert "HEAVY []" in done.stdout
+    for subcommand in ("fit", "validate", "test", "predict", "runs", "supervise"):
+        assert f"    {subcommand}" in done.stdout
+
+
+def test_is_ruff_clean_and_formatted_as_generated(example_project) -> None:
+    project, venv = example_project
+    ruff = str(venv.script("ruff"))
+    run([ruff, "check", "."], cwd=project)
+    run([ruff, "format", "--check", "."], cwd=project)
+
+
+def test_its_own_tests_pass(example_project) -> None:
+    project, venv = example_project
+    done = run([str(venv.python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+    assert re.search(r"\d+ passed", done.stdout) and "failed" not in done.stdout
+
+
+def test_example_trains_to_95_percent_validation_accuracy(example_project, example_command) -> None:
+    project, _ = example_project
+    done = run([*example_command, "fit"], cwd=project)
+    assert final_validation_accuracy(done.stdout) >= 0.95
+    runs = [p for p in (project / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1
+    assert (runs[0] / "checkpoints" / "final.ckpt").is_file()
+    assert (runs[0] / "logs" / "metrics.csv").is_file()
+    assert yaml.safe_load((runs[0] / "config.yaml").read_text())["seed_everything"] == 42
+    listing = run([*example_command, "runs"], cwd=project).stdout
+    assert runs[0].name in listing and "[finished]" in listing and "final.ckpt" in listing
+    tested = run([*example_command, "test"], cwd=project)
+    assert re.search(r"test/acc\s+0\.9[5-9]", tested.stdout), tested.stdout[-2000:]
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_other_loggers_write_into_the_run_directory(template_repo: Path, tmp_path: Path, logger: str) -> None:
+    project = tmp_path / logger
+    package = f"digits_{logger}"
+    render(template_repo, project, logger=logger, package_name=package)
+    commit_all(project)
+    venv = make_project_venv(project, standalone=False)
+    done = run([str(venv.script(package)), "fit", "--trainer.max_epochs=2", "--run_name", "two-epochs"], cwd=project)
+    assert "Run 'two-epochs' finished" in done.stdout
+    run_dir = project / "runs" / "two-epochs"
+    if logger == "tensorboard":
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    else:
+        assert list((run_dir / "wandb").glob("offline-run-*"))

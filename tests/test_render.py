@@ -1,0 +1,110 @@
+"""Rendering: every logger choice, no Jinja left over, answers recorded exactly, bad answers refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import EXAMPLE_ANSWERS, render
+
+LOGGER_FILES = {
+    "csv": ("lightning.pytorch.loggers.CSVLogger", None),
+    "tensorboard": ("lightning.pytorch.loggers.TensorBoardLogger", '"tensorboard>='),
+    "wandb": ("lightning.pytorch.loggers.WandbLogger", '"wandb>='),
+}
+
+
+def text_files(root: Path):
+    for path in root.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            yield path, path.read_text()
+
+
+@pytest.mark.parametrize("logger", sorted(LOGGER_FILES))
+def test_each_logger_renders_its_config_and_dependency(template_repo: Path, tmp_path: Path, logger: str) -> None:
+    answers = render(template_repo, tmp_path / "project", logger=logger, package_name=f"digits_{logger}")
+    project = tmp_path / "project"
+    logger_class, dependency = LOGGER_FILES[logger]
+
+    config = yaml.safe_load((project / "configs" / "default.yaml").read_text())
+    assert config["trainer"]["logger"]["class_path"] == logger_class
+    assert config["model"]["class_path"] == f"digits_{logger}.model.DigitsClassifier"
+    pyproject = (project / "pyproject.toml").read_text()
+    for other, (_, other_dependency) in LOGGER_FILES.items():
+        if other_dependency:
+            assert (other_dependency in pyproject) == (other == logger)
+    assert (project / "src" / answers["package_name"] / "kit" / "project_cli.py").is_file()
+
+
+@pytest.mark.parametrize("logger", sorted(LOGGER_FILES))
+def test_no_jinja_left_in_any_rendered_file(template_repo: Path, tmp_path: Path, logger: str) -> None:
+    render(template_repo, tmp_path / "project", logger=logger)
+    leftovers = [
+        str(path.relative_to(tmp_path))
+        for path, text in text_files(tmp_path / "project")
+        if "{{" in text or "{%" in text or path.suffix == ".jinja"
+    ]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {},
+        {"logger": "tensorboard", "python_version": "3.12", "package_name": "mnist_probe", "project_name": "MNIST probe"},
+        {"logger": "wandb", "wandb_project": "digits", "wandb_entity": "my-lab", "wandb_online": True},
+    ],
+    ids=["defaults", "tensorboard", "wandb"],
+)
+def test_answers_file_records_exactly_the_answers_given(template_repo: Path, tmp_path: Path, answers: dict) -> None:
+    given = render(template_repo, tmp_path / "project", **answers)
+    recorded = yaml.safe_load((tmp_path / "project" / ".copier-answers.yml").read_text())
+    assert recorded.pop("_src_path") == str(template_repo)
+    assert recorded.pop("_commit")
+    assert recorded == given
+
+
+def test_wandb_is_offline_unless_the_user_opts_in(template_repo: Path, tmp_path: Path) -> None:
+    render(template_repo, tmp_path / "offline", logger="wandb")
+    render(template_repo, tmp_path / "online", logger="wandb", wandb_online=True)
+    for name, offline in (("offline", True), ("online", False)):
+        config = yaml.safe_load((tmp_path / name / "configs" / "default.yaml").read_text())
+        assert config["trainer"]["logger"]["init_args"]["offline"] is offline
+
+
+def test_package_name_is_derived_from_the_project_name(template_repo: Path, tmp_path: Path) -> None:
+    from copier import run_copy
+
+    data = {k: v for k, v in EXAMPLE_ANSWERS.items() if k != "package_name"}
+    run_copy(str(template_repo), tmp_path / "p", data={**data, "project_name": "Protein Folding-2"}, defaults=True,
+             vcs_ref="HEAD", quiet=True)
+    assert (tmp_path / "p" / "src" / "protein_folding_2" / "cli.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "message"),
+    [
+        ("package_name", "my-package", "is not a valid package name"),
+        ("package_name", "my package", "is not a valid package name"),
+        ("package_name", "2fast", "is not a valid package name"),
+        ("package_name", "torch", "would shadow"),
+        ("package_name", "random", "would shadow"),
+        ("project_name", "", "must not be empty"),
+        ("project_name", "   ", "must not be empty"),
+        ("python_version", "3.9", "Python 3.9 is not supported"),
+        ("python_version", "three", "is not supported"),
+        ("author_email", "jane-at-example", "does not look like an e-mail address"),
+    ],
+)
+def test_bad_answers_are_refused_with_the_validator_message(
+    template_repo: Path, tmp_path: Path, question: str, answer: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"(?s)Validation error for question '{question}'.*{message}"):
+        render(template_repo, tmp_path / "project", **{question: answer})
+    assert not (tmp_path / "project" / "pyproject.toml").exists()  # nothing half-written
+
+
+def test_an_unknown_logger_is_refused_with_the_choices(template_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Invalid choice for 'logger': 'mlflow' is not in"):
+        render(template_repo, tmp_path / "project", logger="mlflow")

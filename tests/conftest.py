@@ -28,5 +28,5 @@ def example_project(template_repo: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="session")
 def example_command(example_project) -> list[str]:
-    project, venv = example_project
+    _, venv = example_project
     return [str(venv.script(EXAMPLE_ANSWERS["package_name"]))]

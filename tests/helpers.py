@@ -103,8 +103,12 @@ def make_project_venv(project: Path, standalone: bool = True) -> ProjectVenv:
     if standalone:
         log.append(run([str(python), "-m", "pip", "install", "-q", TORCH_SPEC], cwd=project).stdout)
     else:
-        site_packages = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=project)
-        Path(site_packages.stdout.strip(), "borrowed-test-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        site_packages = run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=project
+        )
+        Path(site_packages.stdout.strip(), "borrowed-test-packages.pth").write_text(
+            sysconfig.get_paths()["purelib"] + "\n"
+        )
     installed = run([str(python), "-m", "pip", "install", "-e", ".[example,dev]"], cwd=project)
     log.append(installed.stdout + installed.stderr)
     return ProjectVenv(venv, "\n".join(log))

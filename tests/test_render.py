@@ -25,7 +25,7 @@ def text_files(root: Path):
 def test_each_logger_renders_its_config_and_dependency(template_repo: Path, tmp_path: Path, logger: str) -> None:
     answers = render(template_repo, tmp_path / "project", logger=logger, package_name=f"digits_{logger}")
     project = tmp_path / "project"
-    logger_class, dependency = LOGGER_FILES[logger]
+    logger_class, _ = LOGGER_FILES[logger]
 
     config = yaml.safe_load((project / "configs" / "default.yaml").read_text())
     assert config["trainer"]["logger"]["class_path"] == logger_class
@@ -52,7 +52,12 @@ def test_no_jinja_left_in_any_rendered_file(template_repo: Path, tmp_path: Path,
     "answers",
     [
         {},
-        {"logger": "tensorboard", "python_version": "3.12", "package_name": "mnist_probe", "project_name": "MNIST probe"},
+        {
+            "logger": "tensorboard",
+            "python_version": "3.12",
+            "package_name": "mnist_probe",
+            "project_name": "MNIST probe",
+        },
         {"logger": "wandb", "wandb_project": "digits", "wandb_entity": "my-lab", "wandb_online": True},
     ],
     ids=["defaults", "tensorboard", "wandb"],
@@ -77,8 +82,14 @@ def test_package_name_is_derived_from_the_project_name(template_repo: Path, tmp_
     from copier import run_copy
 
     data = {k: v for k, v in EXAMPLE_ANSWERS.items() if k != "package_name"}
-    run_copy(str(template_repo), tmp_path / "p", data={**data, "project_name": "Protein Folding-2"}, defaults=True,
-             vcs_ref="HEAD", quiet=True)
+    run_copy(
+        str(template_repo),
+        tmp_path / "p",
+        data={**data, "project_name": "Protein Folding-2"},
+        defaults=True,
+        vcs_ref="HEAD",
+        quiet=True,
+    )
     assert (tmp_path / "p" / "src" / "protein_folding_2" / "cli.py").is_file()
 
 

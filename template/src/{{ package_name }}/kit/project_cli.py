@@ -101,13 +101,13 @@ class ProjectCLI(LightningCLI):
 
     def _prepare_fit_run(self, config: Namespace) -> None:
         run = self.run
+        run.check_same_config(self.config_text)
         if run.is_finished():
             raise RunAlreadyFinished(
                 f"Run '{run.name}' is complete: its checkpoints are in {run.checkpoint_dir} "
                 f"(list them with `{_console_script()} runs`). To train again, start a fresh run: "
                 f"add --run_name NEW_NAME, or move {run.path} away."
             )
-        run.check_same_config(self.config_text)
         config.trainer.default_root_dir = str(run.path)
         for logger in _as_list(config.trainer.get("logger")):
             _point_logger_at_run(logger, run)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 EPOCHS = 3
-STEPS_PER_EPOCH = 20  # 1,257 training examples in batches of 64
+STEPS_PER_EPOCH = 10  # 1,257 training examples in batches of 128
 SHORT_RUN = [
     f"--trainer.max_epochs={EPOCHS}",
     "--checkpointing.every_n_steps=3",
@@ -23,7 +23,7 @@ SHORT_RUN = [
 ]
 # (where to kill, the KillAt options): mid-epoch; on an epoch's last batch; after training, before validation.
 KILL_POINTS = {
-    "mid_epoch": {"hook": "train_batch_end", "global_step": 26},
+    "mid_epoch": {"hook": "train_batch_end", "global_step": 14},
     "last_batch_of_epoch": {"hook": "train_batch_end", "global_step": 2 * STEPS_PER_EPOCH},
     "before_validation": {"hook": "validation_start", "epoch": 1},
 }
@@ -32,7 +32,7 @@ KILL_POINTS = {
 def resume_test_config(path: Path, records: Path, kill: dict | None, marker: Path, num_workers: int) -> Path:
     """A config that adds batch recording (and a one-time kill) to the default experiment."""
     callbacks = [
-        {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 20}},
+        {"class_path": "digits_mlp.kit.progress.ProgressLines"},
         {"class_path": "digits_mlp.kit.resume_testing.RecordBatches", "init_args": {"path": str(records)}},
     ]
     if kill is not None:

@@ -1,0 +1,134 @@
+"""Lightning overhead of a generated project: its default `fit` versus a hand-written PyTorch loop.
+
+Both train the same model on the same data with the same batch size and optimizer, in this one
+process, alternating in ABBA order (raw, fit, fit, raw, ...) so that drift of the machine's speed
+cancels, several repeats. Per-step time = time of an epoch's training batches / steps
+(validation excluded on both sides; the first epoch of every repeat is a warm-up and not counted).
+The default `fit` runs exactly as a researcher's `<package> fit` does: progress bar, CSV logging,
+rolling and best-k checkpoints, RNG capture and the resumable loader included.
+Also times `copier copy` -> trained example (render, then a full default `fit`, in this process).
+
+    .venv/bin/python bench/overhead.py [--repeats 5] [--epochs 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
+
+from helpers import EXAMPLE_ANSWERS, render, snapshot_template  # noqa: E402
+
+PACKAGE = EXAMPLE_ANSWERS["package_name"]
+MODELS = {
+    "example MLP (default config)": [],
+    "MLP with >= 1M parameters": ["--model.init_args.hidden_sizes=[1024, 1024]"],
+}
+
+
+def raw_pytorch_epoch_times(model_args: list[str], epochs: int) -> list[tuple[float, int]]:
+    """The loop one would write by hand: same model, data, batch size, optimizer and schedule."""
+    import torch
+    import torch.nn.functional as F
+    from digits_mlp.kit.project_cli import load_model_and_data
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(42)
+    model, data = load_model_and_data(model_args)
+    data.setup("fit")
+    loader = DataLoader(data.splits["train"], batch_size=data.hparams.batch_size, shuffle=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=model.hparams.learning_rate, weight_decay=model.hparams.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    times = []
+    for _ in range(epochs):
+        model.train()
+        started, steps = time.perf_counter(), 0
+        for images, labels in loader:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        times.append((time.perf_counter() - started, steps))
+        scheduler.step()
+    return times
+
+
+def lightning_fit_epoch_times(model_args: list[str], epochs: int, label: str) -> list[tuple[float, int]]:
+    import step_timer
+    from digits_mlp.kit.project_cli import run_lightning_cli
+
+    step_timer.EPOCH_TIMES.pop(label, None)
+    args = [
+        "fit",
+        *model_args,
+        f"--trainer.max_epochs={epochs}",
+        "--run_name",
+        f"bench-{time.monotonic_ns()}",
+        "--trainer.callbacks+=step_timer.StepTimer",
+        f"--trainer.callbacks.label={label}",
+    ]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert run_lightning_cli(args) == 0
+    return step_timer.EPOCH_TIMES[label]
+
+
+def per_step(times: list[tuple[float, int]]) -> list[float]:
+    return [seconds / steps for seconds, steps in times[1:]]  # the first epoch warms up
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=8)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    started = time.perf_counter()
+    render(snapshot_template(work / "template"), work / "project")
+    rendered = time.perf_counter() - started
+    os.chdir(work / "project")
+    os.environ["RUNS_DIR"] = str(work / "runs")
+    sys.path.insert(0, str(work / "project" / "src"))
+
+    import logging
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    from digits_mlp.kit.project_cli import run_lightning_cli
+
+    fit_started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert run_lightning_cli(["fit"]) == 0
+    full_fit = time.perf_counter() - fit_started
+
+    print(f"copier copy: {rendered:.1f} s; default fit of the example (in-process): {full_fit:.1f} s")
+    print(f"per-step time, median over {args.repeats} repeats x {args.epochs - 1} timed epochs")
+    print(f"{'model':<32} {'raw PyTorch':>12} {'default fit':>12} {'ratio':>7}   overhead")
+    for name, model_args in MODELS.items():
+        raw, lightning = [], []
+        for repeat in range(args.repeats):
+            for side in ("raw", "fit") if repeat % 2 == 0 else ("fit", "raw"):
+                if side == "raw":
+                    raw += per_step(raw_pytorch_epoch_times(model_args, args.epochs))
+                else:
+                    lightning += per_step(lightning_fit_epoch_times(model_args, args.epochs, f"{name}-{repeat}"))
+        raw_ms, lightning_ms = statistics.median(raw) * 1e3, statistics.median(lightning) * 1e3
+        print(
+            f"{name:<32} {raw_ms:>9.3f} ms {lightning_ms:>9.3f} ms {lightning_ms / raw_ms:>6.2f}x"
+            f"   (+{lightning_ms - raw_ms:.3f} ms per step)"
+        )
+
+
+if __name__ == "__main__":
+    main()

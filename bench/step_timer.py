@@ -1,0 +1,29 @@
+"""A callback that times the training batches of each epoch (validation and epoch-end work excluded)."""
+
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+
+# Filled by StepTimer in this process: one (seconds, steps) pair per epoch, per timer label.
+EPOCH_TIMES: dict[str, list[tuple[float, int]]] = {}
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._epoch_started = 0.0
+        self._last_batch_ended = 0.0
+        self._steps = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._steps = 0
+        self._epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._steps += 1
+        self._last_batch_ended = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        EPOCH_TIMES.setdefault(self.label, []).append((self._last_batch_ended - self._epoch_started, self._steps))

@@ -1,0 +1,65 @@
+"""Progress as plain lines. Managed by the copier-lightning template.
+
+A redrawing progress bar fills SLURM log files with carriage returns and costs time on every
+step. This one prints a line at the end of each epoch (metrics included) and, within long epochs,
+at most every `every_n_seconds`; per step it only counts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks.progress import ProgressBar
+
+
+class ProgressLines(ProgressBar):
+    def __init__(self, every_n_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.every_n_seconds = every_n_seconds
+        self._enabled = True
+        self._epoch_started = self._last_line = 0.0
+        self._steps_this_epoch = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _line(self, text: str) -> None:
+        if self._enabled:
+            print(text, file=sys.stdout, flush=True)
+
+    def _metrics_text(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        metrics = self.get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return "  ".join(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}" for name, value in metrics.items())
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_started = self._last_line = time.monotonic()
+        self._steps_this_epoch = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._steps_this_epoch += 1
+        now = time.monotonic()
+        if now - self._last_line >= self.every_n_seconds:
+            self._last_line = now
+            rate = self._steps_this_epoch / max(now - self._epoch_started, 1e-9)
+            self._line(
+                f"epoch {trainer.current_epoch}  batch {batch_idx + 1}/{self.total_train_batches}  "
+                f"{rate:.1f} steps/s  {self._metrics_text(trainer, pl_module)}"
+            )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        seconds = time.monotonic() - self._epoch_started
+        last_epoch = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        self._line(
+            f"epoch {trainer.current_epoch}/{last_epoch}  step {trainer.global_step}  {seconds:.1f} s  "
+            f"{self._metrics_text(trainer, pl_module)}"
+        )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.training and not trainer.sanity_checking:  # `validate`: not inside a fit
+            self._line(f"validation  {self._metrics_text(trainer, pl_module)}")

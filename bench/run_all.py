@@ -1,0 +1,13 @@
+"""Run every benchmark in bench/, one after another: `.venv/bin/python bench/run_all.py`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = ["overhead.py"]
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parent
+    for name in BENCHMARKS:
+        print(f"== {name}", flush=True)
+        subprocess.run([sys.executable, str(here / name)], check=True)

@@ -85,7 +85,14 @@ class ProjectVenv:
         return self.path / "bin" / "python"
 
     def script(self, name: str) -> Path:
-        return self.path / "bin" / name
+        """A console script of the venv, or of the interpreter whose packages it borrows."""
+        own = self.path / "bin" / name
+        return own if own.exists() else Path(sys.executable).parent / name
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for commands that find tools on PATH (pre-commit's system hooks)."""
+        return {"PATH": os.pathsep.join([str(self.path / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])}
 
 
 def make_project_venv(project: Path, standalone: bool = True) -> ProjectVenv:

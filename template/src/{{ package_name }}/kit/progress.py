@@ -35,7 +35,7 @@ class ProgressLines(ProgressBar):
     def _metrics_text(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
         metrics = self.get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        return "  ".join(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}" for name, value in metrics.items())
+        return "  ".join(f"{name} {_short(value)}" for name, value in metrics.items())
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_started = self._last_line = time.monotonic()
@@ -63,3 +63,7 @@ class ProgressLines(ProgressBar):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.training and not trainer.sanity_checking:  # `validate`: not inside a fit
             self._line(f"validation  {self._metrics_text(trainer, pl_module)}")
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

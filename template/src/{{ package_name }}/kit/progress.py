@@ -12,6 +12,7 @@ import time
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks.progress import ProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 class ProgressLines(ProgressBar):
@@ -56,12 +57,12 @@ class ProgressLines(ProgressBar):
         seconds = time.monotonic() - self._epoch_started
         last_epoch = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         self._line(
-            f"epoch {trainer.current_epoch}/{last_epoch}  step {trainer.global_step}  {seconds:.1f} s  "
+            f"epoch {trainer.current_epoch}/{last_epoch}  step {trainer.global_step}  {seconds:.2f} s  "
             f"{self._metrics_text(trainer, pl_module)}"
         )
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.training and not trainer.sanity_checking:  # `validate`: not inside a fit
+        if trainer.state.fn == TrainerFn.VALIDATING:  # the `validate` subcommand, not a fit's validation
             self._line(f"validation  {self._metrics_text(trainer, pl_module)}")
 
 

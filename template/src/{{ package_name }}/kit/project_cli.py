@@ -17,7 +17,7 @@ from typing import Literal
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .atomic_checkpoint_io import AtomicCheckpointIO
@@ -52,6 +52,28 @@ class CheckpointPolicy:
     mode: Literal["min", "max"] = "max"
 
 
+@dataclass
+class EarlyStoppingPolicy:
+    """Stop a run whose monitored metric (checkpointing.monitor) stopped improving.
+
+    patience: validations without an improvement of at least min_delta before stopping (null: never stop early).
+    min_delta: the smallest change that counts as an improvement.
+    """
+
+    patience: int | None = 10
+    min_delta: float = 0.0
+
+
+def automatic_precision(accelerator: str | None) -> str:
+    """Mixed precision where it pays: bf16 on GPUs that support it, else fp16 (with a loss scaler); fp32 on CPU."""
+    import torch
+
+    uses_gpu = accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available())
+    if not uses_gpu:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
 class RunAlreadyFinished(Exception):
     """`fit` was asked to continue a run that has finished."""
 
@@ -69,6 +91,7 @@ class ProjectCLI(LightningCLI):
             help="Name of the run directory under runs/ (default: config name + hash of the config).",
         )
         parser.add_class_arguments(CheckpointPolicy, "checkpointing")
+        parser.add_class_arguments(EarlyStoppingPolicy, "early_stopping")
 
     # -- choosing the run -----------------------------------------------------------------------
     def _config_text(self, config: Namespace) -> str:
@@ -114,9 +137,13 @@ class ProjectCLI(LightningCLI):
 
     # -- the trainer gets the crash-safety callbacks -------------------------------------------
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
+        if self.subcommand and trainer_config.get("precision") is None:
+            kwargs["precision"] = automatic_precision(trainer_config.get("accelerator"))
         if self.subcommand != "fit":
             return super().instantiate_trainer(**kwargs)
         policy = self._policy
+        stopping: EarlyStoppingPolicy = self.config_init["fit"]["early_stopping"]
         checkpoint_dir = self.run.checkpoint_dir
         callbacks = [
             RandomStateCheckpoint(),
@@ -132,7 +159,13 @@ class ProjectCLI(LightningCLI):
             ),
             RollingCheckpoint(checkpoint_dir, policy.every_n_steps, policy.every_n_minutes),
         ]
-        trainer_config = self.config_init[self.subcommand]["trainer"]
+        if stopping.patience is not None:
+            callbacks.insert(
+                0,
+                EarlyStopping(
+                    monitor=policy.monitor, mode=policy.mode, patience=stopping.patience, min_delta=stopping.min_delta
+                ),
+            )
         plugins = _as_list(trainer_config.get("plugins"))
         plugins.append(AtomicCheckpointIO(on_saved=self._record_checkpoint))
         kwargs["plugins"] = plugins
@@ -171,6 +204,9 @@ class ProjectCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run:
             return
+        stopper = self.trainer.early_stopping_callback
+        if stopper is not None and stopper.stopped_epoch > 0:
+            print(f"Stopped early at epoch {stopper.stopped_epoch}: {stopper.monitor} stopped improving.")
         metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
         shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
         state = "finished" if self.run.is_finished() else "stopped before the end (re-run the command to resume)"

@@ -1,0 +1,275 @@
+"""The checks every deep-learning course teaches, run against any LightningModule and DataModule.
+
+Managed by the copier-lightning template. Each check takes a *fresh* model (it may train it) and a
+data module, and returns a CheckResult saying what it measured and, when it fails, where to look.
+`<package> check` prints them; the project's tests assert them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool | None  # None: the check does not apply to this model
+    detail: str
+    hint: str = ""
+
+    def line(self) -> str:
+        mark = {True: "PASS", False: "FAIL", None: "SKIP"}[self.passed]
+        text = f"[{mark}] {self.name}: {self.detail}"
+        return text + (f"\n       what to look at: {self.hint}" if self.passed is False and self.hint else "")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def first_training_batch(data: pl.LightningDataModule) -> Any:
+    data.setup("fit")
+    return next(iter(data.train_dataloader()))
+
+
+def training_loss(model: pl.LightningModule, batch: Any) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer warns; the value is what matters
+        output = model.training_step(batch, 0)
+    return output["loss"] if isinstance(output, dict) else output
+
+
+def model_optimizer(model: pl.LightningModule) -> torch.optim.Optimizer:
+    """The optimizer the model configures (some configurations read the trainer, so one is attached)."""
+    model.trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    try:
+        configured = model.configure_optimizers()
+    finally:
+        model.trainer = None
+    while isinstance(configured, list | tuple):
+        configured = configured[0]
+    if isinstance(configured, dict):
+        configured = configured["optimizer"]
+    if not isinstance(configured, torch.optim.Optimizer):
+        raise TypeError(f"configure_optimizers returned {type(configured).__name__}, not an optimizer")
+    return configured
+
+
+@contextmanager
+def dropout_off(model: nn.Module) -> Iterator[None]:
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    saved = [layer.p for layer in layers]
+    for layer in layers:
+        layer.p = 0.0
+    try:
+        yield
+    finally:
+        for layer, p in zip(layers, saved, strict=True):
+            layer.p = p
+
+
+def number_of_classes(model: pl.LightningModule, batch: Any) -> int | None:
+    declared = getattr(model, "hparams", {}).get("num_classes")
+    if declared:
+        return int(declared)
+    try:
+        with torch.no_grad():
+            output = model(batch[0])
+    except Exception:  # noqa: BLE001 - a model without forward(inputs) is not classifiable here
+        return None
+    return int(output.shape[-1]) if output.ndim == 2 and output.shape[-1] > 1 else None
+
+
+# -- the checks ----------------------------------------------------------------------------------
+def check_initial_loss(model: pl.LightningModule, data: pl.LightningDataModule, tolerance: float = 0.25) -> CheckResult:
+    """A K-class classifier should start near loss log(K): it knows nothing and says so evenly."""
+    name = "initial loss is about log(K)"
+    batch = first_training_batch(data)
+    classes = number_of_classes(model, batch)
+    if classes is None:
+        return CheckResult(name, None, "not a classifier (no num_classes hyperparameter, no K-way output)")
+    with dropout_off(model), torch.no_grad():
+        loss = float(training_loss(model, batch))
+    expected = math.log(classes)
+    passed = abs(loss - expected) <= tolerance * expected
+    return CheckResult(
+        name,
+        passed,
+        f"initial loss {loss:.3f}, log({classes}) = {expected:.3f} (allowed +-{100 * tolerance:.0f} %)",
+        "the output layer's initialisation (a large bias or weight scale), the loss function, or labels out of range",
+    )
+
+
+def check_overfits_one_batch(
+    model: pl.LightningModule, data: pl.LightningDataModule, max_steps: int = 300, required_drop: float = 0.9
+) -> CheckResult:
+    """With dropout off, the model must drive the loss on one fixed batch down by 90 %."""
+    name = "overfits one batch"
+    batch = first_training_batch(data)
+    optimizer = model_optimizer(model)
+    model.train()
+    with dropout_off(model):
+        initial = float(training_loss(model, batch).detach())
+        loss, steps = initial, 0
+        while steps < max_steps and loss > (1 - required_drop) * initial:
+            steps += 1
+            optimizer.zero_grad(set_to_none=True)
+            loss_tensor = training_loss(model, batch)
+            loss_tensor.backward()
+            optimizer.step()
+            loss = float(loss_tensor.detach())
+    drop = 1 - loss / initial if initial else 0.0
+    return CheckResult(
+        name,
+        drop >= required_drop,
+        f"loss {initial:.3f} -> {loss:.4f} ({100 * drop:.1f} % lower) in {steps} steps "
+        f"(needs {100 * required_drop:.0f} % within {max_steps})",
+        "the learning rate, a layer cut off from the loss, labels that do not match inputs, or too small a model",
+    )
+
+
+def check_gradients_reach_every_parameter(model: pl.LightningModule, data: pl.LightningDataModule) -> CheckResult:
+    name = "gradients reach every trainable parameter"
+    batch = first_training_batch(data)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    training_loss(model, batch).backward()
+    missing = [
+        parameter_name
+        for parameter_name, parameter in model.named_parameters()
+        if parameter.requires_grad and (parameter.grad is None or not bool(parameter.grad.abs().sum()))
+    ]
+    trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    return CheckResult(
+        name,
+        not missing,
+        f"{trainable - len(missing)} of {trainable} trainable tensors got a gradient"
+        + (f"; none for: {', '.join(missing[:8])}" if missing else ""),
+        "a .detach(), torch.no_grad() or .item() on the path to the loss, or layers that forward() never uses "
+        "(freeze them with requires_grad_(False) if that is intended)",
+    )
+
+
+def _tensors_with_graph(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.grad_fn is not None
+    if isinstance(value, list | tuple):
+        return any(_tensors_with_graph(v) for v in value)
+    if isinstance(value, dict):
+        return any(_tensors_with_graph(v) for v in value.values())
+    return False
+
+
+def check_logged_values_hold_no_graph(model: pl.LightningModule, data: pl.LightningDataModule) -> CheckResult:
+    """Logged or stored values that keep their autograd graph keep every step's activations alive."""
+    name = "logged and stored values hold no graph"
+    batch = first_training_batch(data)
+    logged_with_graph: list[str] = []
+
+    def recording_log(log_name: str, value: Any, *args: Any, enable_graph: bool = False, **kwargs: Any) -> None:
+        if enable_graph and _tensors_with_graph(value):
+            logged_with_graph.append(log_name)
+
+    model.train()
+    model.log = recording_log  # type: ignore[method-assign]
+    try:
+        training_loss(model, batch)
+    finally:
+        del model.log
+    stored = [
+        f"{module_name or 'model'}.{attribute}"
+        for module_name, module in model.named_modules()
+        for attribute, value in vars(module).items()
+        if not attribute.startswith("_") and _tensors_with_graph(value)
+    ]
+    problems = [f"logged with enable_graph: {n}" for n in logged_with_graph] + [f"stored: {s}" for s in stored]
+    return CheckResult(
+        name,
+        not problems,
+        "; ".join(problems) if problems else "no logged value or module attribute keeps a graph after a step",
+        "detach values before keeping them (loss.detach(), or .item() at the logging interval); "
+        "do not pass enable_graph=True to self.log",
+    )
+
+
+class _ModeProbe(pl.Callback):
+    def __init__(self) -> None:
+        self.eval_during_training: set[str] = set()
+        self.train_during_validation: set[str] = set()
+        self.validated = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.eval_during_training |= {n or "model" for n, m in pl_module.named_modules() if not m.training}
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.validated = True
+        self.train_during_validation |= {n or "model" for n, m in pl_module.named_modules() if m.training}
+
+
+def check_modes_and_checkpoint(model: pl.LightningModule, data: pl.LightningDataModule) -> list[CheckResult]:
+    """Two epochs of two batches: validation in eval mode, training back in train mode, and the
+    checkpoint written afterwards holds the optimizer state."""
+    probe = _ModeProbe()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=data)
+    modes = CheckResult(
+        "validation runs in eval mode, training in train mode",
+        probe.validated and not probe.eval_during_training and not probe.train_during_validation,
+        (
+            f"in train mode during validation: {sorted(probe.train_during_validation) or 'none'}; "
+            f"in eval mode during training: {sorted(probe.eval_during_training) or 'none'}"
+        ),
+        "a .train() or .eval() call in a hook or in __init__ (BatchNorm and Dropout behave differently per mode)",
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "check.ckpt"
+        trainer.save_checkpoint(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    states = checkpoint.get("optimizer_states") or []
+    has_state = bool(states) and all(state.get("state") for state in states)
+    optimizer_state = CheckResult(
+        "the checkpoint holds the optimizer state",
+        has_state,
+        f"{len(states)} optimizer state(s) with {sum(len(s.get('state', {})) for s in states)} parameter entries",
+        "on_save_checkpoint dropping 'optimizer_states', or checkpoints saved with weights_only / save_weights_only",
+    )
+    return [modes, optimizer_state]
+
+
+SINGLE_CHECKS: list[Callable[[pl.LightningModule, pl.LightningDataModule], CheckResult]] = [
+    check_initial_loss,
+    check_overfits_one_batch,
+    check_gradients_reach_every_parameter,
+    check_logged_values_hold_no_graph,
+]
+
+
+def run_all_checks(model: pl.LightningModule, data: pl.LightningDataModule) -> list[CheckResult]:
+    """Every check, each on its own copy of the untrained model."""
+    results = [check(copy.deepcopy(model), data) for check in SINGLE_CHECKS]
+    return results + check_modes_and_checkpoint(copy.deepcopy(model), data)

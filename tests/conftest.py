@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,13 @@ def example_project(template_repo: Path, tmp_path_factory: pytest.TempPathFactor
 def example_command(example_project) -> list[str]:
     _, venv = example_project
     return [str(venv.script(EXAMPLE_ANSWERS["package_name"]))]
+
+
+@pytest.fixture(scope="session")
+def example_package(example_project) -> Path:
+    """The example project's package importable in this process (for fast in-process tests)."""
+    project, _ = example_project
+    assert EXAMPLE_ANSWERS["package_name"] == "digits_mlp"  # the in-process tests import it by this name
+    sys.path.insert(0, str(project / "src"))
+    yield project
+    sys.path.remove(str(project / "src"))

@@ -6,24 +6,17 @@ deliberately broken variant of the example model and must report a failure.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
-from helpers import EXAMPLE_ANSWERS
 
 
 @pytest.fixture(scope="module")
-def kit(example_project, tmp_path_factory):
-    project, _ = example_project
-    sys.path.insert(0, str(project / "src"))
+def kit(example_package):
     from digits_mlp.data import DigitsDataModule
     from digits_mlp.kit import sanity_checks
     from digits_mlp.model import DigitsClassifier
 
-    assert EXAMPLE_ANSWERS["package_name"] == "digits_mlp"
-    yield sanity_checks, DigitsClassifier, DigitsDataModule
-    sys.path.remove(str(project / "src"))
+    return sanity_checks, DigitsClassifier, DigitsDataModule
 
 
 def broken_models(base):

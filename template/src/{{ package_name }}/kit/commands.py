@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .runs import format_runs, list_runs, runs_root
 
@@ -36,3 +37,31 @@ def check_main(argv: list[str]) -> int:
     failed = [r for r in results if r.passed is False]
     print(f"{len(results) - len(failed)} of {len(results)} checks passed or did not apply.")
     return 1 if failed else 0
+
+
+def evaluate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="evaluate",
+        description="The full evaluation of a run's best checkpoint on a split: predictions once, saved, every "
+        "metric derived from them. Other options go to the config parser (--config, --run_name, ...).",
+    )
+    parser.add_argument("--split", choices=["val", "test"], default="test")
+    parser.add_argument("--ckpt_path", default=None, help="evaluate this checkpoint instead of the run's best")
+    args, config_args = parser.parse_known_args(argv)
+
+    from .evaluation import evaluate_checkpoint
+    from .project_cli import MissingTrainedRun, best_checkpoint, load_model_data_and_run
+
+    model, data, run = load_model_data_and_run(config_args)
+    checkpoint = args.ckpt_path or best_checkpoint(run)
+    if checkpoint is None:
+        print(f"error: {MissingTrainedRun.message(run, 'evaluate')}")
+        return 2
+    data.setup("fit" if args.split == "val" else "test")
+    loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()
+    directory = run.path / "evaluation" / args.split
+    metrics = evaluate_checkpoint(type(model), Path(checkpoint), loader, directory)
+    print(f"Evaluated {checkpoint} on the {args.split} split ({metrics['examples']} examples):")
+    print((directory / "metrics.md").read_text().rstrip())
+    print(f"Predictions, tables and plot: {directory}")
+    return 0

@@ -19,11 +19,12 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from .atomic_checkpoint_io import AtomicCheckpointIO
 from .checkpoint_files import newest_checkpoint
 from .exact_resume import RandomStateCheckpoint
-from .rolling_checkpoint import RollingCheckpoint
+from .rolling_checkpoint import REQUEUE_EXIT_CODE, RollingCheckpoint
 from .runs import ConfigChangedError, RunDirectory, derive_run_name, runs_root
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -74,12 +75,23 @@ def automatic_precision(accelerator: str | None) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+class StoppedForRequeue(Exception):
+    """`fit` stopped on the requeue signal after writing its checkpoint."""
+
+
 class RunAlreadyFinished(Exception):
     """`fit` was asked to continue a run that has finished."""
 
 
 class MissingTrainedRun(Exception):
     """An evaluation subcommand found no checkpoint to evaluate."""
+
+    @staticmethod
+    def message(run: RunDirectory, action: str) -> str:
+        return (
+            f"No checkpoint to {action}: run '{run.name}' has none in {run.checkpoint_dir}. Train it first with "
+            f"`{_console_script()} fit` and the same config, name the run with --run_name, or pass --ckpt_path FILE."
+        )
 
 
 class ProjectCLI(LightningCLI):
@@ -110,11 +122,11 @@ class ProjectCLI(LightningCLI):
         return derive_run_name(label, config_text)
 
     def before_instantiate_classes(self) -> None:
-        if self.subcommand is None:  # run=False: only building objects, no run involved
-            return
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         self.config_text = self._config_text(config)
         self.run = RunDirectory(runs_root() / self._run_name(config, self.config_text))
+        if self.subcommand is None:  # run=False: building the objects only (tests, check, evaluate)
+            return
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             self._prepare_fit_run(config)
         elif self.subcommand != "fit":
@@ -168,6 +180,10 @@ class ProjectCLI(LightningCLI):
             )
         plugins = _as_list(trainer_config.get("plugins"))
         plugins.append(AtomicCheckpointIO(on_saved=self._record_checkpoint))
+        if SLURMEnvironment.detect():
+            # Lightning's own requeue saves inside the signal handler and prefers stale hpc_ckpt files;
+            # RollingCheckpoint handles the signal instead, at a batch boundary.
+            plugins.append(SLURMEnvironment(auto_requeue=False))
         kwargs["plugins"] = plugins
         kwargs["callbacks"] = _as_list(trainer_config.get("callbacks")) + callbacks
         return super().instantiate_trainer(**kwargs)
@@ -204,6 +220,10 @@ class ProjectCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run:
             return
+        rolling = next(c for c in self.trainer.callbacks if isinstance(c, RollingCheckpoint))
+        if rolling.stopped_by_signal:
+            print(f"Run '{self.run.name}' stopped on signal at step {self.trainer.global_step}; checkpoint written.")
+            raise StoppedForRequeue
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0:
             print(f"Stopped early at epoch {stopper.stopped_epoch}: {stopper.monitor} stopped improving.")
@@ -216,20 +236,16 @@ class ProjectCLI(LightningCLI):
         kwargs = self.config_init[self.subcommand]
         if kwargs.get("ckpt_path"):
             return
-        best = _best_checkpoint(self.run)
+        best = best_checkpoint(self.run)
         if best is None:
-            raise MissingTrainedRun(
-                f"No checkpoint to {self.subcommand}: run '{self.run.name}' has none in {self.run.checkpoint_dir}. "
-                f"Train it first with `{_console_script()} fit` and the same config, name the run with "
-                f"--run_name, or pass --ckpt_path FILE."
-            )
+            raise MissingTrainedRun(MissingTrainedRun.message(self.run, self.subcommand))
         kwargs["ckpt_path"] = str(best)
         print(f"Run '{self.run.name}': using {best.name}")
 
     before_validate = before_test = before_predict = _evaluation_checkpoint
 
 
-def _best_checkpoint(run: RunDirectory) -> Path | None:
+def best_checkpoint(run: RunDirectory) -> Path | None:
     """The best checkpoint by the monitored metric, else final.ckpt, else last.ckpt."""
     manifest = run.read_manifest()
     entries = manifest.get("checkpoints", {})
@@ -280,6 +296,12 @@ def load_model_and_data(args: list[str] = ()) -> tuple[LightningModule, Lightnin
 
     Tests use this so that they check whatever model and data the config names.
     """
+    model, data, _ = load_model_data_and_run(args)
+    return model, data
+
+
+def load_model_data_and_run(args: list[str] = ()) -> tuple[LightningModule, LightningDataModule, RunDirectory]:
+    """As load_model_and_data, plus the run directory that `fit` with the same options uses."""
     cli = ProjectCLI(
         LightningModule,
         LightningDataModule,
@@ -290,7 +312,7 @@ def load_model_and_data(args: list[str] = ()) -> tuple[LightningModule, Lightnin
         args=list(args),
         run=False,
     )
-    return cli.model, cli.datamodule
+    return cli.model, cli.datamodule, cli.run
 
 
 def run_lightning_cli(args: list[str]) -> int:
@@ -311,6 +333,8 @@ def run_lightning_cli(args: list[str]) -> int:
     except RunAlreadyFinished as done:
         print(done)
         return 0
+    except StoppedForRequeue:
+        return REQUEUE_EXIT_CODE
     except (ConfigChangedError, MissingTrainedRun) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2

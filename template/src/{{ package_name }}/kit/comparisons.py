@@ -1,0 +1,233 @@
+"""Sweeps, seed repeats and honest comparisons. Managed by the copier-lightning template.
+
+* `<package> sweep FILE` runs every trial of a sweep file (grid or random over config options), one
+  after another; each trial is a normal run, so an interrupted sweep resumes where it stopped.
+* `<package> results NAME` gathers a sweep's trials into one table (CSV and Markdown) and a plot.
+* `<package> seeds --n 5 [config options]` runs the same config with seeds 0..n-1 and reports the
+  mean and a 95 % confidence interval of the best monitored metric.
+* `<package> compare LABEL_A LABEL_B` says whether two seed groups differ by more than seed noise
+  (Welch's t interval for the difference of means).
+Records go to runs/sweeps/ and runs/seeds/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import itertools
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .runs import RunDirectory, runs_root
+
+# Two-sided 95 % critical values of Student's t for 1..30 degrees of freedom (beyond: 1.96 is close).
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]  # fmt: skip
+
+
+def t_critical(degrees_of_freedom: float) -> float:
+    index = max(int(math.floor(degrees_of_freedom)), 1)
+    return T_975[index - 1] if index <= len(T_975) else 1.96
+
+
+def mean_and_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % confidence interval."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, t_critical(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def welch_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Difference of means (b - a), the half-width of its 95 % interval, and Welch's degrees of freedom."""
+    variance_a, variance_b = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    spread = math.sqrt(variance_a + variance_b)
+    if spread == 0:
+        return statistics.fmean(b) - statistics.fmean(a), 0.0, float("inf")
+    freedom = (variance_a + variance_b) ** 2 / (variance_a**2 / (len(a) - 1) + variance_b**2 / (len(b) - 1))
+    return statistics.fmean(b) - statistics.fmean(a), t_critical(freedom) * spread, freedom
+
+
+def best_metric(run: RunDirectory) -> float | None:
+    """The run's best monitored value among the checkpoints it recorded."""
+    manifest = run.read_manifest()
+    values = [e["value"] for e in manifest.get("checkpoints", {}).values() if e.get("value") is not None]
+    if not values:
+        return None
+    return min(values) if manifest.get("monitor", {}).get("mode") == "min" else max(values)
+
+
+def _fit(args: list[str]) -> int:
+    from .project_cli import run_lightning_cli
+
+    return run_lightning_cli(["fit", *args])
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+def sweep_trials(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trials a sweep file declares: every combination (grid) or `trials` random draws."""
+    parameters: dict[str, list] = spec["parameters"]
+    if not parameters or not all(isinstance(v, list) and v for v in parameters.values()):
+        raise ValueError("a sweep's `parameters` maps each config option to a non-empty list of values")
+    combinations = [dict(zip(parameters, values, strict=True)) for values in itertools.product(*parameters.values())]
+    strategy = spec.get("strategy", "grid")
+    if strategy == "grid":
+        return combinations
+    if strategy == "random":
+        count = int(spec.get("trials", 10))
+        return random.Random(spec.get("seed", 0)).sample(combinations, min(count, len(combinations)))
+    raise ValueError(f"unknown sweep strategy {strategy!r}: use grid or random")
+
+
+def sweep_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sweep", description="Run every trial of a sweep file, one after another.")
+    parser.add_argument("file", type=Path, help="a sweep file, e.g. configs/sweeps/learning-rate.yaml")
+    parser.add_argument("--trial", type=int, help="run only this trial (0-based): one task of a SLURM job array")
+    args, extra_options = parser.parse_known_args(argv)
+    spec = yaml.safe_load(args.file.read_text())
+    name = spec.get("name", args.file.stem)
+    trials = sweep_trials(spec)
+    if args.trial is not None and not 0 <= args.trial < len(trials):
+        parser.error(f"--trial {args.trial}: the sweep has trials 0 to {len(trials) - 1}")
+    record = {"name": name, "file": str(args.file), "spec": spec, "trials": []}
+    for number, values in enumerate(trials):
+        run_name = f"sweep-{name}-{number:03d}"
+        options = [*spec.get("options", []), *(f"--{key}={json.dumps(value)}" for key, value in values.items())]
+        options += extra_options
+        record["trials"].append({"run_name": run_name, "values": values, "options": options})
+        if args.trial is not None:
+            if number == args.trial:
+                code = _fit([*options, "--run_name", run_name])  # an array task: its output goes to its log
+                if code != 0:
+                    return code
+            continue
+        print(f"sweep {name}: trial {number + 1}/{len(trials)} {values}", flush=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = _fit([*options, "--run_name", run_name])
+        if code != 0:
+            print(f"sweep {name}: trial {run_name} stopped with exit code {code}")
+            return code
+    directory = runs_root() / "sweeps"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"sweep {name}: {len(trials)} trials done; gather them with `results {name}`")
+    return 0
+
+
+def results_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="results", description="Gather a sweep's trials into one table and a plot.")
+    parser.add_argument("name", help="the sweep's name (its file name without .yaml)")
+    args = parser.parse_args(argv)
+    directory = runs_root() / "sweeps"
+    record_path = directory / f"{args.name}.json"
+    if not record_path.exists():
+        print(f"error: no sweep named {args.name!r} in {directory}; run `sweep FILE` first")
+        return 2
+    record = json.loads(record_path.read_text())
+    rows = []
+    for trial in record["trials"]:
+        run = RunDirectory(runs_root() / trial["run_name"])
+        metric = run.read_manifest().get("monitor", {}).get("metric", "metric")
+        rows.append({"run": trial["run_name"], **trial["values"], f"best {metric}": best_metric(run)})
+    columns = list(rows[0])
+    with open(directory / f"{args.name}-results.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    table += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    (directory / f"{args.name}-results.md").write_text("\n".join(table) + "\n")
+    _plot_sweep(rows, columns, directory / f"{args.name}-results.png")
+    print("\n".join(table))
+    print(f"Written: {directory / (args.name + '-results.csv')}, .md and .png")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _plot_sweep(rows: list[dict], columns: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, parameters = columns[-1], columns[1:-1]
+    figure, axes = plt.subplots(1, len(parameters), figsize=(4 * len(parameters), 3.5), squeeze=False)
+    for axis, parameter in zip(axes[0], parameters, strict=True):
+        axis.scatter([str(row[parameter]) for row in rows], [row[metric] for row in rows])
+        axis.set(xlabel=parameter, ylabel=metric)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# -- seeds and comparisons -----------------------------------------------------------------------
+def seeds_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seeds", description="Run one config with seeds 0..n-1; report the mean and 95 % interval."
+    )
+    parser.add_argument("--n", type=int, default=5, help="number of seeds (default 5)")
+    parser.add_argument("--label", default=None, help="name of this group of runs (default: from the config)")
+    args, options = parser.parse_known_args(argv)
+    if args.n < 2:
+        parser.error("--n must be at least 2 to estimate seed noise")
+    label = args.label or next((Path(o).stem for o in reversed(options) if o.endswith(".yaml")), "default")
+    values = {}
+    for seed in range(args.n):
+        run_name = f"seeds-{label}-{seed}"
+        print(f"seeds {label}: seed {seed} ({seed + 1}/{args.n})", flush=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = _fit([*options, f"--seed_everything={seed}", "--run_name", run_name])
+        if code != 0:
+            return code
+        values[seed] = best_metric(RunDirectory(runs_root() / run_name))
+    mean, half_width = mean_and_interval(list(values.values()))
+    directory = runs_root() / "seeds"
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"label": label, "options": options, "values": values, "mean": mean, "ci95_half_width": half_width}
+    (directory / f"{label}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{label}: {mean:.4f} +- {half_width:.4f} (95 % interval, {args.n} seeds: {list(values.values())})")
+    return 0
+
+
+def compare_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="compare", description="Does group B differ from group A by more than seed noise? (runs of `seeds`)"
+    )
+    parser.add_argument("a")
+    parser.add_argument("b")
+    args = parser.parse_args(argv)
+    groups = []
+    for label in (args.a, args.b):
+        path = runs_root() / "seeds" / f"{label}.json"
+        if not path.exists():
+            print(f"error: no seed group {label!r} in {path.parent}; run `seeds --label {label} ...` first")
+            return 2
+        groups.append([float(v) for v in json.loads(path.read_text())["values"].values()])
+    print(compare_groups(args.a, groups[0], args.b, groups[1]))
+    return 0
+
+
+def compare_groups(label_a: str, a: list[float], label_b: str, b: list[float]) -> str:
+    difference, half_width, _ = welch_difference(a, b)
+    low, high = difference - half_width, difference + half_width
+    verdict = (
+        "the difference exceeds seed noise"
+        if low > 0 or high < 0
+        else "the difference is within seed noise: do not call it a gain"
+    )
+    return (
+        f"{label_b} - {label_a} = {difference:+.4f}, 95 % interval [{low:+.4f}, {high:+.4f}] "
+        f"({len(a)} and {len(b)} seeds): {verdict}"
+    )

@@ -1,0 +1,214 @@
+"""SLURM jobs for a MIG slice or full GPUs, one flag apart. Managed by the copier-lightning template.
+
+`<package> submit --gpu mig:2g.20gb [fit options]` or `--gpu full:4 [--nodes 2]` writes a job script
+into runs/<run>/slurm/ from configs/slurm/site.yaml, prints the `sbatch` command and runs it
+(`--write-only` stops before sbatch). `--sweep FILE` submits a job array, one task per trial.
+
+Every job script: asks for USR1 `signal_lead_seconds` before its time limit (to the batch shell,
+which passes it on to the training process), `--requeue` and `--open-mode=append` (one log file
+across requeues), puts TMPDIR on the runs filesystem and exports SRUN_CPUS_PER_TASK. On USR1 the
+run checkpoints at the next batch boundary and exits with code 3; the script then requeues the
+job, which resumes the same run from that checkpoint.
+
+One CUDA process sees one MIG slice, and slices cannot talk to each other: a MIG job is one slice,
+one process. Full-GPU jobs run one process per GPU under `srun` (DDP across GPUs and nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .runs import runs_root
+
+SITE_CONFIG = Path("configs/slurm/site.yaml")
+REQUIRED_SITE_KEYS = ("partition", "time", "cpus_per_gpu", "mem_per_gpu", "full_gpu_gres", "mig_types")
+REQUEUE_EXIT_CODE = 3  # as kit.rolling_checkpoint.REQUEUE_EXIT_CODE; not imported, to keep Lightning out
+
+
+class SlurmSetupError(ValueError):
+    """A bad --gpu request, a bad combination, or a missing site setting."""
+
+
+@dataclass
+class GpuRequest:
+    kind: str  # "mig" or "full"
+    count: int
+    nodes: int
+    mig_type: str | None = None
+
+    @property
+    def gres(self) -> str:
+        return f"gpu:{self.mig_type}:1" if self.kind == "mig" else ""
+
+
+def load_site(path: Path = SITE_CONFIG) -> dict:
+    if not path.exists():
+        raise SlurmSetupError(f"no site config at {path}: it names the cluster's partition, GRES, time limit, ...")
+    site = yaml.safe_load(path.read_text()) or {}
+    missing = [key for key in REQUIRED_SITE_KEYS if site.get(key) in (None, "")]
+    if missing:
+        raise SlurmSetupError(f"{path} is missing the site setting(s): {', '.join(missing)}")
+    site.setdefault("signal_lead_seconds", 300)
+    site["setup"] = site.get("setup") or ""
+    site["mig_types"] = [str(t) for t in site["mig_types"] or []]
+    return site
+
+
+def parse_gpu_request(text: str, site: dict, nodes: int = 1) -> GpuRequest:
+    """`mig:TYPE` (one slice) or `full:N` (N whole GPUs per node)."""
+    kind, _, rest = text.partition(":")
+    if kind == "mig":
+        mig_type, _, count = rest.partition(":")
+        if nodes != 1 or count not in ("", "1"):
+            raise SlurmSetupError(
+                "A MIG job is one slice and one process: one CUDA process can use only one MIG slice and slices "
+                "cannot communicate, so DDP or several devices on MIG cannot work. Use --gpu full:N for that."
+            )
+        if mig_type not in site["mig_types"]:
+            offered = ", ".join(site["mig_types"]) or "none"
+            raise SlurmSetupError(
+                f"unknown MIG profile '{mig_type}': this site offers {offered} (configs/slurm/site.yaml, mig_types)"
+            )
+        return GpuRequest("mig", 1, 1, mig_type)
+    if kind == "full" and re.fullmatch(r"[1-9][0-9]*", rest):
+        return GpuRequest("full", int(rest), nodes)
+    example = (site["mig_types"] or ["1g.10gb"])[0]
+    raise SlurmSetupError(f"--gpu {text!r}: write mig:TYPE (e.g. mig:{example}) or full:N")
+
+
+def refuse_multi_process_on_mig(request: GpuRequest, fit_options: list[str]) -> None:
+    if request.kind != "mig":
+        return
+    joined = " ".join(fit_options)
+    if re.search(r"strategy[= ]\S*(ddp|fsdp|deepspeed)", joined) or re.search(r"devices[= ]([2-9]|[1-9][0-9])", joined):
+        raise SlurmSetupError(
+            "DDP or several devices asked for on a MIG slice: one CUDA process can use only one slice. "
+            "Use --gpu full:N for multi-GPU training."
+        )
+
+
+def job_script(
+    request: GpuRequest, site: dict, job_name: str, command: str, project: Path, array: int | None = None
+) -> str:
+    logs = runs_root() / "slurm-logs"
+    log_name = "%x-%A_%a.out" if array else "%x-%j.out"
+    gres = request.gres or f"{site['full_gpu_gres']}:{request.count}"
+    memory = re.fullmatch(r"([0-9]+)([KMGT]?)", str(site["mem_per_gpu"]))
+    if memory is None:
+        raise SlurmSetupError(f"mem_per_gpu {site['mem_per_gpu']!r} is not a SLURM memory size like 32G")
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --partition={site['partition']}",
+        *([f"#SBATCH --account={site['account']}"] if site.get("account") else []),
+        *([f"#SBATCH --qos={site['qos']}"] if site.get("qos") else []),
+        f"#SBATCH --time={site['time']}",
+        f"#SBATCH --nodes={request.nodes}",
+        f"#SBATCH --ntasks-per-node={request.count}",
+        f"#SBATCH --gres={gres}",
+        f"#SBATCH --cpus-per-task={site['cpus_per_gpu']}",
+        f"#SBATCH --mem={int(memory.group(1)) * request.count}{memory.group(2)}",
+        f"#SBATCH --signal=B:USR1@{int(site['signal_lead_seconds'])}",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={logs}/{log_name}",
+        *([f"#SBATCH --array=0-{array - 1}"] if array else []),
+        "",
+        f"# {'One MIG slice, one process.' if request.kind == 'mig' else 'One process per GPU (DDP).'}"
+        " Written by `submit`; re-submitting the same command resumes the same run.",
+        "set -uo pipefail",
+        f"cd {shlex.quote(str(project))}",
+        *site["setup"].strip().splitlines(),
+        f"export RUNS_DIR={shlex.quote(str(runs_root()))}",
+        "# Checkpoints are staged next to their target; keep any other temporary file on that filesystem too.",
+        'export TMPDIR="$RUNS_DIR/.tmp" && mkdir -p "$TMPDIR"',
+        "# Slurm >= 22.05: srun does not inherit --cpus-per-task by itself.",
+        "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK",
+        'echo "job ${SLURM_JOB_ID} on $(hostname) at $(date -Is), restart ${SLURM_RESTART_COUNT:-0}"',
+        "",
+        "# USR1 reaches this shell; pass it on to the training processes, which checkpoint and exit with 3.",
+        f"srun --kill-on-bad-exit=1 {command} &",
+        "child=$!",
+        "trap 'kill -USR1 $child 2>/dev/null' USR1",
+        "status=0",
+        'while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done',
+        'wait "$child" 2>/dev/null; last=$?; [ "$last" -ne 127 ] && status=$last',
+        f'if [ "$status" -eq {REQUEUE_EXIT_CODE} ]; then',
+        '    job="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"',
+        '    echo "checkpoint written; requeueing ${job:-$SLURM_JOB_ID}"',
+        '    scontrol requeue "${job:-$SLURM_JOB_ID}"',
+        "    exit 0",
+        "fi",
+        'exit "$status"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def trainer_options(request: GpuRequest) -> list[str]:
+    if request.kind == "mig":
+        return ["--trainer.devices=1", "--trainer.num_nodes=1"]
+    return [f"--trainer.devices={request.count}", f"--trainer.num_nodes={request.nodes}"]
+
+
+def submit_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="submit",
+        description="Submit `fit` as a SLURM job on a MIG slice or full GPUs. Other options go to `fit`.",
+    )
+    parser.add_argument("--gpu", help="mig:TYPE (one slice) or full:N (N GPUs per node); default: site default_gpu")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes, for full-GPU jobs (default 1)")
+    parser.add_argument("--sweep", type=Path, help="submit a job array, one task per trial of this sweep file")
+    parser.add_argument("--write-only", action="store_true", help="write the job script, print sbatch, do not run it")
+    parser.add_argument("--site", type=Path, default=SITE_CONFIG, help=f"site config (default {SITE_CONFIG})")
+    args, fit_options = parser.parse_known_args(argv)
+    try:
+        site = load_site(args.site)
+        request = parse_gpu_request(args.gpu or str(site.get("default_gpu", "full:1")), site, args.nodes)
+        refuse_multi_process_on_mig(request, fit_options)
+        script_path, script = _prepare(request, site, fit_options, args.sweep)
+    except SlurmSetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    script_path.parent.mkdir(parents=True, exist_ok=True)
+    (runs_root() / "slurm-logs").mkdir(parents=True, exist_ok=True)
+    script_path.write_text(script)
+    command = ["sbatch", str(script_path)]
+    print(f"Job script: {script_path}\n$ {shlex.join(command)}")
+    if args.write_only:
+        return 0
+    done = subprocess.run(command, capture_output=True, text=True)
+    print((done.stdout + done.stderr).strip())
+    return done.returncode
+
+
+def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Path | None) -> tuple[Path, str]:
+    package = __package__.rsplit(".", 1)[0]
+    python = shlex.quote(sys.executable)
+    project = Path.cwd()
+    if sweep is not None:
+        from .comparisons import sweep_trials
+
+        spec = yaml.safe_load(sweep.read_text())
+        count = len(sweep_trials(spec))
+        name = spec.get("name", sweep.stem)
+        options = shlex.join([*trainer_options(request), *fit_options])
+        command = f"{python} -m {package} sweep --trial $SLURM_ARRAY_TASK_ID {shlex.quote(str(sweep))} {options}"
+        script = job_script(request, site, f"sweep-{name}", command, project, array=count)
+        return runs_root() / "sweeps" / f"{name}.sbatch", script
+
+    from .project_cli import load_model_data_and_run  # parses the config: the run's name
+
+    run_options = [*fit_options, *trainer_options(request)]
+    _, _, run = load_model_data_and_run(run_options)
+    if "--run_name" not in run_options:
+        run_options += ["--run_name", run.name]  # the job resumes the run this command names
+    command = f"{python} -m {package} fit {shlex.join(run_options)}"
+    return run.path / "slurm" / f"{request.kind}.sbatch", job_script(request, site, run.name, command, project)

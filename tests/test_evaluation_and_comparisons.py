@@ -1,0 +1,115 @@
+"""`evaluate` derives its metrics from one saved forward pass; sweeps, seeds and comparisons add up."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, average_precision_score, confusion_matrix, f1_score
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(example_package, tmp_path_factory):
+    import lightning.pytorch as pl
+    from digits_mlp.data import DigitsDataModule
+    from digits_mlp.model import DigitsClassifier
+
+    pl.seed_everything(0)
+    data = DigitsDataModule()
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(DigitsClassifier(), datamodule=data)
+    path = tmp_path_factory.mktemp("evaluation") / "model.ckpt"
+    trainer.save_checkpoint(path)
+    data.setup("test")
+    return path, data
+
+
+def test_evaluate_uses_one_forward_pass_and_matches_a_direct_computation(trained_checkpoint, tmp_path) -> None:
+    from digits_mlp.kit.evaluation import evaluate_checkpoint
+    from digits_mlp.model import DigitsClassifier
+    from torch.utils.data import DataLoader
+
+    checkpoint, data = trained_checkpoint
+    loader = DataLoader(data.splits["test"], batch_size=32)
+    forward_calls = []
+
+    class CountingClassifier(DigitsClassifier):
+        def forward(self, images):
+            forward_calls.append(len(images))
+            return super().forward(images)
+
+    metrics = evaluate_checkpoint(CountingClassifier, checkpoint, loader, tmp_path)
+    assert len(forward_calls) == len(loader) and sum(forward_calls) == len(data.splits["test"])
+
+    again = evaluate_checkpoint(CountingClassifier, checkpoint, loader, tmp_path)
+    assert len(forward_calls) == len(loader)  # the saved predictions were reused: no second pass
+    assert again["accuracy"] == metrics["accuracy"]
+
+    model = DigitsClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    images, labels = data.splits["test"].tensors
+    with torch.no_grad():
+        probabilities = torch.softmax(model(images), dim=1).numpy()
+    labels = labels.numpy()
+    predicted = probabilities.argmax(axis=1)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
+    assert metrics["f1_macro"] == pytest.approx(f1_score(labels, predicted, average="macro"), abs=1e-6)
+    one_hot = np.eye(10)[labels]
+    assert metrics["pr_auc_macro"] == pytest.approx(average_precision_score(one_hot, probabilities), abs=1e-4)
+    assert (metrics["confusion_matrix"].numpy() == confusion_matrix(labels, predicted)).all()
+    confidence, correct = probabilities.max(axis=1), (predicted == labels)
+    bins = np.clip(np.ceil(confidence * 15) - 1, 0, 14).astype(int)
+    ece = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).mean() for b in set(bins))
+    assert metrics["expected_calibration_error"] == pytest.approx(ece, abs=1e-5)
+    for name in ("predictions.pt", "metrics.csv", "metrics.md", "evaluation.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_confidence_interval_and_welch_difference_by_hand(example_package) -> None:
+    from digits_mlp.kit.comparisons import compare_groups, mean_and_interval, welch_difference
+
+    mean, half = mean_and_interval([0.90, 0.92, 0.94])
+    assert mean == pytest.approx(0.92) and half == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    difference, half_width, freedom = welch_difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert difference == pytest.approx(2.0)
+    assert freedom == pytest.approx((1 / 3 + 4 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2))
+    # Welch's degrees of freedom here are 2.94; the table is read at floor(2.94) = 2, where t = 4.303.
+    assert half_width == pytest.approx(4.303 * math.sqrt(1 / 3 + 4 / 3))
+    assert "within seed noise" in compare_groups("a", [0.90, 0.91, 0.92], "b", [0.905, 0.915, 0.925])
+    assert "exceeds seed noise" in compare_groups("a", [0.90, 0.901, 0.902], "b", [0.95, 0.951, 0.952])
+
+
+def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
+    from digits_mlp.kit.comparisons import sweep_trials
+
+    grid = sweep_trials({"parameters": {"a": [1, 2], "b": ["x", "y", "z"]}})
+    assert len(grid) == 6 and {"a": 2, "b": "z"} in grid
+    drawn = sweep_trials({"strategy": "random", "trials": 3, "seed": 1, "parameters": {"a": [1, 2], "b": [3, 4]}})
+    assert len(drawn) == 3 and all(
+        trial in grid or trial in sweep_trials({"parameters": {"a": [1, 2], "b": [3, 4]}}) for trial in drawn
+    )
+    with pytest.raises(ValueError, match="non-empty list"):
+        sweep_trials({"parameters": {"a": []}})
+    with pytest.raises(ValueError, match="unknown sweep strategy"):
+        sweep_trials({"strategy": "bayes", "parameters": {"a": [1]}})
+
+
+def test_sweep_then_results_end_to_end(example_package, tmp_path, monkeypatch, capsys) -> None:
+    from digits_mlp.kit.comparisons import results_main, sweep_main
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(
+        "options: [--trainer.max_epochs=2]\nparameters:\n  model.init_args.learning_rate: [0.0001, 0.01]\n"
+    )
+    assert sweep_main([str(sweep)]) == 0
+    assert results_main(["tiny"]) == 0
+    table = (tmp_path / "runs" / "sweeps" / "tiny-results.csv").read_text().splitlines()
+    assert table[0] == "run,model.init_args.learning_rate,best val/acc"
+    low, high = (float(line.split(",")[2]) for line in table[1:])
+    assert high > low  # two epochs at lr 0.01 beat two at 0.0001
+    assert (tmp_path / "runs" / "sweeps" / "tiny-results.png").exists()
+    assert os.path.isdir(tmp_path / "runs" / "sweep-tiny-001" / "checkpoints")

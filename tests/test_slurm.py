@@ -1,0 +1,147 @@
+"""Job scripts under a real single-node Slurm (Debian's slurm-wlm, started by scripts/start-slurm.sh)
+with GPU GRES typed like MIG slices. The example trains on the CPU (--trainer.accelerator=cpu); the
+GRES are stand-ins, which is all the scheduler needs to place MIG and full-GPU jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TOP, run
+
+SITE = """\
+partition: gpu
+time: "00:20:00"
+cpus_per_gpu: 1
+mem_per_gpu: 1G
+full_gpu_gres: gpu
+mig_types: [1g.10gb, 2g.20gb]
+default_gpu: mig:1g.10gb
+signal_lead_seconds: 60
+"""
+CPU_RUN = ["--trainer.accelerator=cpu", "--early_stopping.patience=null", "--checkpointing.every_n_steps=20"]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmctld and slurmd needs root (CI runs as root)")
+    run(["bash", str(TOP / "scripts" / "start-slurm.sh")], cwd=TOP)
+
+
+@pytest.fixture(scope="module")
+def cluster_project(slurm, example_project, example_command, tmp_path_factory):
+    project, _ = example_project
+    site = tmp_path_factory.mktemp("site") / "site.yaml"
+    site.write_text(SITE)
+    runs = tmp_path_factory.mktemp("slurm-runs")
+    return project, example_command, site, {"RUNS_DIR": str(runs)}, runs
+
+
+def submit(cluster_project, *options: str) -> int:
+    project, command, site, env, _ = cluster_project
+    done = run([*command, "submit", "--site", str(site), *options], cwd=project, env=env)
+    match = re.search(r"Submitted batch job (\d+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    return int(match.group(1))
+
+
+def job_state(job: int) -> str | None:
+    shown = subprocess.run(["scontrol", "show", "job", str(job)], capture_output=True, text=True)
+    match = re.search(r"JobState=(\w+)", shown.stdout)
+    return match.group(1) if match else None
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_until_done(job: int, timeout: float = 240) -> str:
+    return wait_for(
+        lambda: (s := job_state(job)) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") and s,
+        timeout,
+        f"job {job} to end",
+    )
+
+
+def log_of(runs: Path, job: int) -> str:
+    return "".join(path.read_text() for path in (runs / "slurm-logs").glob(f"*-{job}.out"))
+
+
+@pytest.mark.parametrize("gpu", ["mig:1g.10gb", "full:1"])
+def test_job_script_trains_the_example(cluster_project, gpu: str) -> None:
+    *_, runs = cluster_project
+    run_name = f"slurm-{gpu.replace(':', '-')}"
+    job = submit(cluster_project, "--gpu", gpu, "--trainer.max_epochs=2", *CPU_RUN, "--run_name", run_name)
+    assert wait_until_done(job) == "COMPLETED", log_of(runs, job)
+    script = (runs / run_name / "slurm" / f"{gpu.split(':')[0]}.sbatch").read_text()
+    expected_gres = "#SBATCH --gres=gpu:1g.10gb:1" if gpu.startswith("mig") else "#SBATCH --gres=gpu:1"
+    assert expected_gres in script and "#SBATCH --requeue" in script and "--signal=B:USR1@60" in script
+    assert f"Run '{run_name}' finished" in log_of(runs, job)
+    assert (runs / run_name / "checkpoints" / "final.ckpt").exists()
+
+
+def test_usr1_checkpoints_requeues_and_resumes_to_identical_weights(cluster_project) -> None:
+    project, command, _, env, runs = cluster_project
+    options = ["--trainer.max_epochs=150", *CPU_RUN]
+    job = submit(cluster_project, "--gpu", "full:1", *options, "--run_name", "requeued")
+    checkpoints = runs / "requeued" / "checkpoints"
+    wait_for(lambda: job_state(job) == "RUNNING" and (checkpoints / "last.ckpt").exists(), 120, "a first checkpoint")
+    run(["scancel", "--signal=USR1", "--batch", str(job)], cwd=project)
+    wait_for(lambda: "requeueing" in log_of(runs, job), 60, "the job to checkpoint and requeue itself")
+    wait_for(lambda: job_state(job) in ("PENDING", "REQUEUED", "RUNNING", "COMPLETED"), 30, "the requeued job")
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)  # skip the back-off
+    assert wait_until_done(job, timeout=300) == "COMPLETED", log_of(runs, job)
+
+    log = log_of(runs, job)
+    assert "restart 0" in log and "restart 1" in log
+    assert "Run 'requeued' stopped on signal" in log and "Run 'requeued': resuming from last.ckpt" in log
+    assert "Run 'requeued' finished" in log
+
+    reference = run(
+        [*command, "fit", *options, "--trainer.devices=1", "--trainer.num_nodes=1", "--run_name", "uninterrupted"],
+        cwd=project,
+        env=env,
+    )
+    assert "Run 'uninterrupted' finished" in reference.stdout
+    final = {
+        name: torch.load(runs / name / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
+        for name in ("requeued", "uninterrupted")
+    }
+    assert max((final["requeued"][k] - final["uninterrupted"][k]).abs().max().item() for k in final["requeued"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--gpu", "mig:4g.40gb"], "unknown MIG profile '4g.40gb': this site offers 1g.10gb, 2g.20gb"),
+        (["--gpu", "mig:1g.10gb:2"], "one CUDA process can use only one MIG slice"),
+        (["--gpu", "mig:1g.10gb", "--nodes", "2"], "one CUDA process can use only one MIG slice"),
+        (["--gpu", "mig:1g.10gb", "--trainer.strategy=ddp"], "DDP or several devices asked for on a MIG slice"),
+        (["--gpu", "full:two"], "write mig:TYPE"),
+    ],
+)
+def test_bad_requests_get_one_clear_error(cluster_project, tmp_path: Path, options, message) -> None:
+    project, command, site, env, _ = cluster_project
+    done = run([*command, "submit", "--site", str(site), "--write-only", *options], cwd=project, env=env, check=False)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_missing_site_setting_is_named(cluster_project, tmp_path: Path) -> None:
+    project, command, _, env, _ = cluster_project
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE.replace("partition: gpu\n", ""))
+    done = run([*command, "submit", "--site", str(site), "--write-only"], cwd=project, env=env, check=False)
+    assert done.returncode == 2 and "missing the site setting(s): partition" in done.stderr

@@ -1,0 +1,67 @@
+"""The memory profile's arithmetic and slice choice, with fixed numbers (CPU); a real measurement on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def profiler(example_package):
+    from digits_mlp.kit import memory_profile
+
+    return memory_profile
+
+
+def test_needed_memory_adds_the_context_to_the_allocator_peak(profiler) -> None:
+    profile = profiler.MemoryProfile(peak_reserved_bytes=6 * profiler.GIB, context_overhead_bytes=profiler.GIB // 2)
+    assert profile.needed_gib == pytest.approx(6.5)
+
+
+@pytest.mark.parametrize(
+    ("needed", "headroom", "site_types", "expected"),
+    [
+        (3.0, 0.15, ["1g.10gb", "2g.20gb", "3g.40gb"], "1g.10gb"),
+        (8.0, 0.15, ["1g.10gb", "2g.20gb", "3g.40gb"], "2g.20gb"),  # 8 x 1.15 = 9.2 > 9.0 usable
+        (8.0, 0.10, ["1g.10gb", "2g.20gb", "3g.40gb"], "1g.10gb"),  # 8 x 1.10 = 8.8 <= 9.0
+        (30.0, 0.15, ["1g.10gb", "2g.20gb", "3g.40gb"], "3g.40gb"),
+        (3.0, 0.15, ["a100_3g.40gb", "a100_1g.10gb"], "a100_1g.10gb"),  # site names with a prefix
+        (60.0, 0.15, ["1g.10gb", "2g.20gb", "3g.40gb"], None),  # nothing fits: use a full GPU
+        (20.0, 0.15, ["1g.35gb", "2g.35gb"], "1g.35gb"),  # H200 slices
+    ],
+)
+def test_smallest_site_slice_with_headroom(profiler, needed, headroom, site_types, expected) -> None:
+    assert profiler.smallest_site_slice(needed, headroom, site_types) == expected
+
+
+def test_table_lists_every_profile_of_the_four_gpus(profiler) -> None:
+    table = profiler.format_table(profiler.MemoryProfile(4 * profiler.GIB, profiler.GIB // 4), headroom=0.2)
+    assert "4.25 GiB needed" in table and "5.10 GiB" in table
+    for gpu in ("A100 40GB", "A100 80GB", "H100 80GB", "H200 141GB"):
+        assert gpu in table
+    rows = [line.split() for line in table.splitlines()[2:]]
+    assert ["A100", "40GB", "1g.5gb", "4.4", "no"] in rows and ["A100", "40GB", "1g.10gb", "9.0", "yes"] in rows
+
+
+def test_write_sets_the_site_default_and_keeps_comments(profiler, tmp_path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("# my cluster\npartition: gpu\ndefault_gpu: full:1  # old\nmig_types: [1g.10gb]\n")
+    profiler.set_default_gpu(site, "1g.10gb")
+    assert site.read_text() == "# my cluster\npartition: gpu\ndefault_gpu: mig:1g.10gb\nmig_types: [1g.10gb]\n"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the profile measures real GPU memory")
+def test_measured_profile_covers_a_real_training_run(profiler, example_package, monkeypatch) -> None:
+    import lightning.pytorch as pl
+    from digits_mlp.kit.project_cli import load_model_and_data
+
+    monkeypatch.chdir(example_package)
+    profile = profiler.measure([], steps=20)
+    assert profile.peak_reserved_bytes > 0 and profile.context_overhead_bytes > 0
+    model, data = load_model_and_data([])
+    torch.cuda.reset_peak_memory_stats()
+    pl.Trainer(accelerator="gpu", devices=1, max_epochs=3, logger=False, enable_checkpointing=False).fit(model, data)
+    measured = torch.cuda.max_memory_reserved()
+    predicted_mib, measured_mib = profile.peak_reserved_bytes / 2**20, measured / 2**20
+    print(f"predicted peak {predicted_mib:.1f} MiB, measured over 3 epochs {measured_mib:.1f} MiB")
+    assert measured <= profile.peak_reserved_bytes * 1.15

@@ -25,6 +25,7 @@ from .atomic_checkpoint_io import AtomicCheckpointIO
 from .checkpoint_files import newest_checkpoint
 from .exact_resume import RandomStateCheckpoint
 from .rolling_checkpoint import REQUEUE_EXIT_CODE, RollingCheckpoint
+from .run_record import finish_record, start_record
 from .runs import ConfigChangedError, RunDirectory, derive_run_name, runs_root
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -73,6 +74,10 @@ def automatic_precision(accelerator: str | None) -> str:
     if not uses_gpu:
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+# LightningCLI warns when `args` and sys.argv are both set; here `args` comes from sys.argv itself.
+warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
 
 
 class StoppedForRequeue(Exception):
@@ -201,6 +206,8 @@ class ProjectCLI(LightningCLI):
         if self.trainer.fast_dev_run:
             return
         self.run.start(self.config_text, monitor={"metric": self._policy.monitor, "mode": self._policy.mode})
+        fingerprint = getattr(self.datamodule, "data_fingerprint", None)
+        start_record(self.run.path, self.config["fit"].get("seed_everything"), fingerprint() if fingerprint else None)
         fit_kwargs = self.config_init["fit"]
         if fit_kwargs.get("ckpt_path"):
             print(f"Run '{self.run.name}': starting from the given checkpoint {fit_kwargs['ckpt_path']}")
@@ -221,13 +228,15 @@ class ProjectCLI(LightningCLI):
         if self.trainer.fast_dev_run:
             return
         rolling = next(c for c in self.trainer.callbacks if isinstance(c, RollingCheckpoint))
+        metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
         if rolling.stopped_by_signal:
+            finish_record(self.run.path, metrics, "stopped on signal, to be requeued")
             print(f"Run '{self.run.name}' stopped on signal at step {self.trainer.global_step}; checkpoint written.")
             raise StoppedForRequeue
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0:
             print(f"Stopped early at epoch {stopper.stopped_epoch}: {stopper.monitor} stopped improving.")
-        metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
+        finish_record(self.run.path, metrics, "finished" if self.run.is_finished() else "stopped")
         shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
         state = "finished" if self.run.is_finished() else "stopped before the end (re-run the command to resume)"
         print(f"Run '{self.run.name}' {state}. {shown}\nOutputs: {self.run.path}")
@@ -318,8 +327,6 @@ def load_model_data_and_run(args: list[str] = ()) -> tuple[LightningModule, Ligh
 def run_lightning_cli(args: list[str]) -> int:
     """Run a LightningCLI subcommand; bad configs and refused runs end with a message, not a traceback."""
     default_config = _default_config_files()
-    # LightningCLI warns when `args` and sys.argv are both set; here `args` *is* sys.argv[1:].
-    warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
     try:
         ProjectCLI(
             LightningModule,

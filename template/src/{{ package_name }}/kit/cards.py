@@ -1,0 +1,123 @@
+"""Dataset and model cards, generated from what the runs and the data module record.
+
+Managed by the copier-lightning template. The dataset card says where the data came from, its
+files and checksums, its size and statistics per split, the transform and its parameters, its
+fingerprint, and how it changed (a history kept beside the card). The model card says what goes
+in and out, the hyperparameters, the training data's fingerprint, the metrics, the code commit,
+and what changed since the previous version (a diff of the two runs' configs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import inspect
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from .preprocessing_cache import file_sha256
+
+
+def _first_paragraph(text: str | None) -> str:
+    return (text or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def dataset_card(data, path: Path, transform=None) -> None:
+    """Write the card of `data` (a set-up DataModule with splits of (inputs, labels)).
+
+    Its source is the data module's `source` attribute (else its docstring); `transform` is the
+    function that makes the features, described by its docstring.
+    """
+    fingerprint = data.data_fingerprint()
+    raw = [(str(p), Path(p).stat().st_size, file_sha256(Path(p))) for p in data.raw_files()]
+    history_path = path.with_name(path.stem + "-history.json")
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    if not history or history[-1]["fingerprint"] != fingerprint:
+        today = dt.date.today().isoformat()
+        history.append({"date": today, "fingerprint": fingerprint, "raw_sha256": [r[2] for r in raw]})
+        history_path.write_text(json.dumps(history, indent=2) + "\n")
+    source = getattr(data, "source", None) or inspect.getdoc(type(data))
+    lines = [
+        f"# Dataset card: {type(data).__name__}",
+        "",
+        f"**Source.** {_first_paragraph(source)}",
+        "",
+        f"**Fingerprint** (raw data + feature code + parameters): `{fingerprint}`",
+        "",
+        "| raw file | bytes | sha256 |",
+        "|---|---|---|",
+        *[f"| {name} | {size} | `{digest}` |" for name, size, digest in raw],
+        "",
+        "| split | examples | input shape | input mean | input std | examples per class |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, split in data.splits.items():
+        inputs, labels = split.tensors[0], split.tensors[1]
+        counts = torch.bincount(labels).tolist()
+        shape = tuple(inputs.shape[1:])
+        lines.append(f"| {name} | {len(labels)} | {shape} | {inputs.mean():.4f} | {inputs.std():.4f} | {counts} |")
+    hparams = dict(data.hparams)
+    lines += [
+        "",
+        f"**Transform.** {_first_paragraph(inspect.getdoc(transform)) if transform else 'see the data module'}",
+        "",
+        f"**Parameters.** `{json.dumps(hparams, default=str)}`",
+        "",
+        "**How it changed** (one line per distinct fingerprint):",
+        "",
+        *[f"- {entry['date']}: `{entry['fingerprint']}`" for entry in history],
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) -> None:
+    """Write the card of the model a run trained, compared with a previous run if given."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    record = json.loads((run_dir / "record.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    start = record["starts"][-1]
+    model_args = config.get("model", {}).get("init_args", {})
+    evaluation = run_dir / "evaluation" / "test" / "metrics.md"
+    lines = [
+        f"# Model card: run `{run_dir.name}`",
+        "",
+        f"**Model.** `{config['model']['class_path']}`; inputs of size {model_args.get('input_size', '?')}, "
+        f"outputs {model_args.get('num_classes', '?')} class scores.",
+        "",
+        f"**Trained** {start['started']} to {record.get('ended', '?')} ({record.get('status', '?')}); "
+        f"code {start.get('git_sha') or 'not in git'}{' with uncommitted changes' if start.get('git_dirty') else ''}; "
+        f"torch {start['torch']}, Lightning {start['lightning']}; seed {start.get('seed')}.",
+        "",
+        f"**Training data** fingerprint `{start.get('data_fingerprint')}` (`{config['data']['class_path']}`).",
+        "",
+        "**Hyperparameters.**",
+        "",
+        "```yaml",
+        yaml.safe_dump({"model": config["model"], "data": config["data"]}, sort_keys=False).rstrip(),
+        "```",
+        "",
+        "**Metrics at the end of training.**",
+        "",
+        *[f"- {name}: {value:.4f}" for name, value in sorted(record.get("final_metrics", {}).items())],
+        "",
+        "**Checkpoints.** " + ", ".join(sorted(manifest.get("checkpoints", {}))),
+        "",
+    ]
+    if evaluation.exists():
+        lines += ["**Test evaluation.**", "", evaluation.read_text().rstrip(), ""]
+    if previous_run_dir is not None:
+        diff = difflib.unified_diff(
+            (previous_run_dir / "config.yaml").read_text().splitlines(),
+            (run_dir / "config.yaml").read_text().splitlines(),
+            fromfile=previous_run_dir.name,
+            tofile=run_dir.name,
+            lineterm="",
+        )
+        lines += [f"**Changes since `{previous_run_dir.name}`** (config diff):", "", "```diff", *diff, "```", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))

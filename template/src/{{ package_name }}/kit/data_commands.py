@@ -1,0 +1,72 @@
+"""`<package> data fetch | record | verify | prepare`: raw data, its checksums, its features.
+
+Managed by the copier-lightning template. It drives the configured DataModule through three
+optional methods: `raw_files()` (the raw input paths), `fetch_raw()` (get them) and
+`prepare_features()` (compute or load the cached features; returns a CacheResult). The checksum
+manifest `data/raw.sha256` uses sha256sum's format, so `sha256sum -c data/raw.sha256` checks it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+MANIFEST = Path("data/raw.sha256")
+
+
+def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
+    entries = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            digest, name = line.split(maxsplit=1)
+            entries[name.strip().lstrip("*")] = digest
+    return entries
+
+
+def differences(recorded: dict[str, str], files: list[Path]) -> list[str]:
+    """Human-readable list of files that are missing, changed, or not in the manifest."""
+    from .preprocessing_cache import file_sha256
+
+    problems = []
+    current = {str(path): path for path in files}
+    for name, digest in sorted(recorded.items()):
+        path = Path(name)
+        if not path.is_file():
+            problems.append(f"missing: {name}")
+        elif file_sha256(path) != digest:
+            problems.append(f"changed: {name} (sha256 {file_sha256(path)[:12]}..., recorded {digest[:12]}...)")
+    problems += [f"not in the manifest: {name}" for name in sorted(current) if name not in recorded]
+    return problems
+
+
+def data_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="data", description=__doc__)
+    parser.add_argument("action", choices=["fetch", "record", "verify", "prepare"])
+    args, options = parser.parse_known_args(argv)
+    from .preprocessing_cache import file_sha256
+    from .project_cli import load_model_and_data
+
+    _, data = load_model_and_data(options)
+    files = [Path(p) for p in data.raw_files()]
+    if args.action == "fetch":
+        data.fetch_raw()
+        print("\n".join(f"present: {path}" for path in files))
+    elif args.action == "record":
+        MANIFEST.parent.mkdir(parents=True, exist_ok=True)
+        MANIFEST.write_text("".join(f"{file_sha256(path)}  {path}\n" for path in files))
+        print(f"Recorded the checksums of {len(files)} raw file(s) in {MANIFEST}; commit it.")
+    elif args.action == "verify":
+        if not MANIFEST.exists():
+            print(f"error: no checksum manifest at {MANIFEST}; create it with `data record`")
+            return 2
+        problems = differences(read_manifest(), files)
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"Raw data differs from {MANIFEST}: {len(problems)} problem(s).")
+            return 1
+        print(f"All {len(files)} raw file(s) match {MANIFEST}.")
+    else:
+        result = data.prepare_features()
+        print(f"Features {'loaded from the cache' if result.hit else 'computed and cached'}: {result.path}")
+    return 0

@@ -1,0 +1,89 @@
+"""Compute preprocessed features once; reuse them until an input changes.
+
+Managed by the copier-lightning template. `cached_features(transform, raw_files, params, cache_dir)`
+returns `transform(raw_files, **params)`, stored in `cache_dir/<transform>-<key>.pt` where the key
+hashes the raw files' bytes, the source code of the transform's module and the parameters: change
+any of them and the key changes (a miss, recomputed); change none and the stored result is loaded
+(a hit). Results are written atomically, so an interrupted write never leaves an entry that a later
+run would load. File hashes are remembered by (size, modification time) so that an unchanged large
+raw file is not read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic_checkpoint_io import atomic_torch_save
+
+HASH_MEMO = ".file-hashes.json"
+
+
+@dataclass
+class CacheResult:
+    value: Any
+    key: str
+    hit: bool
+    path: Path
+
+
+def file_sha256(path: Path, memo: dict[str, dict] | None = None) -> str:
+    stat = path.stat()
+    remembered = (memo or {}).get(str(path.resolve()))
+    if remembered and remembered["size"] == stat.st_size and remembered["mtime_ns"] == stat.st_mtime_ns:
+        return remembered["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    if memo is not None:
+        memo[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def cache_key(
+    transform: Callable, raw_files: list[Path], params: dict[str, Any], memo: dict[str, dict] | None = None
+) -> str:
+    """Hash of the raw files' contents, the transform's module source and the parameters."""
+    missing = [str(path) for path in raw_files if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"raw input file(s) missing: {', '.join(missing)}")
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in raw_files):
+        digest.update(f"{path.name}:{file_sha256(path, memo)}\n".encode())
+    digest.update(inspect.getsource(inspect.getmodule(transform)).encode())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_features(
+    transform: Callable[..., Any], raw_files: list[Path], params: dict[str, Any], cache_dir: Path
+) -> CacheResult:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    memo_path = cache_dir / HASH_MEMO
+    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+    key = cache_key(transform, raw_files, params, memo)
+    _write_memo(memo_path, memo)
+    path = cache_dir / f"{transform.__name__}-{key}.pt"
+    if path.exists():
+        try:
+            return CacheResult(torch.load(path, weights_only=True), key, True, path)
+        except Exception:  # noqa: BLE001 - an unreadable entry is recomputed, never used
+            path.unlink()
+    value = transform(raw_files, **params)
+    atomic_torch_save(value, path)
+    return CacheResult(value, key, False, path)
+
+
+def _write_memo(path: Path, memo: dict) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(memo, indent=1))
+    os.replace(temporary, path)

@@ -1,0 +1,164 @@
+"""`<package> reproduce NAME | --all | --list`: one command per artifact, rebuilding only what is stale.
+
+Managed by the copier-lightning template. Artifacts are declared once, in `<package>/artifacts.py`
+(yours). The engine is doit: each artifact is a doit task whose dependencies are its declared input
+files, every Python file of the package and every config file (so a code change is never missed),
+and its parameters; its targets are its outputs. doit keeps the dependency state in
+.reproduce/doit.json and rebuilds a task when an input's content changed, a parameter changed, an
+output is missing, or a task it comes after was rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = Path(".reproduce") / "doit.json"
+
+
+@dataclass
+class Artifact:
+    """A figure, table or checkpoint, how to build it, and what it depends on.
+
+    name: what you type after `reproduce`.
+    kind: "figure", "table", "checkpoint" or anything that describes it.
+    outputs: the files it makes.
+    build: a function `build(artifact)` that makes the outputs; or
+    fit_options: for a checkpoint, the options of `fit` that train it (a fresh run each rebuild; the
+        previous run directory is kept, renamed with a time stamp).
+    inputs: files it reads (data, a run's metrics file, ...), besides the package code and configs.
+    after: names of artifacts it needs built first.
+    params: values that shape it; a change rebuilds it.
+    """
+
+    name: str
+    kind: str
+    outputs: list[str]
+    build: Callable[[Artifact], None] | None = None
+    fit_options: list[str] | None = None
+    inputs: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def command(self) -> str:
+        return f"reproduce {self.name}"
+
+
+def code_and_config_files(package_dir: Path) -> list[str]:
+    files = sorted(str(p) for p in package_dir.rglob("*.py") if "__pycache__" not in p.parts)
+    return files + sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+
+
+def _train(artifact: Artifact) -> None:
+    from .project_cli import run_lightning_cli
+
+    checkpoint = Path(artifact.outputs[0])
+    run_dir = checkpoint.parent.parent
+    if checkpoint.exists():  # stale: keep the old model version, train afresh
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}"))
+    code = run_lightning_cli(["fit", *(artifact.fit_options or [])])
+    if code != 0:
+        raise RuntimeError(f"fit for artifact {artifact.name} exited with {code}")
+
+
+def _action(artifact: Artifact) -> bool:
+    for output in artifact.outputs:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+    (artifact.build or _train)(artifact)
+    missing = [output for output in artifact.outputs if not Path(output).exists()]
+    if missing:
+        raise RuntimeError(f"artifact {artifact.name} did not write {', '.join(missing)}")
+    return True
+
+
+def doit_tasks(artifacts: list[Artifact], package_dir: Path) -> dict[str, Callable]:
+    from doit.tools import config_changed
+
+    code = code_and_config_files(package_dir)
+
+    def task_artifacts():
+        for artifact in artifacts:
+            yield {
+                "basename": artifact.name,
+                "doc": artifact.description or artifact.kind,
+                "actions": [(_action, [artifact])],
+                "file_dep": [*artifact.inputs, *code],
+                "targets": artifact.outputs,
+                "task_dep": artifact.after,
+                "uptodate": [config_changed({"params": artifact.params, "fit": artifact.fit_options})],
+                "verbosity": 2,
+            }
+
+    return {"task_artifacts": task_artifacts, "DOIT_CONFIG": {"dep_file": str(STATE_FILE), "backend": "json"}}
+
+
+def missing_inputs(artifacts: list[Artifact]) -> list[str]:
+    produced = {output for artifact in artifacts for output in artifact.outputs}
+    return [
+        f"{path} (needed by {artifact.name})"
+        for artifact in artifacts
+        for path in artifact.inputs
+        if path not in produced and not Path(path).exists()
+    ]
+
+
+def status(artifacts: list[Artifact], package_dir: Path) -> dict[str, str]:
+    """'up to date', 'stale' or 'missing' per artifact, from doit's own dependency check."""
+    import contextlib
+    import io
+
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        DoitMain(ModuleTaskLoader(doit_tasks(artifacts, package_dir))).run(["list", "--all", "--status", "-q"])
+    stale = {line.split()[1] for line in listing.getvalue().splitlines() if line.startswith("R ")}
+    result = {}
+    for artifact in artifacts:
+        if not all(Path(output).exists() for output in artifact.outputs):
+            result[artifact.name] = "missing"
+        else:
+            result[artifact.name] = "stale" if artifact.name in stale else "up to date"
+    return result
+
+
+def reproduce_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="reproduce", description=__doc__)
+    parser.add_argument("names", nargs="*", help="artifacts to rebuild (if stale)")
+    parser.add_argument("--all", action="store_true", help="every artifact")
+    parser.add_argument("--list", action="store_true", help="every artifact, its command and whether it is current")
+    args = parser.parse_args(argv)
+    package = __package__.rsplit(".", 1)[0]
+    artifacts: list[Artifact] = __import__(f"{package}.artifacts", fromlist=["ARTIFACTS"]).ARTIFACTS
+    package_dir = Path(sys.modules[package].__file__).parent
+    known = {artifact.name for artifact in artifacts}
+    if args.list:
+        states = status(artifacts, package_dir)
+        width = max(len(name) for name in known)
+        for artifact in artifacts:
+            state = states[artifact.name]
+            print(f"{artifact.name:<{width}}  {artifact.kind:<10}  {state:<10}  {package} {artifact.command}")
+        return 0
+    names = sorted(known) if args.all else args.names
+    unknown = [name for name in names if name not in known]
+    if not names or unknown:
+        problem = f"unknown artifact(s): {', '.join(unknown)}" if unknown else "name an artifact or --all"
+        print(f"error: {problem}; artifacts: {', '.join(sorted(known))}")
+        return 2
+    missing = missing_inputs(artifacts)
+    if missing:
+        print(f"error: missing input file(s): {'; '.join(missing)}")
+        return 2
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    STATE_FILE.parent.mkdir(exist_ok=True)
+    return DoitMain(ModuleTaskLoader(doit_tasks(artifacts, package_dir))).run(["run", *names])

@@ -1,0 +1,113 @@
+"""What a run ran with, recorded at every start. Managed by the copier-lightning template.
+
+`runs/<run>/record.json` holds one entry per start (a resumed or requeued run has several): the
+git commit, whether the work tree was dirty (and the uncommitted diff, in git-diff-<n>.patch), the
+installed packages (packages-<n>.txt, with their hash and the lock file's hash if the project has
+one), Python/torch/Lightning/CUDA versions, the GPU or MIG slice, SLURM job and array ids, the seed,
+the data fingerprint, the start time; at the end, the end time and the final metrics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
+SLURM_VARIABLES = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_RESTART_COUNT",
+    "SLURM_JOB_NODELIST",
+)
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def installed_packages() -> list[str]:
+    names = {(d.metadata["Name"] or "?").lower(): d.version for d in importlib.metadata.distributions()}
+    return [f"{name}=={version}" for name, version in sorted(names.items())]
+
+
+def accelerator_description() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"cuda_available": torch.cuda.is_available(), "cuda_version": torch.version.cuda}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 1024**3, 1)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if visible.startswith("MIG-"):
+        info["mig_device"] = visible
+    return info
+
+
+def start_record(run_path: Path, seed: Any, data_fingerprint: str | None) -> None:
+    """Append this start's environment to record.json; write its package list and uncommitted diff."""
+    import lightning
+    import torch
+
+    record_path = run_path / "record.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"starts": []}
+    number = len(record["starts"]) + 1
+    packages = installed_packages()
+    (run_path / f"packages-{number}.txt").write_text("\n".join(packages) + "\n")
+    entry: dict[str, Any] = {
+        "started": _now(),
+        "host": platform.node(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "packages_sha256": hashlib.sha256("\n".join(packages).encode()).hexdigest(),
+        "lock_file_sha256": {
+            name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in LOCK_FILES if Path(name).exists()
+        },
+        "seed": seed,
+        "data_fingerprint": data_fingerprint,
+        "slurm": {name: os.environ[name] for name in SLURM_VARIABLES if name in os.environ},
+        **accelerator_description(),
+        **_git(run_path, number),
+    }
+    record["starts"].append(entry)
+    _write(record_path, record)
+
+
+def finish_record(run_path: Path, metrics: dict[str, float], status: str) -> None:
+    record_path = run_path / "record.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"starts": []}
+    record.update(ended=_now(), status=status, final_metrics=metrics)
+    _write(record_path, record)
+
+
+def _git(run_path: Path, number: int) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    if sha is None:
+        return {"git_sha": None, "git_dirty": None}
+    diff = git("diff", "HEAD") or ""
+    if diff:
+        (run_path / f"git-diff-{number}.patch").write_text(diff)
+    diff_file = f"git-diff-{number}.patch" if diff else None
+    return {"git_sha": sha.strip(), "git_dirty": bool(diff), "git_diff_file": diff_file}
+
+
+def _write(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)

@@ -111,6 +111,10 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
     if evaluation.exists():
         lines += ["**Test evaluation.**", "", evaluation.read_text().rstrip(), ""]
     if previous_run_dir is not None:
+        previous_start = json.loads((previous_run_dir / "record.json").read_text())["starts"][-1]
+        before, after = previous_start.get("data_fingerprint"), start.get("data_fingerprint")
+        data_change = "unchanged" if before == after else f"changed from `{before}` to `{after}`"
+        lines += [f"**Training data since `{previous_run_dir.name}`:** {data_change}.", ""]
         diff = difflib.unified_diff(
             (previous_run_dir / "config.yaml").read_text().splitlines(),
             (run_dir / "config.yaml").read_text().splitlines(),

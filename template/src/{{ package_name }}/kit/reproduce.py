@@ -3,9 +3,9 @@
 Managed by the copier-lightning template. Artifacts are declared once, in `<package>/artifacts.py`
 (yours). The engine is doit: each artifact is a doit task whose dependencies are its declared input
 files, every Python file of the package and every config file (so a code change is never missed),
-and its parameters; its targets are its outputs. doit keeps the dependency state in
-.reproduce/doit.json and rebuilds a task when an input's content changed, a parameter changed, an
-output is missing, or a task it comes after was rebuilt.
+its parameters and its own build function's source; its targets are its outputs. artifacts.py
+itself is not a dependency of every artifact: editing one declaration rebuilds that artifact only.
+doit keeps the dependency state in .reproduce/doit.json and compares file contents, not times.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ class Artifact:
 
 
 def code_and_config_files(package_dir: Path) -> list[str]:
-    files = sorted(str(p) for p in package_dir.rglob("*.py") if "__pycache__" not in p.parts)
+    files = sorted(
+        str(p) for p in package_dir.rglob("*.py") if "__pycache__" not in p.parts and p.name != "artifacts.py"
+    )
     return files + sorted(str(p) for p in Path("configs").rglob("*.yaml"))
 
 
@@ -92,11 +94,19 @@ def doit_tasks(artifacts: list[Artifact], package_dir: Path) -> dict[str, Callab
                 "file_dep": [*artifact.inputs, *code],
                 "targets": artifact.outputs,
                 "task_dep": artifact.after,
-                "uptodate": [config_changed({"params": artifact.params, "fit": artifact.fit_options})],
+                "uptodate": [config_changed(_declaration(artifact))],
                 "verbosity": 2,
             }
 
     return {"task_artifacts": task_artifacts, "DOIT_CONFIG": {"dep_file": str(STATE_FILE), "backend": "json"}}
+
+
+def _declaration(artifact: Artifact) -> dict[str, Any]:
+    """What, besides files, decides an artifact's content: a change to any of it rebuilds it."""
+    import inspect
+
+    build = inspect.getsource(artifact.build) if artifact.build else None
+    return {"params": artifact.params, "fit": artifact.fit_options, "build": build, "outputs": artifact.outputs}
 
 
 def missing_inputs(artifacts: list[Artifact]) -> list[str]:

@@ -1,0 +1,171 @@
+"""Issue 7 mechanics: `reproduce` rebuilds exactly what is stale, the preprocessing cache hits and
+misses when it should, and run records and cards are complete."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import json
+import re
+import sys
+
+import pytest
+import torch
+from helpers import EXAMPLE_ANSWERS, commit_all, make_project_venv, render, run
+
+PACKAGE = EXAMPLE_ANSWERS["package_name"]
+ALL = {"example-model", "learning-curves", "final-metrics", "dataset-card", "model-card"}
+
+
+# -- the preprocessing cache, in process -------------------------------------------------------
+@pytest.fixture
+def transform_module(example_package, tmp_path, monkeypatch):
+    """A transform in a module file of its own, so that the test can edit its code."""
+    source = tmp_path / "my_features.py"
+    source.write_text("import torch\n\n\ndef double(raw_files, factor):\n    return {'x': torch.ones(3) * factor}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("my_features")
+    yield source, module
+    sys.modules.pop("my_features", None)
+
+
+def test_cache_hits_and_misses(transform_module, tmp_path) -> None:
+    from digits_mlp.kit.preprocessing_cache import cached_features
+
+    source, module = transform_module
+    raw = tmp_path / "raw.csv"
+    raw.write_text("1,2,3\n")
+    cache = tmp_path / "cache"
+
+    first = cached_features(module.double, [raw], {"factor": 2}, cache)
+    again = cached_features(module.double, [raw], {"factor": 2}, cache)
+    assert (first.hit, again.hit, again.key) == (False, True, first.key)
+    assert torch.equal(again.value["x"], torch.full((3,), 2.0))
+
+    changed_param = cached_features(module.double, [raw], {"factor": 3}, cache)
+    assert not changed_param.hit and changed_param.key != first.key
+
+    raw.write_text("1,2,4\n")
+    changed_data = cached_features(module.double, [raw], {"factor": 2}, cache)
+    assert not changed_data.hit and changed_data.key not in (first.key, changed_param.key)
+
+    source.write_text(source.read_text() + "# a comment is a code change too\n")
+    module = importlib.reload(module)
+    changed_code = cached_features(module.double, [raw], {"factor": 2}, cache)
+    assert not changed_code.hit and changed_code.key != changed_data.key
+
+
+def test_interrupted_or_damaged_cache_entries_are_never_used(transform_module, tmp_path, monkeypatch) -> None:
+    from digits_mlp.kit import atomic_checkpoint_io
+    from digits_mlp.kit.preprocessing_cache import cached_features
+
+    _, module = transform_module
+    raw = tmp_path / "raw.csv"
+    raw.write_text("1\n")
+    cache = tmp_path / "cache"
+    real_save = atomic_checkpoint_io.torch.save
+
+    def killed_mid_write(obj, stream):
+        stream.write(b"PK\x03\x04 half")
+        raise KeyboardInterrupt  # as a Ctrl-C or a kill during the write
+
+    monkeypatch.setattr(atomic_checkpoint_io.torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        cached_features(module.double, [raw], {"factor": 1}, cache)
+    monkeypatch.setattr(atomic_checkpoint_io.torch, "save", real_save)
+    assert not list(cache.glob("*.pt")) and not list(cache.glob("*.partial"))
+
+    result = cached_features(module.double, [raw], {"factor": 1}, cache)
+    assert not result.hit
+    result.path.write_bytes(result.path.read_bytes()[:10])  # damaged on disk later
+    recomputed = cached_features(module.double, [raw], {"factor": 1}, cache)
+    assert not recomputed.hit and torch.equal(recomputed.value["x"], torch.ones(3))
+
+
+def test_missing_raw_input_is_named(transform_module, tmp_path) -> None:
+    from digits_mlp.kit.preprocessing_cache import cached_features
+
+    with pytest.raises(FileNotFoundError, match="raw input file\\(s\\) missing: .*nowhere.csv"):
+        cached_features(transform_module[1].double, [tmp_path / "nowhere.csv"], {"factor": 1}, tmp_path)
+
+
+# -- reproduce, records and cards, in a project of their own ------------------------------------
+@pytest.fixture(scope="module")
+def artifact_project(template_repo, tmp_path_factory):
+    project = tmp_path_factory.mktemp("reproduce") / "digits-mlp"
+    render(template_repo, project)
+    commit_all(project)
+    venv = make_project_venv(project, standalone=False)
+
+    def command(*args: str, check: bool = True):
+        env = {**venv.env, "RUNS_DIR": str(project / "runs")}
+        return run([str(venv.script(PACKAGE)), *args], cwd=project, env=env, check=check)
+
+    return project, command
+
+
+def rebuilt(output: str) -> set[str]:
+    """Artifacts that doit ran (`.  name`), not those it found up to date (`-- name`)."""
+    return set(re.findall(r"^\.  (\S+)$", output, flags=re.M))
+
+
+def edit(path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new))
+
+
+def test_reproduce_rebuilds_exactly_what_is_stale(artifact_project) -> None:
+    project, command = artifact_project
+    missing = command("reproduce", "--all", check=False)
+    assert missing.returncode == 2
+    assert "missing input file(s): data/raw/digits.csv.gz (needed by example-model)" in missing.stdout
+
+    command("data", "fetch")
+    assert rebuilt(command("reproduce", "--all").stdout) == ALL
+    assert rebuilt(command("reproduce", "--all").stdout) == set()  # nothing changed: nothing rebuilt
+    assert command("reproduce", "--list").stdout.count("up to date") == 5
+
+    artifacts = project / "src" / PACKAGE / "artifacts.py"
+    edit(artifacts, '"metrics": ["train/loss", "val/loss", "val/acc"]', '"metrics": ["val/loss", "val/acc"]')
+    assert "learning-curves  figure      stale" in command("reproduce", "--list").stdout
+    assert rebuilt(command("reproduce", "--all").stdout) == {"learning-curves"}  # a parameter changed
+
+    edit(
+        artifacts,
+        '    shutil.copyfile(directory / "metrics.csv"',
+        '    # the CSV too\n    shutil.copyfile(directory / "metrics.csv"',
+    )
+    assert rebuilt(command("reproduce", "--all").stdout) == {"final-metrics"}  # its build code changed
+
+    model = project / "src" / PACKAGE / "model.py"
+    model.write_text(model.read_text() + "\n# a code change\n")
+    assert rebuilt(command("reproduce", "dataset-card").stdout) == {"dataset-card"}  # code is a dependency
+
+    raw = project / "data" / "raw" / "digits.csv.gz"
+    rows = gzip.decompress(raw.read_bytes()).decode().splitlines()
+    raw.write_bytes(gzip.compress(("\n".join(rows[:-1]) + "\n").encode()))  # one example fewer
+    assert "changed: data/raw/digits.csv.gz" in command("data", "verify", check=False).stdout
+    assert rebuilt(command("reproduce", "--all").stdout) == ALL  # everything depends on the data
+    assert len(list((project / "runs").glob("example.superseded-*"))) == 1  # the earlier model is kept
+
+
+def test_run_record_and_cards_are_complete(artifact_project) -> None:
+    project, _ = artifact_project
+    record = json.loads((project / "runs" / "example" / "record.json").read_text())
+    start = record["starts"][-1]
+    for key in ("git_sha", "git_dirty", "python", "torch", "lightning", "cuda_available", "packages_sha256",
+                "seed", "data_fingerprint", "slurm", "started"):  # fmt: skip
+        assert key in start, key
+    assert start["git_sha"] and start["git_dirty"] is True and start["seed"] == 42
+    assert (project / "runs" / "example" / start["git_diff_file"]).read_text().startswith("diff --git")
+    assert record["status"] == "finished" and record["final_metrics"]["val/acc"] > 0.9 and record["ended"]
+    assert "torch==" in (project / "runs" / "example" / "packages-1.txt").read_text()
+
+    dataset = (project / "artifacts" / "cards" / "dataset.md").read_text()
+    assert "| train | 1258 |" in dataset and "UCI ML hand-written digits" in dataset
+    assert len(re.findall(r"^- \d{4}-\d\d-\d\d: `", dataset, flags=re.M)) == 2  # the data changed once
+
+    model = (project / "artifacts" / "cards" / "model-example.md").read_text()
+    assert "digits_mlp.model.DigitsClassifier" in model and "hidden_sizes" in model and "Test evaluation" in model
+    assert "**Training data since `example.superseded-" in model and "changed from `" in model

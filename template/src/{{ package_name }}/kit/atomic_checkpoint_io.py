@@ -2,14 +2,13 @@
 
 Lightning's own save stages the file in $TMPDIR and moves it; across filesystems (node-local /tmp
 versus a shared checkpoint disk) that move is a plain copy, and a kill during it leaves a truncated
-checkpoint. Here the bytes go to a temporary file in the target directory, are flushed to disk,
-and only then renamed over the target, which POSIX makes atomic on one filesystem.
+checkpoint. Here every checkpoint is written with `atomic_output` (kit/atomic_files.py): a
+temporary file in the target directory, flushed to disk, then renamed over the target.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,38 +16,13 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-TEMPORARY_SUFFIX = ".partial"
+from .atomic_files import atomic_output
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save `obj` to `path` so that a crash at any moment leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk; some filesystems refuse this.
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    with atomic_output(path) as stream:
+        torch.save(obj, stream)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from .atomic_checkpoint_io import atomic_torch_save
+from .atomic_files import atomic_write_text
 
 HASH_MEMO = ".file-hashes.json"
 
@@ -71,7 +71,7 @@ def cached_features(
     memo_path = cache_dir / HASH_MEMO
     memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
     key = cache_key(transform, raw_files, params, memo)
-    _write_memo(memo_path, memo)
+    atomic_write_text(memo_path, json.dumps(memo, indent=1))
     path = cache_dir / f"{transform.__name__}-{key}.pt"
     if path.exists():
         try:
@@ -81,9 +81,3 @@ def cached_features(
     value = transform(raw_files, **params)
     atomic_torch_save(value, path)
     return CacheResult(value, key, False, path)
-
-
-def _write_memo(path: Path, memo: dict) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(memo, indent=1))
-    os.replace(temporary, path)

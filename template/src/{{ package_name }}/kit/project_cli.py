@@ -117,7 +117,7 @@ class ProjectCLI(LightningCLI):
         for key in RUN_CONTROL_KEYS + SUBCOMMAND_ONLY_KEYS:
             if key in config:
                 del config[key]
-        return self._parser(self.subcommand).dump(config, skip_check=True)
+        return self._parser(self.subcommand).dump(config, skip_validation=True)
 
     def _run_name(self, config: Namespace, config_text: str) -> str:
         if config.get("run_name"):

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .atomic_files import atomic_write_text
+
 LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
 SLURM_VARIABLES = (
     "SLURM_JOB_ID",
@@ -108,6 +110,4 @@ def _git(run_path: Path, number: int) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic_files import atomic_write_text
+
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "config.yaml"
 
@@ -53,13 +55,7 @@ def _now() -> str:
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    with open(temporary, "w") as stream:
-        json.dump(data, stream, indent=2)
-        stream.write("\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 class ConfigChangedError(RuntimeError):

@@ -1,0 +1,56 @@
+"""Files that are either complete or absent. Managed by the copier-lightning template.
+
+Bytes go to a temporary file in the target's directory, are flushed and fsynced, and only then
+renamed over the target: POSIX makes the rename atomic on one filesystem, so a crash at any moment
+leaves the old file or the new one, never a mix. (Staging in $TMPDIR instead, as Lightning's own
+checkpoint save does, turns the final move into a plain copy whenever /tmp is another filesystem.)
+No torch import here: the light subcommands use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+TEMPORARY_SUFFIX = ".partial"
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary stream whose content replaces `path` only if the `with` block completes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_output(path) as stream:
+        stream.write(text.encode())
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk; some filesystems refuse this.
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

@@ -47,8 +47,8 @@ class CheckpointPolicy:
     mode: "max" if a higher `monitor` is better, "min" if lower is better.
     """
 
-    every_n_steps: int | None = 50
-    every_n_minutes: float | None = 10.0
+    every_n_steps: int | None = None
+    every_n_minutes: float | None = 5.0
     save_top_k: int = 2
     monitor: str = "val/acc"
     mode: Literal["min", "max"] = "max"

@@ -6,6 +6,7 @@ example must be seen exactly once per epoch across the crash.
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 from collections import Counter
@@ -71,6 +72,11 @@ def effective_batches(records: list[dict]) -> list[dict]:
     return kept
 
 
+def validated_epochs(project: Path, run_name: str) -> set[int]:
+    with open(project / "runs" / run_name / "logs" / "metrics.csv") as stream:
+        return {int(row["epoch"]) for row in csv.DictReader(stream) if row.get("val/acc")}
+
+
 def final_weights(project: Path, run_name: str) -> dict[str, torch.Tensor]:
     checkpoint = project / "runs" / run_name / "checkpoints" / "final.ckpt"
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
@@ -117,6 +123,7 @@ def test_killed_run_resumes_to_identical_weights(
 
     batches = effective_batches(read_records(records))
     assert [b["examples"] for b in batches] == [b["examples"] for b in reference_records]
+    assert validated_epochs(project, run_name) == set(range(EPOCHS))  # including the one the kill interrupted
     for epoch in range(EPOCHS):
         seen = Counter(e for b in batches if b["epoch"] == epoch for e in b["examples"])
         expected = Counter(e for b in reference_records if b["epoch"] == 0 for e in b["examples"])
@@ -178,3 +185,19 @@ def test_a_changed_config_under_the_same_run_name_is_refused(
     assert f"Run '{run_name}' was started with a different config" in refused.stderr
     assert "-    dropout: 0.2" in refused.stderr and "+    dropout: 0.5" in refused.stderr
     assert sorted((project / "runs" / run_name / "checkpoints").iterdir()) == checkpoints_before
+
+
+def test_supervise_restarts_a_crashed_run_until_it_finishes(example_project, example_command, reference_runs, tmp_path):
+    project, _ = example_project
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", KILL_POINTS["mid_epoch"], tmp_path / "k", 0)
+    options = ["fit", "--config", str(config), *SHORT_RUN, "--run_name", "supervised"]
+    done = subprocess.run(
+        [*example_command, "supervise", "--max-restarts", "2", "--backoff-seconds", "0.1", "--", *options],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "command exited with -9; restart 1 of 2" in done.stderr
+    assert "Run 'supervised': resuming from" in done.stdout and "Run 'supervised' finished" in done.stdout
+    assert max_abs_difference(final_weights(project, "supervised"), reference_runs[0][0]) == 0.0

@@ -147,3 +147,26 @@ def test_a_missing_site_setting_is_named(cluster_project, tmp_path: Path) -> Non
     site.write_text(SITE.replace("partition: gpu\n", ""))
     done = run([*command, "submit", "--site", str(site), "--write-only"], cwd=project, env=env, check=False)
     assert done.returncode == 2 and "missing the site setting(s): partition" in done.stderr
+
+
+def test_sweep_as_a_job_array_runs_every_trial(cluster_project, tmp_path: Path) -> None:
+    project, *_, runs = cluster_project
+    sweep = tmp_path / "array.yaml"
+    sweep.write_text(
+        "options: [--trainer.max_epochs=2, --trainer.accelerator=cpu]\n"
+        "parameters:\n  model.init_args.learning_rate: [0.001, 0.01]\n"
+    )
+    job = submit(cluster_project, "--sweep", str(sweep), "--gpu", "mig:1g.10gb")
+    script = (runs / "sweeps" / "array.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script and "sweep --trial $SLURM_ARRAY_TASK_ID" in script
+    wait_for(
+        lambda: (
+            job_state(job) is None
+            or all((runs / f"sweep-array-00{i}" / "checkpoints" / "final.ckpt").exists() for i in (0, 1))
+        ),
+        300,
+        "both array tasks",
+    )
+    for trial in (0, 1):
+        manifest = (runs / f"sweep-array-00{trial}" / "manifest.json").read_text()
+        assert '"status": "finished"' in manifest

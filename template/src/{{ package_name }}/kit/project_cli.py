@@ -283,6 +283,7 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
     class_name = logger.class_path.rsplit(".", 1)[-1]
     init_args = logger.get("init_args") or Namespace()
     if class_name == "CSVLogger":
+        logger.class_path = f"{__package__}.appending_csv_logger.AppendingCSVLogger"  # keeps rows on resume
         init_args.update(Namespace(save_dir=str(run.path), name="logs", version=""))
     elif class_name == "TensorBoardLogger":
         init_args.update(Namespace(save_dir=str(run.path), name="tensorboard", version=""))

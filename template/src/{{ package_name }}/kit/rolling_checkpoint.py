@@ -73,6 +73,10 @@ class RollingCheckpoint(pl.Callback):
         """Write `last.ckpt`, keeping the one it replaces as `previous.ckpt`."""
         if trainer.global_step == self._last_saved_step:
             return
+        # Loggers buffer rows (CSV: 100 steps); flushing them here keeps the logs as complete as the
+        # checkpoint, so a crash loses neither the metrics nor the state up to this point.
+        for logger in trainer.loggers:
+            logger.save()
         if trainer.is_global_zero and self.last_path.exists():
             os.replace(self.last_path, self.dirpath / "previous.ckpt")
         trainer.save_checkpoint(self.last_path, weights_only=False)

@@ -294,7 +294,7 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
 
 
 def _console_script() -> str:
-    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python -m <package>"
+    return __package__.split(".")[0]  # the console script is named after the package
 
 
 def _default_config_files() -> list[str]:

@@ -53,18 +53,19 @@ def test_its_own_tests_pass(example_project) -> None:
     assert re.search(r"\d+ passed", done.stdout) and "failed" not in done.stdout
 
 
-def test_example_trains_to_95_percent_validation_accuracy(example_project, example_command) -> None:
+def test_example_trains_to_95_percent_validation_accuracy(example_project, example_command, tmp_path) -> None:
     project, _ = example_project
-    done = run([*example_command, "fit"], cwd=project)
+    env = {"RUNS_DIR": str(tmp_path / "runs")}  # its own runs directory: other tests train in this project too
+    done = run([*example_command, "fit"], cwd=project, env=env)
     assert final_validation_accuracy(done.stdout) >= 0.95
-    runs = [p for p in (project / "runs").iterdir() if p.is_dir()]
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1
     assert (runs[0] / "checkpoints" / "final.ckpt").is_file()
     assert (runs[0] / "logs" / "metrics.csv").is_file()
     assert yaml.safe_load((runs[0] / "config.yaml").read_text())["seed_everything"] == 42
-    listing = run([*example_command, "runs"], cwd=project).stdout
+    listing = run([*example_command, "runs"], cwd=project, env=env).stdout
     assert runs[0].name in listing and "[finished]" in listing and "final.ckpt" in listing
-    tested = run([*example_command, "test"], cwd=project)
+    tested = run([*example_command, "test"], cwd=project, env=env)
     assert re.search(r"test/acc\s+0\.9[5-9]", tested.stdout), tested.stdout[-2000:]
 
 

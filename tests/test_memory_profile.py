@@ -50,6 +50,28 @@ def test_write_sets_the_site_default_and_keeps_comments(profiler, tmp_path) -> N
     assert site.read_text() == "# my cluster\npartition: gpu\ndefault_gpu: mig:1g.10gb\nmig_types: [1g.10gb]\n"
 
 
+def test_measuring_run_completes_and_combines_the_readings(profiler, example_package, monkeypatch) -> None:
+    """The measuring run (fit + validate) on the CPU, with the CUDA memory readings replaced by fixed
+    numbers: no GPU here, so this checks the run and the arithmetic, not real memory."""
+    import torch.cuda as cuda
+
+    gib = profiler.GIB
+    readings = {
+        "init": lambda: None,
+        "reset_peak_memory_stats": lambda: None,
+        "synchronize": lambda: None,
+        "max_memory_reserved": lambda: 3 * gib,
+        "memory_reserved": lambda: 2 * gib,
+        "mem_get_info": lambda: (77 * gib, 80 * gib),  # 3 GiB in use: 2 by the allocator, 1 outside it
+    }
+    for name, reading in readings.items():
+        monkeypatch.setattr(cuda, name, reading)
+    monkeypatch.chdir(example_package)
+    profile = profiler.measure(["--data.init_args.batch_size=64"], steps=3, accelerator="cpu")
+    assert (profile.peak_reserved_bytes, profile.context_overhead_bytes) == (3 * gib, gib)
+    assert profile.needed_gib == pytest.approx(4.0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the profile measures real GPU memory")
 def test_measured_profile_covers_a_real_training_run(profiler, example_package, monkeypatch) -> None:
     import lightning.pytorch as pl

@@ -88,8 +88,8 @@ def format_table(profile: MemoryProfile, headroom: float) -> str:
     return "\n".join(lines)
 
 
-def measure(options: list[str], steps: int) -> MemoryProfile:
-    """Train `steps` steps and validate a few batches on the GPU; the peak and the context overhead."""
+def measure(options: list[str], steps: int, accelerator: str = "gpu") -> MemoryProfile:
+    """Train `steps` steps, then validate a few batches; the allocator's peak and the context overhead."""
     import lightning.pytorch as pl
     import torch
 
@@ -99,12 +99,11 @@ def measure(options: list[str], steps: int) -> MemoryProfile:
     torch.cuda.init()
     torch.cuda.reset_peak_memory_stats()
     trainer = pl.Trainer(
-        accelerator="gpu",
+        accelerator=accelerator,
         devices=1,
-        precision=automatic_precision("gpu"),
+        precision=automatic_precision(accelerator),
         max_steps=steps,
         limit_val_batches=3,
-        val_check_interval=min(steps, 10**9),
         num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
@@ -112,6 +111,7 @@ def measure(options: list[str], steps: int) -> MemoryProfile:
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=data)
+    trainer.validate(model, datamodule=data, verbose=False)  # validation can peak higher (larger batches)
     torch.cuda.synchronize()
     free, total = torch.cuda.mem_get_info()
     overhead = (total - free) - torch.cuda.memory_reserved()

@@ -64,14 +64,22 @@ def cache_key(
     return digest.hexdigest()[:16]
 
 
-def cached_features(
+def remembered_cache_key(
     transform: Callable[..., Any], raw_files: list[Path], params: dict[str, Any], cache_dir: Path
-) -> CacheResult:
+) -> str:
+    """cache_key, with the raw files' hashes remembered in cache_dir between calls and runs."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     memo_path = cache_dir / HASH_MEMO
     memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
     key = cache_key(transform, raw_files, params, memo)
     atomic_write_text(memo_path, json.dumps(memo, indent=1))
+    return key
+
+
+def cached_features(
+    transform: Callable[..., Any], raw_files: list[Path], params: dict[str, Any], cache_dir: Path
+) -> CacheResult:
+    key = remembered_cache_key(transform, raw_files, params, cache_dir)
     path = cache_dir / f"{transform.__name__}-{key}.pt"
     if path.exists():
         try:

@@ -24,9 +24,9 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from .atomic_checkpoint_io import AtomicCheckpointIO
 from .checkpoint_files import newest_checkpoint
 from .exact_resume import RandomStateCheckpoint
-from .rolling_checkpoint import REQUEUE_EXIT_CODE, RollingCheckpoint
+from .rolling_checkpoint import RollingCheckpoint
 from .run_record import finish_record, start_record
-from .runs import ConfigChangedError, RunDirectory, derive_run_name, runs_root
+from .runs import REQUEUE_EXIT_CODE, ConfigChangedError, RunDirectory, derive_run_name, runs_root
 
 DEFAULT_CONFIG = "configs/default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")

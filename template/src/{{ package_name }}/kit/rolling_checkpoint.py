@@ -10,7 +10,7 @@ Best-k checkpoints by the monitored metric come from Lightning's ModelCheckpoint
 On `stop_signal` (SIGUSR1 by default: SLURM sends it before a time limit or preemption), the
 signal handler only sets a flag. At the next batch boundary (or, on an epoch's last batch, after
 that epoch's validation) `last.ckpt` is written and training stops; `stopped_by_signal` tells the
-command to exit with REQUEUE_EXIT_CODE so that the job script requeues the job.
+command to exit with runs.REQUEUE_EXIT_CODE so that the job script requeues the job.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-
-REQUEUE_EXIT_CODE = 3
 
 
 class RollingCheckpoint(pl.Callback):

@@ -9,18 +9,17 @@ the data fingerprint, the start time; at the end, the end time and the final met
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from .atomic_files import atomic_write_text
+from .runs import git_state, run_git, timestamp
 
 LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
 SLURM_VARIABLES = (
@@ -30,10 +29,6 @@ SLURM_VARIABLES = (
     "SLURM_RESTART_COUNT",
     "SLURM_JOB_NODELIST",
 )
-
-
-def _now() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def installed_packages() -> list[str]:
@@ -65,7 +60,7 @@ def start_record(run_path: Path, seed: Any, data_fingerprint: str | None) -> Non
     packages = installed_packages()
     (run_path / f"packages-{number}.txt").write_text("\n".join(packages) + "\n")
     entry: dict[str, Any] = {
-        "started": _now(),
+        "started": timestamp(),
         "host": platform.node(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -87,26 +82,16 @@ def start_record(run_path: Path, seed: Any, data_fingerprint: str | None) -> Non
 def finish_record(run_path: Path, metrics: dict[str, float], status: str) -> None:
     record_path = run_path / "record.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {"starts": []}
-    record.update(ended=_now(), status=status, final_metrics=metrics)
+    record.update(ended=timestamp(), status=status, final_metrics=metrics)
     _write(record_path, record)
 
 
 def _git(run_path: Path, number: int) -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout if done.returncode == 0 else None
-
-    sha = git("rev-parse", "HEAD")
-    if sha is None:
-        return {"git_sha": None, "git_dirty": None}
-    diff = git("diff", "HEAD") or ""
+    state = git_state()
+    diff = run_git("diff", "HEAD") if state["git_dirty"] else None
     if diff:
         (run_path / f"git-diff-{number}.patch").write_text(diff)
-    diff_file = f"git-diff-{number}.patch" if diff else None
-    return {"git_sha": sha.strip(), "git_dirty": bool(diff), "git_diff_file": diff_file}
+    return {**state, "git_diff_file": f"git-diff-{number}.patch" if diff else None}
 
 
 def _write(path: Path, data: dict) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 from .atomic_files import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
+# `fit` exits with this code after checkpointing on the requeue signal; job scripts requeue on it.
+REQUEUE_EXIT_CODE = 3
 CONFIG_NAME = "config.yaml"
 
 
@@ -35,22 +37,23 @@ def derive_run_name(config_label: str, config_text: str) -> str:
     return f"{label}-{digest}"
 
 
+def run_git(*args: str, cwd: Path | None = None) -> str | None:
+    """A git command's output, or None outside a repository or without git."""
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
     """The commit the code came from and whether the work tree had uncommitted changes."""
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_sha": sha, "git_dirty": bool(status) if status is not None else None}
+    sha = run_git("rev-parse", "HEAD", cwd=cwd)
+    status = run_git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    return {"git_sha": sha.strip() if sha else None, "git_dirty": bool(status.strip()) if status is not None else None}
 
 
-def _now() -> str:
+def timestamp() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
@@ -120,7 +123,7 @@ class RunDirectory:
             self.config_path.write_text(config_text)
         manifest = self.read_manifest()
         manifest.setdefault("run_name", self.name)
-        manifest.setdefault("started", _now())
+        manifest.setdefault("started", timestamp())
         manifest.setdefault("checkpoints", {})
         manifest["starts"] = manifest.get("starts", 0) + 1
         manifest.update(status="running", monitor=monitor, **git_state())
@@ -136,12 +139,12 @@ class RunDirectory:
             "metric": manifest.get("monitor", {}).get("metric"),
             "value": float(monitored_value) if monitored_value is not None else None,
             "git_sha": manifest.get("git_sha"),
-            "time": _now(),
+            "time": timestamp(),
         }
         manifest["checkpoints"] = {name: e for name, e in entries.items() if (path.parent / name).exists()}
         if path.name == "final.ckpt":
             manifest["status"] = "finished"
-            manifest["finished"] = _now()
+            manifest["finished"] = timestamp()
         _write_json_atomically(self.manifest_path, manifest)
 
 

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from .runs import runs_root
+from .runs import REQUEUE_EXIT_CODE, runs_root
 
 SITE_CONFIG = Path("configs/slurm/site.yaml")
 REQUIRED_SITE_KEYS = ("partition", "time", "cpus_per_gpu", "mem_per_gpu", "full_gpu_gres", "mig_types")
-REQUEUE_EXIT_CODE = 3  # as kit.rolling_checkpoint.REQUEUE_EXIT_CODE; not imported, to keep Lightning out
 
 
 class SlurmSetupError(ValueError):

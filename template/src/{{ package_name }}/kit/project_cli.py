@@ -24,6 +24,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from .atomic_checkpoint_io import AtomicCheckpointIO
 from .checkpoint_files import newest_checkpoint
 from .exact_resume import RandomStateCheckpoint
+from .no_profiler import NoProfiler
 from .rolling_checkpoint import RollingCheckpoint
 from .run_record import finish_record, start_record
 from .runs import REQUEUE_EXIT_CODE, ConfigChangedError, RunDirectory, derive_run_name, runs_root
@@ -157,6 +158,8 @@ class ProjectCLI(LightningCLI):
         trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         if self.subcommand and trainer_config.get("precision") is None:
             kwargs["precision"] = automatic_precision(trainer_config.get("accelerator"))
+        if trainer_config.get("profiler") is None:
+            kwargs["profiler"] = NoProfiler()
         if self.subcommand != "fit":
             return super().instantiate_trainer(**kwargs)
         policy = self._policy

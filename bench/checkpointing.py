@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import logging
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
 
-from helpers import render, snapshot_template  # noqa: E402
+from example_project import use_rendered_example  # noqa: E402
 
 
 def checkpoint_write_ratio(repeats: int, directory: Path) -> tuple[float, float, float]:
@@ -84,12 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-checkpointing-"))
-    render(snapshot_template(work / "template"), work / "project")
-    os.chdir(work / "project")
-    os.environ["RUNS_DIR"] = str(work / "runs")
-    sys.path.insert(0, str(work / "project" / "src"))
-    logging.getLogger("lightning").setLevel(logging.ERROR)
+    work, _ = use_rendered_example("bench-checkpointing-")
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         ours_ms, lightning_ms, size_mb = checkpoint_write_ratio(args.repeats, work)

@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import logging
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +23,7 @@ TOP = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
 
 import lightning.pytorch as pl  # noqa: E402
-from helpers import render, snapshot_template  # noqa: E402
+from example_project import use_rendered_example  # noqa: E402
 
 OPTIONS = {"calls": 20000, "rounds": 6}
 # Microseconds per call, per (hook kind, profiler name); filled by HookTimer during the fit.
@@ -75,13 +72,7 @@ def main() -> None:
     # The config names the callback as hook_calls.HookTimer: let that be this running module.
     sys.modules.setdefault("hook_calls", sys.modules[__name__])
 
-    work = Path(tempfile.mkdtemp(prefix="bench-hooks-"))
-    render(snapshot_template(work / "template"), work / "project")
-    os.chdir(work / "project")
-    os.environ["RUNS_DIR"] = str(work / "runs")
-    sys.path.insert(0, str(work / "project" / "src"))
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    use_rendered_example("bench-hooks-")
     from digits_mlp.kit.project_cli import run_lightning_cli
 
     args = ["fit", "--trainer.max_epochs=1", "--run_name", "hooks", "--trainer.callbacks+=hook_calls.HookTimer"]

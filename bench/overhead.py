@@ -16,17 +16,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
 
-from helpers import EXAMPLE_ANSWERS, render, snapshot_template  # noqa: E402
+from example_project import use_rendered_example  # noqa: E402
+from helpers import EXAMPLE_ANSWERS  # noqa: E402
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
 # The template's fit with Lightning's default (pass-through) profiler instead of kit.no_profiler.NoProfiler.
@@ -96,18 +95,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    started = time.perf_counter()
-    render(snapshot_template(work / "template"), work / "project")
-    rendered = time.perf_counter() - started
-    os.chdir(work / "project")
-    os.environ["RUNS_DIR"] = str(work / "runs")
-    sys.path.insert(0, str(work / "project" / "src"))
-
-    import logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # Lightning sets its own levels on the last two
+    _, rendered = use_rendered_example("bench-overhead-")
     from digits_mlp.kit.project_cli import run_lightning_cli
 
     fit_started = time.perf_counter()

@@ -3,7 +3,9 @@
 1. Writing a checkpoint: the template's AtomicCheckpointIO (temporary file in the target directory,
    fsync, rename, directory fsync) versus Lightning's own TorchCheckpointIO (staged in $TMPDIR, then
    moved), on the same checkpoint dict of a >= 1 M parameter model with its Adam state.
-2. Per-step cost of the exact-resume machinery (ResumableDataLoader + RNG states in checkpoints)
+2. Verifying a checkpoint before a resume (its checksum, kit/checksums.py) versus loading it
+   (`torch.load`, as Lightning does on resume), on the same file; the issue's target: <= 10 %.
+3. Per-step cost of the exact-resume machinery (ResumableDataLoader + RNG states in checkpoints)
    versus the same default `fit` with a plain shuffled DataLoader and no RNG capture.
 
     .venv/bin/python bench/checkpointing.py [--repeats 15]
@@ -48,6 +50,23 @@ def checkpoint_write_ratio(repeats: int, directory: Path) -> tuple[float, float,
     return statistics.median(atomic_times) * 1e3, statistics.median(lightning_times) * 1e3, size_mb
 
 
+def checksum_versus_load(repeats: int, path: Path) -> tuple[float, float]:
+    """Median ms of checking `path`'s checksum and of torch.load(path), alternating, warm page cache."""
+    import torch
+    from digits_mlp.kit.checksums import file_checksum
+
+    check_times, load_times = [], []
+    for repeat in range(repeats):
+        for side in ("check", "load") if repeat % 2 == 0 else ("load", "check"):
+            started = time.perf_counter()
+            if side == "check":
+                file_checksum(path)
+            else:
+                torch.load(path, map_location="cpu", weights_only=True)
+            (check_times if side == "check" else load_times).append(time.perf_counter() - started)
+    return statistics.median(check_times) * 1e3, statistics.median(load_times) * 1e3
+
+
 def resume_machinery_ratio(repeats: int, epochs: int) -> tuple[float, float]:
     import lightning.pytorch as pl
     import overhead
@@ -88,6 +107,11 @@ def main() -> None:
     print(
         f"checkpoint write ({size_mb:.1f} MB), median of {args.repeats}: atomic {ours_ms:.1f} ms, "
         f"Lightning's save {lightning_ms:.1f} ms, ratio {ours_ms / lightning_ms:.2f}x"
+    )
+    check_ms, load_ms = checksum_versus_load(args.repeats, work / "ours.ckpt")
+    print(
+        f"before a resume ({size_mb:.1f} MB), median of {args.repeats}: checksum check {check_ms:.2f} ms, "
+        f"torch.load {load_ms:.1f} ms: the check costs {100 * check_ms / load_ms:.1f} % of the load"
     )
     with_ms, without_ms = resume_machinery_ratio(max(args.repeats // 3, 2), 8)
     print(

@@ -7,6 +7,7 @@ import gzip
 import importlib
 import json
 import re
+import shutil
 import sys
 
 import pytest
@@ -146,8 +147,42 @@ def test_reproduce_rebuilds_exactly_what_is_stale(artifact_project) -> None:
     rows = gzip.decompress(raw.read_bytes()).decode().splitlines()
     raw.write_bytes(gzip.compress(("\n".join(rows[:-1]) + "\n").encode()))  # one example fewer
     assert "changed: data/raw/digits.csv.gz" in command("data", "verify", check=False).stdout
+    refused = command("reproduce", "--all", check=False)  # fit does not train on unrecorded data
+    assert refused.returncode != 0
+    assert "the raw data differs from data/raw.sha256" in refused.stderr and "data record" in refused.stderr
+    assert (project / "runs" / "example" / "checkpoints" / "final.ckpt").exists()  # the model in place stays
+    command("data", "record")  # the change is intended: record it
     assert rebuilt(command("reproduce", "--all").stdout) == ALL  # everything depends on the data
     assert len(list((project / "runs").glob("example.superseded-*"))) == 1  # the earlier model is kept
+
+
+def test_fit_refuses_raw_data_that_differs_from_the_record(example_project, example_command, tmp_path) -> None:
+    """A truncated raw file (and any other change) is named; --allow_changed_data trains and says so in the record."""
+    original, _ = example_project
+    project = tmp_path / "copy"
+    shutil.copytree(original, project, ignore=shutil.ignore_patterns(".venv", "runs", ".git", "raw"))
+    env = {"RUNS_DIR": str(tmp_path / "runs")}
+    run([*example_command, "data", "fetch"], cwd=project, env=env)
+    raw = project / "data" / "raw" / "digits.csv.gz"
+    recorded = raw.read_bytes()
+    raw.write_bytes(recorded[:-500])  # truncated, as an interrupted download leaves it
+
+    refused = run([*example_command, "fit", "--trainer.max_epochs=1"], cwd=project, env=env, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "error: the raw data differs from data/raw.sha256" in refused.stderr
+    assert "changed: data/raw/digits.csv.gz" in refused.stderr
+    assert not (tmp_path / "runs").exists()  # nothing that looks like a run was left
+
+    rows = gzip.decompress(recorded).decode().splitlines()
+    raw.write_bytes(gzip.compress(("\n".join(rows[:-1]) + "\n").encode()))  # one example fewer: still parses
+    allowed = run(
+        [*example_command, "fit", "--trainer.max_epochs=1", "--allow_changed_data=true", "--run_name", "on-changed"],
+        cwd=project,
+        env=env,
+    )
+    assert "Training on raw data that differs from data/raw.sha256" in allowed.stdout
+    record = json.loads((tmp_path / "runs" / "on-changed" / "record.json").read_text())
+    assert record["starts"][0]["raw_data_differs_from_record"][0].startswith("changed: data/raw/digits.csv.gz")
 
 
 def test_run_record_and_cards_are_complete(artifact_project) -> None:

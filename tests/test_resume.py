@@ -6,7 +6,6 @@ example must be seen exactly once per epoch across the crash.
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 from collections import Counter
@@ -14,9 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_runs import (
+    effective_batches,
+    final_weights,
+    max_abs_difference,
+    read_records,
+    resume_test_config,
+    validated_epochs,
+)
+from training_runs import train as train_with
 
 EPOCHS = 3
-STEPS_PER_EPOCH = 10  # 1,257 training examples in batches of 128
+STEPS_PER_EPOCH = 10  # 1,259 training examples in batches of 128
 SHORT_RUN = [
     f"--trainer.max_epochs={EPOCHS}",
     "--checkpointing.every_n_steps=3",
@@ -30,61 +38,8 @@ KILL_POINTS = {
 }
 
 
-def resume_test_config(path: Path, records: Path, kill: dict | None, marker: Path, num_workers: int) -> Path:
-    """A config that adds batch recording (and a one-time kill) to the default experiment."""
-    callbacks = [
-        {"class_path": "digits_mlp.kit.progress.ProgressLines"},
-        {"class_path": "digits_mlp.kit.resume_testing.RecordBatches", "init_args": {"path": str(records)}},
-    ]
-    if kill is not None:
-        callbacks.append(
-            {"class_path": "digits_mlp.kit.resume_testing.KillAt", "init_args": {"marker_file": str(marker), **kill}}
-        )
-    path.write_text(
-        json.dumps({"trainer": {"callbacks": callbacks}, "data": {"init_args": {"num_workers": num_workers}}})
-    )
-    return path
-
-
 def train(command: list[str], project: Path, config: Path, run_name: str, *extra: str):
-    return subprocess.run(
-        [*command, "fit", "--config", str(config), *SHORT_RUN, "--run_name", run_name, *extra],
-        cwd=project,
-        capture_output=True,
-        text=True,
-    )
-
-
-def read_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def effective_batches(records: list[dict]) -> list[dict]:
-    """The batches that count: those of each process up to the step the next process resumed from."""
-    by_process: dict[int, list[dict]] = {}
-    for record in records:
-        by_process.setdefault(record["pid"], []).append(record)
-    processes = list(by_process.values())
-    kept = []
-    for current, following in zip(processes, processes[1:] + [None], strict=True):
-        resumed_at = following[0]["global_step"] if following else float("inf")
-        kept += [r for r in current if r["global_step"] < resumed_at]
-    return kept
-
-
-def validated_epochs(project: Path, run_name: str) -> set[int]:
-    with open(project / "runs" / run_name / "logs" / "metrics.csv") as stream:
-        return {int(row["epoch"]) for row in csv.DictReader(stream) if row.get("val/acc")}
-
-
-def final_weights(project: Path, run_name: str) -> dict[str, torch.Tensor]:
-    checkpoint = project / "runs" / run_name / "checkpoints" / "final.ckpt"
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    return train_with(command, project, config, run_name, *SHORT_RUN, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +85,44 @@ def test_killed_run_resumes_to_identical_weights(
         assert seen == expected, f"epoch {epoch}: examples missing or seen twice"
 
 
+# (signal, where it arrives, data-loading workers): every stop signal and point of arrival at least once.
+SIGNAL_CASES = {
+    "sigint-batch-start": ("SIGINT", {"hook": "train_batch_start", "global_step": 14}, 0),
+    "sigint-checkpoint-write-workers": ("SIGINT", {"hook": "save_checkpoint", "global_step": 12}, 2),
+    "sigterm-batch-end": ("SIGTERM", {"hook": "train_batch_end", "global_step": 14}, 0),
+    "sigterm-validation": ("SIGTERM", {"hook": "validation_start", "epoch": 1}, 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIGNAL_CASES))
+def test_ctrl_c_and_sigterm_checkpoint_stop_with_code_3_and_resume_exactly(
+    example_project, example_command, reference_runs, tmp_path, case
+) -> None:
+    project, _ = example_project
+    signal_name, point, num_workers = SIGNAL_CASES[case]
+    run_name = f"signalled-{case}"
+    records = tmp_path / "records.jsonl"
+    # Ctrl-C in a terminal reaches the whole process group, the data-loading workers included.
+    kill = {**point, "signal": signal_name, "whole_group": signal_name == "SIGINT"}
+    config = resume_test_config(tmp_path / "c.json", records, kill, tmp_path / "signalled", num_workers)
+
+    stopped = train(example_command, project, config, run_name)
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    assert f"Run '{run_name}' stopped on {signal_name} at step" in stopped.stdout
+    assert "Traceback" not in stopped.stderr
+    manifest = json.loads((project / "runs" / run_name / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["stopped_by"] == signal_name
+    resumed = train(example_command, project, config, run_name)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Run '{run_name}': resuming from last.ckpt" in resumed.stdout
+
+    reference_weights, reference_records, _ = reference_runs[num_workers]
+    assert max_abs_difference(final_weights(project, run_name), reference_weights) == 0.0
+    batches = effective_batches(read_records(records))
+    assert [b["examples"] for b in batches] == [b["examples"] for b in reference_records]
+    assert validated_epochs(project, run_name) == set(range(EPOCHS))
+
+
 def test_truncated_last_checkpoint_falls_back_to_the_previous_one(
     example_project, example_command, reference_runs, tmp_path
 ) -> None:
@@ -145,6 +138,28 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(
     resumed = train(example_command, project, config, run_name)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "last.ckpt is unreadable" in resumed.stderr and "resuming from the previous checkpoint" in resumed.stderr
+    assert "resuming from previous.ckpt" in resumed.stdout
+    assert list((last.parent / "unreadable").glob("last.ckpt.*"))
+    assert max_abs_difference(final_weights(project, run_name), reference_runs[0][0]) == 0.0
+
+
+def test_silently_damaged_last_checkpoint_is_detected_by_its_checksum(
+    example_project, example_command, reference_runs, tmp_path
+) -> None:
+    project, _ = example_project
+    run_name = "bit-flipped-last"
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", KILL_POINTS["mid_epoch"], tmp_path / "k", 0)
+    assert train(example_command, project, config, run_name).returncode == -9
+    last = project / "runs" / run_name / "checkpoints" / "last.ckpt"
+    content = bytearray(last.read_bytes())
+    content[len(content) // 2 : len(content) // 2 + 64] = bytes(range(64))  # inside the tensor data
+    last.write_bytes(bytes(content))
+    assert torch.load(last, weights_only=True)["global_step"] == 12  # it still loads
+
+    resumed = train(example_command, project, config, run_name)
+
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "last.ckpt is damaged: its checksum is not the one recorded" in resumed.stderr
     assert "resuming from previous.ckpt" in resumed.stdout
     assert list((last.parent / "unreadable").glob("last.ckpt.*"))
     assert max_abs_difference(final_weights(project, run_name), reference_runs[0][0]) == 0.0

@@ -118,11 +118,63 @@ def test_usr1_checkpoints_requeues_and_resumes_to_identical_weights(cluster_proj
         env=env,
     )
     assert "Run 'uninterrupted' finished" in reference.stdout
-    final = {
-        name: torch.load(runs / name / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
-        for name in ("requeued", "uninterrupted")
-    }
+    final = {name: final_weights(runs, name) for name in ("requeued", "uninterrupted")}
     assert max((final["requeued"][k] - final["uninterrupted"][k]).abs().max().item() for k in final["requeued"]) == 0
+
+
+def final_weights(runs: Path, name: str) -> dict:
+    return torch.load(runs / name / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
+
+
+def test_two_task_ddp_job_checkpoints_once_requeues_once_and_resumes_exactly(cluster_project) -> None:
+    """The full-GPU job script with a CPU override: srun starts two tasks, Lightning's SLURM environment
+    makes them ranks 0 and 1, USR1 reaches both through srun, and the pair stops at the same batch."""
+    project, command, _, env, runs = cluster_project
+    options = ["--trainer.max_epochs=100", "--trainer.strategy=ddp", *CPU_RUN]
+    job = submit(cluster_project, "--gpu", "full:2", *options, "--run_name", "ddp-requeued")
+    script = (runs / "ddp-requeued" / "slurm" / "full.sbatch").read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script and "--trainer.devices=2 --trainer.num_nodes=1" in script
+    checkpoints = runs / "ddp-requeued" / "checkpoints"
+    wait_for(lambda: job_state(job) == "RUNNING" and (checkpoints / "last.ckpt").exists(), 180, "a first checkpoint")
+    run(["scancel", "--signal=USR1", "--batch", str(job)], cwd=project)
+    wait_for(lambda: "requeueing" in log_of(runs, job), 90, "the job to checkpoint and requeue itself")
+    wait_for(lambda: job_state(job) == "PENDING", 60, "the requeued job to be pending")
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+    assert wait_until_done(job, timeout=400) == "COMPLETED", log_of(runs, job)
+
+    log = log_of(runs, job)
+    assert "All distributed processes registered. Starting with 2 processes" in log
+    assert log.count("stopped on signal") == 1 and log.count("requeueing") == 1  # rank 0 speaks; one requeue
+    assert "Run 'ddp-requeued': resuming from last.ckpt" in log and "Run 'ddp-requeued' finished" in log
+    manifest = (runs / "ddp-requeued" / "manifest.json").read_text()
+    assert '"starts": 2' in manifest  # one per job start, not one per process
+
+    reference = run(
+        [*command, "fit", *options, "--trainer.devices=2", "--trainer.num_nodes=1", "--run_name", "ddp-uninterrupted"],
+        cwd=project,
+        env=env,
+    )
+    assert "Run 'ddp-uninterrupted' finished" in reference.stdout
+    requeued, uninterrupted = final_weights(runs, "ddp-requeued"), final_weights(runs, "ddp-uninterrupted")
+    assert max((requeued[k] - uninterrupted[k]).abs().max().item() for k in requeued) == 0
+
+
+def test_two_node_job_script(example_project, example_command, tmp_path: Path) -> None:
+    """Rendered only: this machine is one node. What Lightning's SLURM environment checks must agree."""
+    project, _ = example_project
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    done = run(
+        [*example_command, "submit", "--site", str(site), "--write-only", "--gpu", "full:4", "--nodes", "2"],
+        cwd=project,
+        env={"RUNS_DIR": str(tmp_path / "runs")},
+    )
+    script = Path(re.search(r"Job script: (\S+)", done.stdout).group(1)).read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=4" in script  # == num_nodes, devices
+    assert "#SBATCH --gres=gpu:4" in script and "#SBATCH --mem=4G" in script  # per node
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--trainer.devices=4" in srun and "--trainer.num_nodes=2" in srun and srun.endswith("&")
 
 
 @pytest.mark.parametrize(

@@ -54,14 +54,15 @@ class DigitsClassifier(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         self.val_accuracy(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True)
+        # sync_dist: under DDP each process sees part of the validation set; average over all of them.
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
         self.log("val/acc", self.val_accuracy, on_epoch=True, prog_bar=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
         self.test_accuracy(logits, labels)
-        self.log("test/loss", F.cross_entropy(logits, labels), on_epoch=True)
+        self.log("test/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
         self.log("test/acc", self.test_accuracy, on_epoch=True)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

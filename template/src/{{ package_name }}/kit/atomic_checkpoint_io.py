@@ -3,7 +3,9 @@
 Lightning's own save stages the file in $TMPDIR and moves it; across filesystems (node-local /tmp
 versus a shared checkpoint disk) that move is a plain copy, and a kill during it leaves a truncated
 checkpoint. Here every checkpoint is written with `atomic_output` (kit/atomic_files.py): a
-temporary file in the target directory, flushed to disk, then renamed over the target.
+temporary file in the target directory, flushed to disk, then renamed over the target. Its
+checksum is computed on the way (kit/checksums.py) and handed to `before_commit` before the
+rename, so that a checkpoint never has its final name without its checksum recorded.
 """
 
 from __future__ import annotations
@@ -17,26 +19,58 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .atomic_files import atomic_output
+from .checksums import ChecksummingWriter
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save `obj` to `path` so that a crash at any moment leaves the old file or the new one."""
-    with atomic_output(path) as stream:
-        torch.save(obj, stream)
+def atomic_torch_save(obj: Any, path: str | os.PathLike, before_commit: Callable[[str], None] | None = None) -> str:
+    """torch.save `obj` to `path` so that a crash at any moment leaves the old file or the new one.
+
+    Returns the file's checksum; `before_commit(checksum)` runs once the bytes are on disk, right
+    before the file takes its name.
+    """
+    writer: ChecksummingWriter | None = None
+
+    def commit() -> None:
+        if before_commit is not None:
+            before_commit(writer.hexdigest())
+
+    with atomic_output(path, before_replace=commit) as stream:
+        writer = ChecksummingWriter(stream)
+        torch.save(obj, writer)
+    return writer.hexdigest()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning CheckpointIO plugin that writes every checkpoint with `atomic_torch_save`.
 
-    `on_saved(path, checkpoint)` is called after each complete write (the run manifest uses it).
+    `before_commit(path, checkpoint, checksum)` is called once the bytes are on disk, before the
+    file takes its name; `on_saved(path, checkpoint, checksum)` after (the run manifest uses both).
+    `keep_replaced_as` names where a replaced file goes (`{"last.ckpt": "previous.ckpt"}`): it is
+    moved there only once the new file is complete, so a failed write (a full disk) loses neither.
     """
 
-    def __init__(self, on_saved: Callable[[Path, dict], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_saved: Callable[[Path, dict, str], None] | None = None,
+        before_commit: Callable[[Path, dict, str], None] | None = None,
+        keep_replaced_as: dict[str, str] | None = None,
+    ) -> None:
         self.on_saved = on_saved
+        self.before_commit = before_commit
+        self.keep_replaced_as = keep_replaced_as or {}
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
-        atomic_torch_save(checkpoint, path)
+        path = Path(path)
+
+        def commit(checksum: str) -> None:
+            if self.before_commit is not None:
+                self.before_commit(path, checkpoint, checksum)
+            keep_as = self.keep_replaced_as.get(path.name)
+            if keep_as is not None and path.exists():
+                os.replace(path, path.with_name(keep_as))
+
+        checksum = atomic_torch_save(checkpoint, path, before_commit=commit)
         if self.on_saved is not None:
-            self.on_saved(Path(path), checkpoint)
+            self.on_saved(path, checkpoint, checksum)

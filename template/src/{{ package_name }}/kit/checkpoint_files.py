@@ -1,14 +1,18 @@
 """Find the checkpoint to resume from. Managed by the copier-lightning template.
 
 The newest checkpoint is the one with the highest stored global step, not the newest file time
-(copies and restores change file times). A file that cannot be read is moved aside, not deleted,
-with a warning naming it, and the next one is tried.
+(copies and restores change file times). `on_exception.ckpt` is never resumed from: an error can
+strike mid-step (half an optimizer update, a skipped validation), so it is kept for post-mortem
+only, and the run continues from the last checkpoint written at a batch or epoch boundary.
+A file that cannot be read is moved aside, not deleted, with a warning naming it, and the next
+one is tried.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +20,13 @@ import torch
 
 CHECKPOINT_SUFFIX = ".ckpt"
 QUARANTINE_DIRNAME = "unreadable"
-# At equal global steps prefer the rolling checkpoint: it is written at a batch or epoch boundary,
-# while an on-exception checkpoint may hold a half-finished step.
+# At equal global steps prefer the rolling checkpoint over a best-k copy.
 KIND_PREFERENCE = {"last": 3, "final": 3, "previous": 2, "best": 1, "on_exception": 0}
+POST_MORTEM_ONLY = ("on_exception",)
 
 
 class UnreadableCheckpointWarning(UserWarning):
-    """A checkpoint file could not be read and was moved aside."""
+    """A checkpoint file could not be read, or its checksum did not match, and it was moved aside."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class CheckpointInfo:
     path: Path
     global_step: int
     epoch: int
+    # The saved positions of stateful training loaders (ResumableDataLoader.state_dict), if any.
+    loader_states: tuple[dict, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -49,7 +55,13 @@ def read_checkpoint_info(path: Path) -> CheckpointInfo:
     # mmap reads the archive index and the small entries, not every tensor: cheap on big files,
     # and a truncated zip archive still fails here because its index sits at the end.
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return CheckpointInfo(path=path, global_step=int(checkpoint["global_step"]), epoch=int(checkpoint["epoch"]))
+    loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+    return CheckpointInfo(
+        path=path,
+        global_step=int(checkpoint["global_step"]),
+        epoch=int(checkpoint["epoch"]),
+        loader_states=tuple(loops.get("combined_loader", ())),
+    )
 
 
 def move_aside(path: Path) -> Path:
@@ -61,13 +73,18 @@ def move_aside(path: Path) -> Path:
     return target
 
 
-def readable_checkpoints(directory: Path) -> list[CheckpointInfo]:
-    """All readable checkpoints in `directory`; unreadable ones are moved aside with a warning."""
+def readable_checkpoints(directory: Path, move_unreadable: bool = True) -> list[CheckpointInfo]:
+    """All readable checkpoints in `directory`; unreadable ones are skipped with a warning and moved aside.
+
+    move_unreadable: False in every DDP process but rank 0, which alone moves files.
+    """
     found = []
     for path in sorted(directory.glob(f"*{CHECKPOINT_SUFFIX}")):
         try:
             found.append(read_checkpoint_info(path))
         except Exception as error:  # noqa: BLE001 - any failure to read means "do not resume from it"
+            if not move_unreadable:
+                continue
             moved_to = move_aside(path)
             warnings.warn(
                 f"Checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
@@ -78,11 +95,32 @@ def readable_checkpoints(directory: Path) -> list[CheckpointInfo]:
     return found
 
 
-def newest_checkpoint(directory: Path) -> CheckpointInfo | None:
-    """The checkpoint to resume from: highest global step, then the preferred kind; None if none."""
+def newest_checkpoint(
+    directory: Path,
+    move_unreadable: bool = True,
+    is_intact: Callable[[CheckpointInfo], bool | None] | None = None,
+) -> CheckpointInfo | None:
+    """The checkpoint to resume from: highest global step, then the preferred kind; None if none.
+
+    is_intact: checks a candidate's checksum (None: no checksum to check); a candidate that fails is
+    moved aside with a warning and the next one is tried.
+    """
     if not directory.is_dir():
         return None
-    candidates = readable_checkpoints(directory)
-    if not candidates:
-        return None
-    return max(candidates, key=lambda info: (info.global_step, KIND_PREFERENCE[info.kind]))
+    candidates = [c for c in readable_checkpoints(directory, move_unreadable) if c.kind not in POST_MORTEM_ONLY]
+    for candidate in sorted(candidates, key=lambda info: (info.global_step, KIND_PREFERENCE[info.kind]), reverse=True):
+        if is_intact is None or is_intact(candidate) is not False:
+            return candidate
+        set_aside_damaged(candidate.path, move_unreadable)
+    return None
+
+
+def set_aside_damaged(path: Path, move: bool = True) -> None:
+    """Move aside (when `move`) a checkpoint whose checksum is not the one recorded, with a warning."""
+    where = f"moved it to {move_aside(path)}" if move else "skipped it"
+    warnings.warn(
+        f"Checkpoint {path} is damaged: its checksum is not the one recorded when it was written (it still "
+        f"loads, but its contents changed on disk); {where} and using the previous checkpoint instead.",
+        UnreadableCheckpointWarning,
+        stacklevel=2,
+    )

@@ -23,7 +23,12 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
     return entries
 
 
-def differences(recorded: dict[str, str], files: list[Path]) -> list[str]:
+# Raw files' hashes remembered by (size, modification time): `fit` checks the raw data at every
+# start without reading unchanged files again.
+HASH_MEMO = Path("data/.raw-file-hashes.json")
+
+
+def differences(recorded: dict[str, str], files: list[Path], memo: dict[str, dict] | None = None) -> list[str]:
     """Human-readable list of files that are missing, changed, or not in the manifest."""
     from .preprocessing_cache import file_sha256
 
@@ -33,10 +38,44 @@ def differences(recorded: dict[str, str], files: list[Path]) -> list[str]:
         path = Path(name)
         if not path.is_file():
             problems.append(f"missing: {name}")
-        elif file_sha256(path) != digest:
-            problems.append(f"changed: {name} (sha256 {file_sha256(path)[:12]}..., recorded {digest[:12]}...)")
+        elif (actual := file_sha256(path, memo)) != digest:
+            problems.append(f"changed: {name} (sha256 {actual[:12]}..., recorded {digest[:12]}...)")
     problems += [f"not in the manifest: {name}" for name in sorted(current) if name not in recorded]
     return problems
+
+
+class RawDataChangedError(RuntimeError):
+    """The raw data differs from data/raw.sha256 and no override was given."""
+
+
+def raw_data_differences(data) -> list[str]:
+    """How the data module's raw files differ from data/raw.sha256 ([] if they match or nothing is recorded).
+
+    Fetches missing raw files first (a fresh clone has the checksums, not the data).
+    """
+    if not MANIFEST.exists() or not hasattr(data, "raw_files"):
+        return []
+    if hasattr(data, "fetch_raw"):
+        data.fetch_raw()
+    import json
+
+    from .atomic_files import atomic_write_text
+
+    memo = json.loads(HASH_MEMO.read_text()) if HASH_MEMO.exists() else {}
+    problems = differences(read_manifest(), [Path(p) for p in data.raw_files()], memo)
+    atomic_write_text(HASH_MEMO, json.dumps(memo, indent=1))
+    return problems
+
+
+def refuse_changed_raw_data(problems: list[str], console_script: str) -> None:
+    if problems:
+        listed = "\n".join(f"  {problem}" for problem in problems)
+        raise RawDataChangedError(
+            f"the raw data differs from {MANIFEST}, so this run would train on data other than the recorded:\n"
+            f"{listed}\nIf the change is intended, record it (`{console_script} data record`, then commit "
+            f"{MANIFEST}); to restore the recorded data, put the files back (`{console_script} data fetch` fetches "
+            f"missing ones); to train on it anyway, add --allow_changed_data (noted in the run's record.json)."
+        )
 
 
 def data_main(argv: list[str]) -> int:

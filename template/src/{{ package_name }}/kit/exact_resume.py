@@ -5,6 +5,12 @@ resume dropout masks and random augmentations differ from an uninterrupted run. 
 saves the Python, NumPy, torch and CUDA generators in every checkpoint (as lists and tensors, which
 `torch.load(weights_only=True)` accepts) and restores them just before the first training batch
 is fetched after the resume, the same point in the sequence where they were captured.
+
+Under DDP every process has its own generators (per-rank dropout or augmentation draw different
+numbers), so a checkpoint keeps one set per global rank: each process's states are gathered to
+every rank when the checkpoint is made (all ranks make it together; rank 0 writes it), and on
+resume each process takes back its own. A run resumed with more processes than it was saved with
+leaves the new ranks' generators as seeded (see resumable_loader.py for when that is allowed).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from .resumable_loader import ResumableDataLoader
+from .resumable_loader import ResumableDataLoader, process_rank_and_count
 
 
 def capture_rng_states() -> dict[str, Any]:
@@ -44,17 +50,31 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def gather_per_rank(states: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every process's `states`, indexed by global rank (a collective: all ranks must call it)."""
+    _, world_size = process_rank_and_count()
+    if world_size == 1:
+        return [states]
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, states)
+    return gathered
+
+
 class RandomStateCheckpoint(pl.Callback):
-    """Puts the RNG states into each checkpoint and restores them on resume."""
+    """Puts every process's RNG states into each checkpoint and restores them on resume."""
 
     def __init__(self) -> None:
         self._states_to_restore: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return capture_rng_states()
+        return {"per_rank": gather_per_rank(capture_rng_states())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._states_to_restore = state_dict
+        if "per_rank" not in state_dict:  # written before per-rank states: one process's states
+            state_dict = {"per_rank": [state_dict]}
+        rank, _ = process_rank_and_count()
+        saved = state_dict["per_rank"]
+        self._states_to_restore = saved[rank] if rank < len(saved) else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._states_to_restore is None:

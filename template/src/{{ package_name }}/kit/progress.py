@@ -38,6 +38,10 @@ class ProgressLines(ProgressBar):
         metrics.pop("v_num", None)
         return "  ".join(f"{name} {_short(value)}" for name, value in metrics.items())
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A run resumed mid-epoch gets no on_train_epoch_start for that epoch: time it from here.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_started = self._last_line = time.monotonic()
         self._steps_this_epoch = 0

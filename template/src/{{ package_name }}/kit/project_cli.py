@@ -9,6 +9,7 @@ best checkpoint, unless `--ckpt_path` is given.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from dataclasses import dataclass
@@ -17,24 +18,40 @@ from typing import Literal
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from .atomic_checkpoint_io import AtomicCheckpointIO
-from .checkpoint_files import newest_checkpoint
+from .checkpoint_files import newest_checkpoint, set_aside_damaged
+from .data_commands import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
+from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .exact_resume import RandomStateCheckpoint
 from .no_profiler import NoProfiler
+from .resumable_loader import WorldSizeChangedError, check_process_count
 from .rolling_checkpoint import RollingCheckpoint
-from .run_record import finish_record, start_record
-from .runs import REQUEUE_EXIT_CODE, ConfigChangedError, RunDirectory, derive_run_name, runs_root
+from .run_record import finish_record, note_changed_raw_data, start_record
+from .runs import (
+    PLACEMENT_KEYS,
+    REQUEUE_EXIT_CODE,
+    ConfigChangedError,
+    RunDirectory,
+    derive_run_name,
+    runs_root,
+    storage_error_message,
+)
 
 DEFAULT_CONFIG = "configs/default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# Keys that say which run to use, not what to train: they stay out of the run's config and name.
-RUN_CONTROL_KEYS = ("run_name", "ckpt_path", "config", "__default_config__")
+# Keys that say which run to use or how to run it, not what to train: they stay out of the run's
+# config and name (a longer collective timeout does not make another experiment).
+RUN_CONTROL_KEYS = ("run_name", "ckpt_path", "config", "__default_config__", "distributed", "allow_changed_data")
 # Options of one evaluation subcommand only; leaving them out gives `fit` and `test` the same name.
 SUBCOMMAND_ONLY_KEYS = ("verbose", "return_predictions")
+# Where the run's processes go, not what they train: left out of the run's config and name, so that
+# `submit` (which always sets devices and nodes) and a local `fit` of one config name the same run,
+# and a run can move between machines. record.json keeps them for every start; the training loader
+# refuses a mid-epoch resume with another number of processes (resumable_loader.py).
 
 
 @dataclass
@@ -85,6 +102,10 @@ class StoppedForRequeue(Exception):
     """`fit` stopped on the requeue signal after writing its checkpoint."""
 
 
+class BadSettingError(ValueError):
+    """A config value that parses but cannot work (e.g. a checkpoint every 0 steps)."""
+
+
 class RunAlreadyFinished(Exception):
     """`fit` was asked to continue a run that has finished."""
 
@@ -100,6 +121,19 @@ class MissingTrainedRun(Exception):
         )
 
 
+class RunFailureRecorder(Callback):
+    """Marks the run `failed` in its manifest when an error ends `fit` (rank 0), instead of leaving `running`."""
+
+    def __init__(self, run: RunDirectory) -> None:
+        self.run = run
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if trainer.is_global_zero and self.run.manifest_path.exists():
+            error = f"{type(exception).__name__}: {exception}".strip().splitlines()[0][:300]
+            with contextlib.suppress(OSError):  # a full disk may refuse this write too
+                self.run.set_status("failed", error=error, step=trainer.global_step)
+
+
 class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -108,14 +142,21 @@ class ProjectCLI(LightningCLI):
             default=None,
             help="Name of the run directory under runs/ (default: config name + hash of the config).",
         )
+        parser.add_argument(
+            "--allow_changed_data",
+            type=bool,
+            default=False,
+            help="Train even if the raw data differs from data/raw.sha256 (the difference goes into record.json).",
+        )
         parser.add_class_arguments(CheckpointPolicy, "checkpointing")
         parser.add_class_arguments(EarlyStoppingPolicy, "early_stopping")
+        parser.add_class_arguments(DistributedPolicy, "distributed")
 
     # -- choosing the run -----------------------------------------------------------------------
     def _config_text(self, config: Namespace) -> str:
         """The resolved config without the keys that only say which run to use."""
         config = config.clone()
-        for key in RUN_CONTROL_KEYS + SUBCOMMAND_ONLY_KEYS:
+        for key in RUN_CONTROL_KEYS + SUBCOMMAND_ONLY_KEYS + tuple(f"trainer.{k}" for k in PLACEMENT_KEYS):
             if key in config:
                 del config[key]
         return self._parser(self.subcommand).dump(config, skip_validation=True)
@@ -161,11 +202,13 @@ class ProjectCLI(LightningCLI):
         if trainer_config.get("profiler") is None:
             kwargs["profiler"] = NoProfiler()
         if self.subcommand != "fit":
-            return super().instantiate_trainer(**kwargs)
+            return self._with_collective_timeout(super().instantiate_trainer(**kwargs))
         policy = self._policy
         stopping: EarlyStoppingPolicy = self.config_init["fit"]["early_stopping"]
         checkpoint_dir = self.run.checkpoint_dir
         callbacks = [
+            PeerGuard(),
+            RunFailureRecorder(self.run),
             RandomStateCheckpoint(),
             ModelCheckpoint(
                 dirpath=checkpoint_dir,
@@ -177,7 +220,9 @@ class ProjectCLI(LightningCLI):
                 save_last=False,
                 enable_version_counter=False,
             ),
-            RollingCheckpoint(checkpoint_dir, policy.every_n_steps, policy.every_n_minutes),
+            _refusing_bad_settings(
+                "checkpointing", RollingCheckpoint, checkpoint_dir, policy.every_n_steps, policy.every_n_minutes
+            ),
         ]
         if stopping.patience is not None:
             callbacks.insert(
@@ -187,18 +232,33 @@ class ProjectCLI(LightningCLI):
                 ),
             )
         plugins = _as_list(trainer_config.get("plugins"))
-        plugins.append(AtomicCheckpointIO(on_saved=self._record_checkpoint))
+        plugins.append(
+            AtomicCheckpointIO(
+                on_saved=self._record_checkpoint,
+                before_commit=self._remember_checksum,
+                keep_replaced_as={"last.ckpt": "previous.ckpt"},
+            )
+        )
         if SLURMEnvironment.detect():
             # Lightning's own requeue saves inside the signal handler and prefers stale hpc_ckpt files;
             # RollingCheckpoint handles the signal instead, at a batch boundary.
             plugins.append(SLURMEnvironment(auto_requeue=False))
         kwargs["plugins"] = plugins
         kwargs["callbacks"] = _as_list(trainer_config.get("callbacks")) + callbacks
-        return super().instantiate_trainer(**kwargs)
+        return self._with_collective_timeout(super().instantiate_trainer(**kwargs))
 
-    def _record_checkpoint(self, path: Path, checkpoint: dict) -> None:
-        if self.trainer.is_global_zero:
-            self.run.record_checkpoint(path, checkpoint, self.trainer.callback_metrics.get(self._policy.monitor))
+    def _with_collective_timeout(self, trainer: Trainer) -> Trainer:
+        if self.subcommand:
+            policy: DistributedPolicy = self.config_init[self.subcommand]["distributed"]
+            _refusing_bad_settings("distributed", apply_collective_timeout, trainer, policy.timeout_minutes)
+        return trainer
+
+    def _remember_checksum(self, path: Path, checkpoint: dict, checksum: str) -> None:
+        self.run.remember_checksum(checksum, int(checkpoint.get("global_step", 0)))  # rank 0 writes files
+
+    def _record_checkpoint(self, path: Path, checkpoint: dict, checksum: str) -> None:
+        monitored = self.trainer.callback_metrics.get(self._policy.monitor)
+        self.run.record_checkpoint(path, checkpoint, monitored, checksum=checksum)
 
     @property
     def _policy(self) -> CheckpointPolicy:
@@ -206,36 +266,75 @@ class ProjectCLI(LightningCLI):
 
     # -- resume ---------------------------------------------------------------------------------
     def before_fit(self) -> None:
+        """Pick the checkpoint to resume from (every rank, the same one) and record the start (rank 0 only)."""
         if self.trainer.fast_dev_run:
             return
+        lead = self.trainer.is_global_zero  # under DDP every process runs this; one records and prints
+        say = print if lead else _silent
+        fit_kwargs = self.config_init["fit"]
+        resume_from = None
+        if not fit_kwargs.get("ckpt_path"):
+            # Every process reads the same files and so picks the same one; only rank 0 moves damaged ones aside.
+            resume_from = newest_checkpoint(
+                self.run.checkpoint_dir,
+                move_unreadable=lead,
+                is_intact=lambda info: self.run.checksum_verdict(info.path, info.global_step),
+            )
+        if resume_from is not None:
+            for loader_state in resume_from.loader_states:  # before anything is written: a refusal changes nothing
+                check_process_count(loader_state, self.trainer.world_size)
+        if lead:
+            # Rank 0 alone: it fetches missing raw files, and under DDP it runs before the others start.
+            changed_data = raw_data_differences(self.datamodule)
+            if not self.config["fit"].get("allow_changed_data"):
+                refuse_changed_raw_data(changed_data, _console_script())
+            elif changed_data:
+                print("Training on raw data that differs from data/raw.sha256 (--allow_changed_data):")
+                print("\n".join(f"  {problem}" for problem in changed_data))
+            self._record_start(changed_data)
+        if fit_kwargs.get("ckpt_path"):
+            say(f"Run '{self.run.name}': starting from the given checkpoint {fit_kwargs['ckpt_path']}")
+        elif resume_from is None:
+            say(f"Run '{self.run.name}': new run in {self.run.path}")
+        else:
+            # Loggers keep appending to the run's files; Lightning warns about a non-empty log dir.
+            warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+            fit_kwargs["ckpt_path"] = str(resume_from.path)
+            say(
+                f"Run '{self.run.name}': resuming from {resume_from.path.name} "
+                f"(epoch {resume_from.epoch}, step {resume_from.global_step})"
+            )
+
+    def _record_start(self, changed_data: list[str]) -> None:
         self.run.start(self.config_text, monitor={"metric": self._policy.monitor, "mode": self._policy.mode})
         fingerprint = getattr(self.datamodule, "data_fingerprint", None)
-        start_record(self.run.path, self.config["fit"].get("seed_everything"), fingerprint() if fingerprint else None)
-        fit_kwargs = self.config_init["fit"]
-        if fit_kwargs.get("ckpt_path"):
-            print(f"Run '{self.run.name}': starting from the given checkpoint {fit_kwargs['ckpt_path']}")
-            return
-        resume_from = newest_checkpoint(self.run.checkpoint_dir)
-        if resume_from is None:
-            print(f"Run '{self.run.name}': new run in {self.run.path}")
-            return
-        # Loggers keep appending to the run's files; Lightning warns about a non-empty log dir.
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-        fit_kwargs["ckpt_path"] = str(resume_from.path)
-        print(
-            f"Run '{self.run.name}': resuming from {resume_from.path.name} "
-            f"(epoch {resume_from.epoch}, step {resume_from.global_step})"
-        )
+        placement = {key: self.config["fit"]["trainer"].get(key) for key in PLACEMENT_KEYS}
+        placement["processes"] = self.trainer.world_size
+        seed = self.config["fit"].get("seed_everything")
+        start_record(self.run.path, seed, fingerprint() if fingerprint else None, placement=placement)
+        if changed_data:
+            note_changed_raw_data(self.run.path, changed_data)
 
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run:
             return
         rolling = next(c for c in self.trainer.callbacks if isinstance(c, RollingCheckpoint))
+        if self.trainer.is_global_zero:
+            self._report_fit_end(rolling)
+        if rolling.stopped_by_signal:
+            raise StoppedForRequeue
+
+    def _report_fit_end(self, rolling: RollingCheckpoint) -> None:
         metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
         if rolling.stopped_by_signal:
-            finish_record(self.run.path, metrics, "stopped on signal, to be requeued")
-            print(f"Run '{self.run.name}' stopped on signal at step {self.trainer.global_step}; checkpoint written.")
-            raise StoppedForRequeue
+            signal_name = rolling.signal_name or "a signal"  # under DDP the signal may have reached another rank
+            finish_record(self.run.path, metrics, f"stopped on {signal_name}, to be continued")
+            self.run.set_status("stopped", stopped_by=signal_name, step=self.trainer.global_step)
+            print(
+                f"Run '{self.run.name}' stopped on {signal_name} at step {self.trainer.global_step}; checkpoint "
+                f"written. Re-run the same command to continue (exit code {REQUEUE_EXIT_CODE}: a job script requeues)."
+            )
+            return
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0:
             print(f"Stopped early at epoch {stopper.stopped_epoch}: {stopper.monitor} stopped improving.")
@@ -258,18 +357,24 @@ class ProjectCLI(LightningCLI):
 
 
 def best_checkpoint(run: RunDirectory) -> Path | None:
-    """The best checkpoint by the monitored metric, else final.ckpt, else last.ckpt."""
+    """The best intact checkpoint by the monitored metric, else final.ckpt, else last.ckpt.
+
+    A checkpoint whose checksum is not the one recorded is moved aside (warning) and the next one taken.
+    """
     manifest = run.read_manifest()
     entries = manifest.get("checkpoints", {})
     scored = [(name, e) for name, e in entries.items() if name.startswith("best") and e.get("value") is not None]
-    if scored:
-        pick = min if manifest.get("monitor", {}).get("mode") == "min" else max
-        name, _ = pick(scored, key=lambda item: item[1]["value"])
-        if (run.checkpoint_dir / name).exists():
-            return run.checkpoint_dir / name
-    for name in ("final.ckpt", "last.ckpt"):
-        if (run.checkpoint_dir / name).exists():
-            return run.checkpoint_dir / name
+    best_first = sorted(
+        scored, key=lambda item: item[1]["value"], reverse=manifest.get("monitor", {}).get("mode") != "min"
+    )
+    for name in [name for name, _ in best_first] + ["final.ckpt", "last.ckpt"]:
+        path = run.checkpoint_dir / name
+        if not path.exists():
+            continue
+        if run.checksum_verdict(path, int(entries.get(name, {}).get("step", 0))) is False:
+            set_aside_damaged(path)
+            continue
+        return path
     return None
 
 
@@ -294,6 +399,18 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
         # A W&B id derived from the run name: a resumed run continues the same W&B run.
         init_args.update(Namespace(save_dir=str(run.path), name=run.name, id=run.name, resume="allow"))
     logger.init_args = init_args
+
+
+def _refusing_bad_settings(section: str, build, *args):
+    """build(*args), with its ValueError about a setting turned into a BadSettingError naming the section."""
+    try:
+        return build(*args)
+    except ValueError as bad:
+        raise BadSettingError(f"{section}: {bad}") from None
+
+
+def _silent(*args, **kwargs) -> None:
+    """print() for the processes other than rank 0."""
 
 
 def _console_script() -> str:
@@ -346,7 +463,19 @@ def run_lightning_cli(args: list[str]) -> int:
         return 0
     except StoppedForRequeue:
         return REQUEUE_EXIT_CODE
-    except (ConfigChangedError, MissingTrainedRun) as refused:
+    except (
+        ConfigChangedError,
+        MissingTrainedRun,
+        WorldSizeChangedError,
+        BadSettingError,
+        RawDataChangedError,
+    ) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
+    except Exception as error:
+        explained = storage_error_message(error) or lost_peer_message(error)
+        if explained is None:
+            raise
+        print(f"error: {explained}", file=sys.stderr)
+        return 1
     return 0

@@ -63,10 +63,13 @@ def _train(artifact: Artifact) -> None:
 
     checkpoint = Path(artifact.outputs[0])
     run_dir = checkpoint.parent.parent
+    superseded = run_dir.with_name(f"{run_dir.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
     if checkpoint.exists():  # stale: keep the old model version, train afresh
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}"))
+        run_dir.rename(superseded)
     code = run_lightning_cli(["fit", *(artifact.fit_options or [])])
     if code != 0:
+        if superseded.exists() and not run_dir.exists():  # refused before training: the old version stays current
+            superseded.rename(run_dir)
         raise RuntimeError(f"fit for artifact {artifact.name} exited with {code}")
 
 

@@ -1,44 +1,62 @@
-"""A training DataLoader that resumes mid-epoch exactly. Managed by the copier-lightning template.
+"""A training DataLoader that resumes mid-epoch exactly, in one process or under DDP.
 
-Lightning checkpoints the position of a DataLoader that has `state_dict`/`load_state_dict`, but a
-plain DataLoader draws its shuffle from the global RNG and restarts every epoch from batch 0. Here:
+Managed by the copier-lightning template. Lightning checkpoints the position of a DataLoader that
+has `state_dict`/`load_state_dict`, but a plain DataLoader draws its shuffle from the global RNG
+and restarts every epoch from batch 0. Here:
 
 * the order of epoch `e` is a permutation that depends only on (seed, e), never on the global RNG;
+* under DDP each process takes every world_size-th index of that order. The order is first padded
+  with its own first indices to a multiple of world_size, as torch's DistributedSampler does
+  (drop_last=False): every process gets the same number of batches (unequal counts hang the
+  first collective after the shorter process stops), and a few examples, different each epoch,
+  are seen twice in an epoch rather than none skipped;
 * the loader records how many batches it handed out, so a resumed run starts at the next one;
+  the checkpoint also keeps the number of processes, and resuming mid-epoch with another number is
+  refused (the position means a different set of examples then); at an epoch boundary it is allowed;
 * the iterator is created at the first batch, not earlier: Lightning creates it before it tells
   the sampler the epoch, which with worker processes replays epoch 0's order after a resume
   (Lightning issue 21938); creating it late sidesteps that;
 * worker seeds come from the loader's own generator, re-seeded per epoch, so they do not depend on
-  how many random numbers anything else drew.
+  how many random numbers anything else drew;
+* worker processes ignore Ctrl-C (a terminal sends it to them too): the main process checkpoints
+  and stops at the next batch, which needs its workers alive.
 """
 
 from __future__ import annotations
 
+import math
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 
-def _process_rank_and_count() -> tuple[int, int]:
+def process_rank_and_count() -> tuple[int, int]:
+    """This process's global rank and the number of training processes (0, 1 outside DDP)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-class EpochSeededSampler(Sampler[int]):
+class WorldSizeChangedError(ValueError):
+    """A run is resumed mid-epoch with a different number of processes than it was saved with."""
+
+
+class EpochSeededSampler(DistributedSampler):
     """Yields dataset indices in an order fixed by (seed, epoch), starting at `start`.
 
-    With several processes (DDP) each process takes every world_size-th index of the same order.
+    A DistributedSampler subclass so that Lightning sees the training loader as already sharded and
+    does not replace its sampler (it does so for any other sampler under DDP).
     """
 
     def __init__(self, dataset_size: int, seed: int, shuffle: bool = True) -> None:
+        rank, world_size = process_rank_and_count()
+        super().__init__(range(dataset_size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.dataset_size = dataset_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -54,12 +72,12 @@ class EpochSeededSampler(Sampler[int]):
             order = torch.randperm(self.dataset_size, generator=generator).tolist()
         else:
             order = list(range(self.dataset_size))
-        rank, world_size = _process_rank_and_count()
-        return order[rank::world_size]
+        padding = self.total_size - self.dataset_size
+        order += order[:padding]
+        return order[self.rank : self.total_size : self.num_replicas]
 
     def __len__(self) -> int:
-        _, world_size = _process_rank_and_count()
-        return len(range(0, self.dataset_size, world_size))
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_order()[self.start :])
@@ -78,6 +96,7 @@ class ResumableDataLoader(DataLoader):
         kwargs.pop("sampler", None)
         kwargs.pop("batch_sampler", None)
         kwargs.pop("generator", None)
+        kwargs["worker_init_fn"] = _IgnoreCtrlCThen(kwargs.get("worker_init_fn"))
         self.resumable_sampler = EpochSeededSampler(len(dataset), seed=seed, shuffle=shuffle)
         super().__init__(
             dataset,
@@ -106,9 +125,49 @@ class ResumableDataLoader(DataLoader):
             self.batches_yielded += 1
             yield batch
 
+    def batches_per_epoch(self) -> int:
+        examples = len(self.resumable_sampler)
+        return examples // self.batch_size if self.drop_last else math.ceil(examples / self.batch_size)
+
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.resumable_sampler.epoch, "batches_yielded": self.batches_yielded}
+        return {
+            "epoch": self.resumable_sampler.epoch,
+            "batches_yielded": self.batches_yielded,
+            "world_size": self.resumable_sampler.num_replicas,
+            "batches_per_epoch": self.batches_per_epoch(),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        check_process_count(state, self.resumable_sampler.num_replicas)
+        batches_yielded = int(state["batches_yielded"])
+        if int(state.get("world_size", 1)) != self.resumable_sampler.num_replicas:
+            # An epoch boundary: the epoch is either untouched or complete, whatever the number of processes.
+            batches_yielded = 0 if batches_yielded == 0 else self.batches_per_epoch()
         self.resumable_sampler.epoch = int(state["epoch"])
-        self.resumable_sampler.start = int(state["batches_yielded"]) * self.batch_size
+        self.resumable_sampler.start = batches_yielded * self.batch_size
+
+
+class _IgnoreCtrlCThen:
+    """A worker_init_fn: ignore SIGINT in the worker, then run the user's worker_init_fn (picklable)."""
+
+    def __init__(self, then: Callable[[int], None] | None) -> None:
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
+
+
+def check_process_count(state: dict[str, int], processes: int) -> None:
+    """Refuse a saved loader position that means other examples with `processes` training processes."""
+    saved = int(state.get("world_size", 1))  # checkpoints from before DDP support: one process
+    batches_yielded = int(state["batches_yielded"])
+    mid_epoch = 0 < batches_yielded < int(state.get("batches_per_epoch", batches_yielded + 1))
+    if saved != processes and mid_epoch:
+        raise WorldSizeChangedError(
+            f"The checkpoint was written mid-epoch by {saved} training process(es); this run has {processes}. "
+            f"Its position in the epoch means different examples with another number of processes, so it "
+            f"cannot continue exactly. Resume with {saved} process(es) (trainer.devices x trainer.num_nodes), "
+            f"or start a fresh run (--run_name NEW_NAME). A checkpoint written at an epoch's end can change it."
+        )

@@ -3,6 +3,12 @@
 Add them to a config (trainer.callbacks) to test resumption on your own model:
 * `KillAt` kills the training process with SIGKILL at a chosen point, once: it leaves a marker
   file behind, so re-running the same command (same config) resumes instead of dying again.
+  Under DDP it kills every process at that point, or only the one of global rank `rank`. Other
+  signals: SIGSTOP freezes the process (a stalled peer); SIGINT, SIGTERM and SIGUSR1 ask it to
+  stop (a checkpoint at the next batch, then exit code 3); `whole_group` sends the signal to every
+  process of the group, data-loading workers included, as a terminal's Ctrl-C does.
+* `DistinctRankRandomness` gives each DDP process its own random stream (as per-rank augmentation
+  does), so that a resume test notices a process that gets another's random states back.
 * `RecordBatches` appends one JSON line per training batch: epoch, batch index, global step and a
   fingerprint of every example in the batch, so a test can check that each example is seen exactly
   once per epoch across a crash and a resume.
@@ -27,25 +33,55 @@ class KillAt(pl.Callback):
     def __init__(
         self,
         marker_file: str,
-        hook: Literal["train_batch_end", "validation_start", "train_epoch_end"] = "train_batch_end",
+        hook: Literal[
+            "train_batch_start", "train_batch_end", "validation_start", "train_epoch_end", "save_checkpoint"
+        ] = "train_batch_end",
         global_step: int | None = None,
         epoch: int | None = None,
+        rank: int | None = None,
+        signal: Literal["SIGKILL", "SIGSTOP", "SIGINT", "SIGTERM", "SIGUSR1"] = "SIGKILL",
+        whole_group: bool = False,
     ) -> None:
         self.marker_file = Path(marker_file)
         self.hook = hook
         self.global_step = global_step
         self.epoch = epoch
+        self.rank = rank
+        self.signal = signal
+        self.whole_group = whole_group
+        self.armed = False
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        # Decided once per start: under DDP the first process to die writes the marker, and the
+        # others, which reach the same point a moment later, must still die there.
+        self.armed = stage == "fit" and not self.marker_file.exists()
 
     def _maybe_kill(self, trainer: pl.Trainer, hook: str) -> None:
-        if hook != self.hook or trainer.sanity_checking or self.marker_file.exists():
+        if not self.armed or hook != self.hook or trainer.sanity_checking:
             return
         if self.global_step is not None and trainer.global_step != self.global_step:
             return
         if self.epoch is not None and trainer.current_epoch != self.epoch:
             return
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         self.marker_file.parent.mkdir(parents=True, exist_ok=True)
-        self.marker_file.write_text(f"killed at {hook}, epoch {trainer.current_epoch}, step {trainer.global_step}\n")
-        os.kill(os.getpid(), signal.SIGKILL)
+        with open(self.marker_file, "a") as marker:
+            marker.write(
+                f"{self.signal} at {hook}, epoch {trainer.current_epoch}, step {trainer.global_step}, "
+                f"rank {trainer.global_rank}, pid {os.getpid()}\n"
+            )
+        signum = getattr(signal, self.signal)
+        if self.whole_group:
+            os.killpg(os.getpgid(0), signum)
+        else:
+            os.kill(os.getpid(), signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._maybe_kill(trainer, "train_batch_start")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._maybe_kill(trainer, "save_checkpoint")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._maybe_kill(trainer, "train_batch_end")
@@ -55,6 +91,14 @@ class KillAt(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._maybe_kill(trainer, "train_epoch_end")
+
+
+class DistinctRankRandomness(pl.Callback):
+    """Re-seed torch's generator per global rank when training starts (ranks otherwise share one seed)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # On a resume the saved states are restored after this, right before the first batch.
+        torch.manual_seed(torch.initial_seed() + 1_000 * trainer.global_rank)
 
 
 def example_fingerprint(*tensors: torch.Tensor) -> str:
@@ -79,6 +123,7 @@ class RecordBatches(pl.Callback):
             "batch_idx": batch_idx,
             "global_step": trainer.global_step,
             "pid": os.getpid(),
+            "rank": trainer.global_rank,
             "examples": fingerprints,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)

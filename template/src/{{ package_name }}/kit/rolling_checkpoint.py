@@ -7,21 +7,40 @@ validation, and resuming from the step before means the validation of that epoch
 An exception writes `on_exception.ckpt`; a finished run writes `final.ckpt`.
 Best-k checkpoints by the monitored metric come from Lightning's ModelCheckpoint beside it.
 
-On `stop_signal` (SIGUSR1 by default: SLURM sends it before a time limit or preemption), the
-signal handler only sets a flag. At the next batch boundary (or, on an epoch's last batch, after
-that epoch's validation) `last.ckpt` is written and training stops; `stopped_by_signal` tells the
-command to exit with runs.REQUEUE_EXIT_CODE so that the job script requeues the job.
+On a stop signal (SIGUSR1: SLURM sends it before a time limit or preemption; SIGTERM: what
+`kill`, a scheduler or a container runtime sends; SIGINT: Ctrl-C) the signal handler only sets a
+flag. At the next batch boundary (or, on an epoch's last batch, after that epoch's validation)
+`last.ckpt` is written and training stops; `stopped_by_signal` tells the command to exit with
+runs.REQUEUE_EXIT_CODE, so that a job script requeues the job and `supervise` restarts it, and
+the same command continues exactly. A second Ctrl-C stops at once, without a checkpoint.
+The handlers replace Lightning's for SIGTERM once training starts (Lightning's ends the process
+with exit status 0 at the next batch, which reads as success) and are restored when fit ends.
+
+Under DDP the decisions are made together (kit/distributed.py): a signal that reached any process
+stops all of them at the same batch, and rank 0's timer decides when a timed save is due. Without
+that, one process would enter a save (a collective) that another skips, and both would wait forever.
+The processes agree at every epoch's end and, within an epoch, at agreement steps about
+AGREE_EVERY_SECONDS apart: at each one rank 0, which times the steps, says how many steps to the
+next (1 to MAX_STEPS_BETWEEN_AGREEMENTS). A fast loop so pays the collective once in many steps, and
+a signal still takes effect within about that many seconds.
+An exception under DDP writes no `on_exception.ckpt`: the others would have to join that save.
 """
 
 from __future__ import annotations
 
-import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+
+from .distributed import agree_max, is_distributed
+from .runs import storage_error
+
+AGREE_EVERY_SECONDS = 0.5
+MAX_STEPS_BETWEEN_AGREEMENTS = 100
 
 
 class RollingCheckpoint(pl.Callback):
@@ -32,7 +51,7 @@ class RollingCheckpoint(pl.Callback):
         dirpath: str | Path,
         every_n_steps: int | None = None,
         every_n_minutes: float | None = None,
-        stop_signal: int | None = signal.SIGUSR1,
+        stop_signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT),
     ):
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive number of steps or null, got {every_n_steps}")
@@ -43,17 +62,45 @@ class RollingCheckpoint(pl.Callback):
         self.every_n_minutes = every_n_minutes
         self._last_save_time = time.monotonic()
         self._last_saved_step = -1
-        self.stop_signal = stop_signal
+        self.stop_signals = stop_signals
         self.signal_received = False
+        self.signal_name: str | None = None
         self.stopped_by_signal = False
+        self._handlers_before: dict[int, object] = {}
+        self._next_agreement_step = 0
+        self._last_agreement = (time.monotonic(), 0)  # (time, global step), rank 0's
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.stop_signal is not None and stage == "fit" and threading.current_thread() is threading.main_thread():
-            signal.signal(self.stop_signal, self._on_signal)
+        if stage == "fit":
+            self._install_signal_handlers()  # early: a signal during restore or the sanity check counts too
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install_signal_handlers()  # again: Lightning installed its SIGTERM handler in between
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._handlers_before.items():
+            signal.signal(signum, handler)
+        self._handlers_before = {}
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only
+        for signum in self.stop_signals:
+            before = signal.signal(signum, self._on_signal)
+            self._handlers_before.setdefault(signum, before)
 
     def _on_signal(self, signum, frame) -> None:
         # Only a flag: saving inside a signal handler could interrupt a half-done optimizer step.
+        if signum == signal.SIGINT and self.signal_received:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        if signum == signal.SIGINT:
+            print(
+                "Ctrl-C: writing a checkpoint at the next batch and stopping; Ctrl-C again stops at once.",
+                file=sys.stderr,
+                flush=True,
+            )
         self.signal_received = True
+        self.signal_name = signal.Signals(signum).name
 
     def _stop_for_signal(self, trainer: pl.Trainer) -> None:
         self.save_last(trainer)
@@ -75,8 +122,8 @@ class RollingCheckpoint(pl.Callback):
         # checkpoint, so a crash loses neither the metrics nor the state up to this point.
         for logger in trainer.loggers:
             logger.save()
-        if trainer.is_global_zero and self.last_path.exists():
-            os.replace(self.last_path, self.dirpath / "previous.ckpt")
+        # The checkpoint IO (kit/atomic_checkpoint_io.py) keeps the replaced last.ckpt as previous.ckpt,
+        # once the new one is complete.
         trainer.save_checkpoint(self.last_path, weights_only=False)
         self._last_saved_step = trainer.global_step
         self._last_save_time = time.monotonic()
@@ -84,19 +131,42 @@ class RollingCheckpoint(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._saving_allowed(trainer) or batch_idx + 1 >= trainer.num_training_batches:
             return  # an epoch's last batch: the epoch-end save (or stop) follows its validation
+        step_due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
+        time_due = False
+        if not is_distributed() or trainer.global_step >= self._next_agreement_step:
+            time_due = self._agree_on_signal_and_time(trainer)
         if self.signal_received:
             self._stop_for_signal(trainer)
-            return
-        step_due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
-        time_due = (
-            self.every_n_minutes is not None and time.monotonic() - self._last_save_time >= 60 * self.every_n_minutes
-        )
-        if step_due or time_due:
+        elif step_due or time_due:
             self.save_last(trainer)
+
+    def _agree_on_signal_and_time(self, trainer: pl.Trainer) -> bool:
+        """Share the signal flag and rank 0's timer verdict; set the next agreement step. True: a timed save is due."""
+        now, step = time.monotonic(), trainer.global_step
+        time_due = (
+            trainer.is_global_zero  # rank 0's clock decides for every process
+            and self.every_n_minutes is not None
+            and now - self._last_save_time >= 60 * self.every_n_minutes
+        )
+        steps_until_next = 0
+        if trainer.is_global_zero:
+            since_time, since_step = self._last_agreement
+            seconds_per_step = (now - since_time) / max(step - since_step, 1)
+            steps_until_next = round(AGREE_EVERY_SECONDS / max(seconds_per_step, 1e-6))
+            steps_until_next = min(max(steps_until_next, 1), MAX_STEPS_BETWEEN_AGREEMENTS)
+        self._last_agreement = (now, step)
+        signal_received, time_due, steps_until_next = agree_max(
+            trainer, self.signal_received, time_due, steps_until_next
+        )
+        self.signal_received = bool(signal_received)
+        self._next_agreement_step = step + steps_until_next
+        return bool(time_due)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._saving_allowed(trainer):
             return
+        (signal_received,) = agree_max(trainer, self.signal_received)
+        self.signal_received = bool(signal_received)
         if self.signal_received and not self.stopped_by_signal:
             self._stop_for_signal(trainer)
         else:
@@ -107,5 +177,12 @@ class RollingCheckpoint(pl.Callback):
             trainer.save_checkpoint(self.dirpath / "final.ckpt", weights_only=False)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if is_distributed():
+            return  # a save is a collective: the other processes are not there to join it
+        if storage_error(exception) is not None:
+            return  # the disk refused a write: another one would fail too and bury the message
         if self._saving_allowed(trainer) and trainer.global_step > 0:
-            trainer.save_checkpoint(self.dirpath / "on_exception.ckpt", weights_only=False)
+            try:
+                trainer.save_checkpoint(self.dirpath / "on_exception.ckpt", weights_only=False)
+            except Exception as failed:  # noqa: BLE001 - a post-mortem aid must not hide the error itself
+                print(f"(no on_exception.ckpt: {type(failed).__name__}: {failed})", file=sys.stderr)

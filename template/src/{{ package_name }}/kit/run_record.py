@@ -3,7 +3,8 @@
 `runs/<run>/record.json` holds one entry per start (a resumed or requeued run has several): the
 git commit, whether the work tree was dirty (and the uncommitted diff, in git-diff-<n>.patch), the
 installed packages (packages-<n>.txt, with their hash and the lock file's hash if the project has
-one), Python/torch/Lightning/CUDA versions, the GPU or MIG slice, SLURM job and array ids, the seed,
+one), Python/torch/Lightning/CUDA versions, the GPU or MIG slice, SLURM job and array ids, where the
+processes ran (accelerator, devices, nodes, strategy, process count), the seed,
 the data fingerprint, the start time; at the end, the end time and the final metrics.
 """
 
@@ -49,8 +50,13 @@ def accelerator_description() -> dict[str, Any]:
     return info
 
 
-def start_record(run_path: Path, seed: Any, data_fingerprint: str | None) -> None:
-    """Append this start's environment to record.json; write its package list and uncommitted diff."""
+def start_record(
+    run_path: Path, seed: Any, data_fingerprint: str | None, placement: dict[str, Any] | None = None
+) -> None:
+    """Append this start's environment to record.json; write its package list and uncommitted diff.
+
+    placement: where this start's processes ran (accelerator, devices, nodes, strategy, process count).
+    """
     import lightning
     import torch
 
@@ -71,11 +77,20 @@ def start_record(run_path: Path, seed: Any, data_fingerprint: str | None) -> Non
         },
         "seed": seed,
         "data_fingerprint": data_fingerprint,
+        "placement": placement or {},
         "slurm": {name: os.environ[name] for name in SLURM_VARIABLES if name in os.environ},
         **accelerator_description(),
         **_git(run_path, number),
     }
     record["starts"].append(entry)
+    _write(record_path, record)
+
+
+def note_changed_raw_data(run_path: Path, differences: list[str]) -> None:
+    """Mark this start as trained on raw data that differs from data/raw.sha256 (--allow_changed_data)."""
+    record_path = run_path / "record.json"
+    record = json.loads(record_path.read_text())
+    record["starts"][-1]["raw_data_differs_from_record"] = differences
     _write(record_path, record)
 
 

@@ -9,20 +9,30 @@ time) and whether the run finished. This module imports neither torch nor Lightn
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic_files import atomic_write_text
+from .atomic_files import TEMPORARY_SUFFIX, atomic_write_text
+from .checksums import ALGORITHM, file_checksum
 
 MANIFEST_NAME = "manifest.json"
+# manifest.json's "status": running (a process is training it, or was killed without a word),
+# stopped (on a signal, after a checkpoint: re-run to continue), failed (an error ended it), finished.
+RUN_STATUSES = ("running", "stopped", "failed", "finished")
 # `fit` exits with this code after checkpointing on the requeue signal; job scripts requeue on it.
 REQUEUE_EXIT_CODE = 3
 CONFIG_NAME = "config.yaml"
+# Checksums of the latest checkpoint writes kept besides the per-file ones (renamed files keep theirs).
+RECENT_CHECKSUMS = 16
+# Trainer options that say where a run's processes go, not what it trains (kept out of its config).
+PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy")
 
 
 def runs_root() -> Path:
@@ -98,7 +108,7 @@ class RunDirectory:
         if not self.config_path.exists():
             return
         recorded = self.config_path.read_text()
-        if recorded == config_text:
+        if recorded == config_text or _without_placement(recorded) == config_text:
             return
         import difflib
 
@@ -119,6 +129,7 @@ class RunDirectory:
     def start(self, config_text: str, monitor: dict[str, str]) -> None:
         """Create the directory on the first start, and mark the run as running on every start."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.remove_partial_files()
         if not self.config_path.exists():
             self.config_path.write_text(config_text)
         manifest = self.read_manifest()
@@ -129,11 +140,51 @@ class RunDirectory:
         manifest.update(status="running", monitor=monitor, **git_state())
         _write_json_atomically(self.manifest_path, manifest)
 
-    def record_checkpoint(self, path: Path, checkpoint: dict[str, Any], monitored_value: Any = None) -> None:
+    def remove_partial_files(self) -> list[Path]:
+        """Delete what a write killed half-way left behind (`.<name>.*.partial`, never a finished file)."""
+        leftovers = sorted(self.path.glob(f"**/.*{TEMPORARY_SUFFIX}"))
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        if leftovers:
+            print(f"Run '{self.name}': removed {len(leftovers)} partial file(s) left by an interrupted write.")
+        return leftovers
+
+    def set_status(self, status: str, **details: Any) -> None:
+        """Record how the run's latest start ended: one of RUN_STATUSES."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}; one of {', '.join(RUN_STATUSES)}")
+        manifest = self.read_manifest()
+        manifest.update(status=status, status_time=timestamp(), **details)
+        _write_json_atomically(self.manifest_path, manifest)
+
+    def remember_checksum(self, checksum: str, global_step: int) -> None:
+        """Record a checkpoint's checksum before the file takes its name (kit/checksums.py).
+
+        The recent ones are kept apart from the per-file entries: `last.ckpt` becomes `previous.ckpt`
+        by a rename, and its checksum must still be known then.
+        """
+        manifest = self.read_manifest()
+        checksums = manifest.setdefault("checksums", {"algorithm": ALGORITHM, "since_step": global_step, "recent": []})
+        checksums["recent"] = [*checksums["recent"], checksum][-RECENT_CHECKSUMS:]
+        _write_json_atomically(self.manifest_path, manifest)
+
+    def checksum_verdict(self, path: Path, global_step: int) -> bool | None:
+        """True if `path`'s checksum is one this run recorded, False if not, None if the file predates checksums."""
+        manifest = self.read_manifest()
+        checksums = manifest.get("checksums")
+        if not checksums or global_step < checksums["since_step"]:
+            return None
+        known = set(checksums["recent"]) | {e["checksum"] for e in manifest["checkpoints"].values() if "checksum" in e}
+        return file_checksum(path) in known
+
+    def record_checkpoint(
+        self, path: Path, checkpoint: dict[str, Any], monitored_value: Any = None, checksum: str | None = None
+    ) -> None:
         """Add a just-written checkpoint to the manifest; forget files that no longer exist."""
         manifest = self.read_manifest()
         entries = manifest.setdefault("checkpoints", {})
         entries[path.name] = {
+            "checksum": checksum,
             "step": int(checkpoint.get("global_step", -1)),
             "epoch": int(checkpoint.get("epoch", -1)),
             "metric": manifest.get("monitor", {}).get("metric"),
@@ -146,6 +197,47 @@ class RunDirectory:
             manifest["status"] = "finished"
             manifest["finished"] = timestamp()
         _write_json_atomically(self.manifest_path, manifest)
+
+
+# What a runs directory can say when it cannot take a file: full, over quota, read-only, not a directory.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a path on the way is a file, not a directory",
+    errno.EEXIST: "a file is in the way of a directory",
+}
+
+
+def storage_error(error: BaseException) -> OSError | None:
+    """The OSError about storage behind `error` (torch wraps it in its own errors), or None."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def storage_error_message(error: BaseException) -> str | None:
+    """A short explanation, cause first, if `error` comes from the runs directory's storage."""
+    cause = storage_error(error)
+    if cause is None:
+        return None
+    where = f" ({cause.filename})" if cause.filename else ""
+    return (
+        f"cannot write the run's files: {STORAGE_ERRNOS[cause.errno]}{where}. Checkpoints written before "
+        f"are intact (each write is complete or absent). Free space or fix the path (runs go to "
+        f"{runs_root()}; set RUNS_DIR to move them), then re-run the same command to resume."
+    )
+
+
+def _without_placement(config_text: str) -> str:
+    """A config recorded before placement keys were left out, without them (one-line values only)."""
+    keys = "|".join(PLACEMENT_KEYS)
+    return re.sub(rf"(?m)^  (?:{keys}): [^\n]*\n", "", config_text)
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,129 @@
+"""What the template's resume and safety machinery costs under DDP: default `fit` vs Lightning's bare DDP Trainer.
+
+Two processes, gloo on the CPU, launched by Lightning's own launcher on both sides, the example
+model, data and batch size:
+
+* bare: `Trainer(strategy="ddp", devices=2)` with a plain `DataLoader(shuffle=True)` (Lightning adds
+  its DistributedSampler), no logger, checkpointing, progress bar or model summary;
+* fit: the generated project's `fit` as a researcher runs it, with `--trainer.devices=2
+  --trainer.strategy=ddp`: resumable loader, RNG states, rolling and best-k checkpoints with the
+  per-step save/stop agreement, CSV logger, progress lines, early stopping.
+
+Per-step time = rank 0's training batches of an epoch / steps (validation excluded; the first epoch
+of every run is a warm-up). Sides alternate in ABBA order over the repeats, in this one run; each
+side is its own pair of processes (DDP cannot be torn down and rebuilt in one process).
+
+    .venv/bin/python bench/ddp_overhead.py [--repeats 4] [--epochs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
+
+TWO_PROCESSES = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+
+
+def bare_lightning(epochs: int, label: str) -> None:
+    import lightning.pytorch as pl
+    from digits_mlp.kit.project_cli import load_model_and_data
+    from step_timer import StepTimer
+    from torch.utils.data import DataLoader
+
+    pl.seed_everything(42, verbose=False)
+    model, data = load_model_and_data()
+    data.setup("fit")
+    train_loader = DataLoader(data.splits["train"], batch_size=data.hparams.batch_size, shuffle=True)
+    trainer = pl.Trainer(
+        **TWO_PROCESSES,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[StepTimer(label)],
+    )
+    trainer.fit(model, train_loader, data.val_dataloader())
+
+
+def template_fit(epochs: int, label: str) -> None:
+    from digits_mlp.kit.project_cli import run_lightning_cli
+
+    args = [
+        "fit",
+        *(f"--trainer.{key}={value}" for key, value in TWO_PROCESSES.items()),
+        f"--trainer.max_epochs={epochs}",
+        "--early_stopping.patience=null",  # both sides train every epoch
+        "--run_name",
+        label,
+        "--trainer.callbacks+=step_timer.StepTimer",
+        f"--trainer.callbacks.label={label}",
+    ]
+    assert run_lightning_cli(args) == 0
+
+
+def run_side(side: str, project: Path, epochs: int, label: str, out: Path) -> None:
+    """One side, in this process and the one Lightning launches for rank 1 (it re-runs this command)."""
+    os.chdir(project)
+    sys.path.insert(0, str(project / "src"))
+    import logging
+
+    import step_timer
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        (template_fit if side == "fit" else bare_lightning)(epochs, label)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        out.write_text(json.dumps(step_timer.EPOCH_TIMES[label]))
+
+
+def per_step_ms(out: Path) -> list[float]:
+    times = json.loads(out.read_text())
+    return [seconds / steps * 1e3 for seconds, steps in times[1:]]  # the first epoch warms up
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--side", choices=["fit", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--label", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        run_side(args.side, args.project, args.epochs, args.label, args.out)
+        return
+
+    from example_project import use_rendered_example
+
+    work, _ = use_rendered_example("bench-ddp-")
+    times: dict[str, list[float]] = {"bare": [], "fit": []}
+    for repeat in range(args.repeats):
+        for side in ("bare", "fit") if repeat % 2 == 0 else ("fit", "bare"):
+            label, out = f"ddp-{side}-{repeat}", work / f"{side}-{repeat}.json"
+            command = [sys.executable, __file__, "--side", side, "--project", str(work / "project")]
+            command += ["--epochs", str(args.epochs), "--label", label, "--out", str(out)]
+            subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ.copy())
+            times[side] += per_step_ms(out)
+    bare, fit = statistics.median(times["bare"]), statistics.median(times["fit"])
+    fastest = min(times["fit"]) / min(times["bare"])
+    print(f"two-process DDP (gloo, CPU), per-step time, median over {args.repeats} repeats x {args.epochs - 1} epochs")
+    print(f"{'bare Lightning DDP':<28} {bare:>8.3f} ms")
+    print(f"{'template fit (DDP)':<28} {fit:>8.3f} ms")
+    print(f"ratio {fit / bare:.3f}x (+{fit - bare:.3f} ms per step); fastest epochs {fastest:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Checksums of checkpoint files, to catch damage that still loads. Managed by the copier-lightning template.
+
+A few bytes changed inside a checkpoint's tensor data (a bad disk block, a bit flip in a copy) leave
+the file loadable, and a run resumed from it trains on garbage. So every checkpoint's checksum is
+computed while it is written (`ChecksummingWriter`, no second read) and recorded in the run's
+manifest before the file takes its final name; before a checkpoint is resumed from or evaluated,
+its checksum is computed again (`file_checksum`) and must be one the run recorded.
+xxHash's XXH3 (the `xxhash` package): a checksum for damage, not for tampering, and fast: about
+0.4 ms for 17 MB here, against about 12 ms for `torch.load` of the same file (bench/checkpointing.py).
+No torch import here: the light subcommands use it too.
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+from typing import BinaryIO
+
+import xxhash
+
+ALGORITHM = "xxh3_64"
+
+
+class ChecksummingWriter:
+    """A write-only stream that passes bytes on to `stream` and checksums them on the way."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self._hash = xxhash.xxh3_64()
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def file_checksum(path: str | Path) -> str:
+    """The checksum of a whole file, read through a memory map (no copy)."""
+    with open(path, "rb") as stream:
+        if Path(path).stat().st_size == 0:
+            return xxhash.xxh3_64(b"").hexdigest()
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return xxhash.xxh3_64(mapped).hexdigest()

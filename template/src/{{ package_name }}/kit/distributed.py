@@ -1,0 +1,112 @@
+"""Training with several processes (DDP): one decision for all, bounded waits, a clear failure.
+
+Managed by the copier-lightning template. Under DDP every process runs the same callbacks, and
+every checkpoint save is a collective (all processes build it, rank 0 writes it, all wait at a
+barrier). A decision that one process takes alone (save now: its own timer; stop now: a signal
+that reached it alone) leaves the others at a different collective, waiting forever. So:
+
+* `agree_max` combines per-process values with one small all-reduce: a flag is true everywhere if
+  it is true anywhere (a signal seen by any process stops them all; rank 0's timer speaks for all,
+  the others pass False). Lightning's ModelCheckpoint broadcasts its timed decision for the same reason.
+* `apply_collective_timeout` bounds how long a process waits for the others at any collective
+  (gradient sync, barrier, decision): `distributed.timeout_minutes` in the config, 10 by default
+  where Lightning's is 30. A dead or stalled process then ends the job with an error instead of
+  holding its allocation, and the requeue or `supervise` can act.
+* `PeerGuard` remembers where training is, so that `lost_peer_message` can turn the error torch
+  raises then into a few lines (which process, at which step, waiting for what); and when the
+  first process fails, it ends the processes that it launched itself (Lightning's launcher does
+  that on Ctrl-C only; a frozen process would otherwise outlive the job).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
+
+
+@dataclass
+class DistributedPolicy:
+    """Training with several processes (trainer.devices > 1 or trainer.num_nodes > 1).
+
+    timeout_minutes: how long a process waits for the others at a collective operation before it
+        gives up with an error (a dead or stalled process then ends the job instead of hanging it).
+        Leave room for the slowest checkpoint write and validation pass.
+    """
+
+    timeout_minutes: float = 10.0
+
+
+def apply_collective_timeout(trainer: pl.Trainer, minutes: float) -> None:
+    """Use `minutes` as the DDP process group's timeout (before the group is created at `fit`)."""
+    if minutes <= 0:
+        raise ValueError(f"timeout_minutes must be positive, got {minutes}")
+    if isinstance(trainer.strategy, DDPStrategy):
+        # DDPStrategy passes this attribute to init_process_group; its constructor argument is only
+        # reachable when the config names the class, and configs usually say `strategy: ddp` or `auto`.
+        trainer.strategy._timeout = dt.timedelta(minutes=minutes)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def agree_max(trainer: pl.Trainer, *values: int) -> list[int]:
+    """Each value's maximum over all processes (one collective; all ranks must call it together).
+
+    A flag is true everywhere if it is true anywhere; a number that only rank 0 sets (the others
+    pass 0) reaches every process.
+    """
+    if not is_distributed():
+        return list(values)
+    tensor = torch.tensor([int(value) for value in values], device=trainer.strategy.root_device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [int(value) for value in tensor.tolist()]
+
+
+class PeerGuard(pl.Callback):
+    """Remembers the step and stage of training; on failure, ends the processes this one launched."""
+
+    where = "starting up (joining the other processes)"
+    rank, world_size = 0, 1
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        PeerGuard.rank, PeerGuard.world_size = trainer.global_rank, trainer.world_size
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        PeerGuard.where = f"training step {trainer.global_step + 1} (epoch {trainer.current_epoch})"
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        PeerGuard.where = f"validation after step {trainer.global_step} (epoch {trainer.current_epoch})"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        PeerGuard.where = f"a checkpoint save at step {trainer.global_step}"
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        launcher = trainer.strategy.launcher  # None when srun or torchrun started the processes
+        if trainer.world_size > 1 and launcher is not None and hasattr(launcher, "kill"):
+            launcher.kill(signal.SIGKILL)  # only processes it started; SIGKILL also ends a frozen one
+
+
+# Phrases in the errors torch raises when a peer process died or did not answer in time.
+_LOST_PEER_SIGNS = ("timed out", "timeout", "connection closed by peer", "connection reset", "broken pipe")
+
+
+def lost_peer_message(error: BaseException) -> str | None:
+    """A short explanation if `error` means another training process died or stalled, else None."""
+    rank, world_size = PeerGuard.rank, PeerGuard.world_size
+    text = str(error)
+    if world_size < 2 or not any(sign in text.lower() for sign in _LOST_PEER_SIGNS):
+        return None
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return (
+        f"Training process {rank} of {world_size} stopped during {PeerGuard.where}: it waited for the "
+        f"other processes and they did not answer ({first_line[:200]}). Another process died or stalled; "
+        f"its own log says why. The checkpoints are intact: re-run the same command to resume "
+        f"(distributed.timeout_minutes bounds the wait)."
+    )

@@ -1,0 +1,100 @@
+"""Training runs for the crash tests: configs with batch recording and a planned kill, and comparisons.
+
+Shared by test_resume.py (one process) and test_distributed.py (two DDP processes).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+
+def resume_test_config(
+    path: Path, records: Path, kill: dict | None, marker: Path, num_workers: int = 0, distinct_ranks: bool = False
+) -> Path:
+    """A config that adds batch recording (and a one-time kill) to the default experiment.
+
+    distinct_ranks: give every DDP process its own random stream (otherwise all share one seed).
+    """
+    callbacks = [
+        {"class_path": "digits_mlp.kit.progress.ProgressLines"},
+        {"class_path": "digits_mlp.kit.resume_testing.RecordBatches", "init_args": {"path": str(records)}},
+    ]
+    if distinct_ranks:
+        callbacks.append({"class_path": "digits_mlp.kit.resume_testing.DistinctRankRandomness"})
+    if kill is not None:
+        callbacks.append(
+            {"class_path": "digits_mlp.kit.resume_testing.KillAt", "init_args": {"marker_file": str(marker), **kill}}
+        )
+    path.write_text(
+        json.dumps({"trainer": {"callbacks": callbacks}, "data": {"init_args": {"num_workers": num_workers}}})
+    )
+    return path
+
+
+def train(command: list[str], project: Path, config: Path, run_name: str, *extra: str, env: dict | None = None):
+    """`fit` with `config` under `run_name`; `extra` options follow (the run length, the process count)."""
+    return subprocess.run(
+        [*command, "fit", "--config", str(config), "--run_name", run_name, *extra],
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: a test may signal the group, as a terminal does
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def effective_batches(records: list[dict]) -> list[dict]:
+    """The batches that count: those of each process up to the step the next process resumed from.
+
+    `records` are one rank's (a single process's run is rank 0's): one process per start.
+    """
+    by_process: dict[int, list[dict]] = {}
+    for record in records:
+        by_process.setdefault(record["pid"], []).append(record)
+    processes = list(by_process.values())
+    kept = []
+    for current, following in zip(processes, processes[1:] + [None], strict=True):
+        resumed_at = following[0]["global_step"] if following else float("inf")
+        kept += [r for r in current if r["global_step"] < resumed_at]
+    return kept
+
+
+def validated_epochs(project: Path, run_name: str) -> set[int]:
+    with open(project / "runs" / run_name / "logs" / "metrics.csv") as stream:
+        return {int(row["epoch"]) for row in csv.DictReader(stream) if row.get("val/acc")}
+
+
+def final_weights(project: Path, run_name: str) -> dict[str, torch.Tensor]:
+    checkpoint = project / "runs" / run_name / "checkpoints" / "final.ckpt"
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def records_by_rank(records: list[dict]) -> dict[int, list[dict]]:
+    by_rank: dict[int, list[dict]] = {}
+    for record in records:
+        by_rank.setdefault(record.get("rank", 0), []).append(record)
+    return by_rank
+
+
+def examples_per_epoch(batches: list[dict]) -> dict[int, Counter]:
+    """How often each example was trained on in each epoch."""
+    seen: dict[int, Counter] = {}
+    for batch in batches:
+        seen.setdefault(batch["epoch"], Counter()).update(batch["examples"])
+    return seen

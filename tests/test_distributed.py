@@ -134,7 +134,7 @@ def test_a_lost_process_ends_the_other_in_bounded_time_and_the_rerun_resumes(
     assert elapsed < 10 + timeout_seconds + 20, f"the surviving process took {elapsed:.0f} s to end"
     if fault == "SIGSTOP":  # rank 0 gives up waiting, says so, and Lightning's launcher kills the frozen rank
         assert "Training process 0 of 2 stopped during training step" in failed.stderr
-        assert "did not answer" in failed.stderr and "Timed out" in failed.stderr
+        assert "it waited for the other processes and they did not answer" in failed.stderr
         assert "Traceback" not in failed.stderr
     else:  # Lightning's launcher sees its child die and ends rank 0 within seconds
         assert "terminated with code -9" in failed.stderr or "did not answer" in failed.stderr
@@ -192,7 +192,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, e
     """USR1 to rank 0 alone (`kill -USR1 PID` of the command): both stop, one checkpoint, exit 3, exact resume."""
     project, venv = example_project
     # A timed save every 0.3 s; a regression that hangs fails after a minute, not ten.
-    long_run = ["--trainer.max_epochs=30", "--checkpointing.every_n_minutes=0.005", "--distributed.timeout_minutes=1"]
+    long_run = ["--trainer.max_epochs=15", "--checkpointing.every_n_minutes=0.005", "--distributed.timeout_minutes=1"]
     records = tmp_path / "records.jsonl"
     config = resume_test_config(tmp_path / "c.json", records, None, tmp_path / "unused", distinct_ranks=True)
     reference = train(example_command, project, config, "ddp-signal-reference", *TWO_PROCESSES, *long_run)
@@ -209,7 +209,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, e
     stdout, stderr = process.communicate(timeout=120)
 
     assert process.returncode == 3, stderr.decode()[-3000:]
-    assert stdout.decode().count("stopped on signal") == 1
+    assert stdout.decode().count("stopped on SIGUSR1") == 1
     stopped_at = {rank: batches[-1]["global_step"] for rank, batches in records_by_rank(read_records(records)).items()}
     assert stopped_at[0] == stopped_at[1]  # the same batch on both
     resumed = train(example_command, project, config, "ddp-signalled", *TWO_PROCESSES, *long_run)

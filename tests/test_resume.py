@@ -7,6 +7,7 @@ example must be seen exactly once per epoch across the crash.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -115,6 +116,8 @@ def test_ctrl_c_and_sigterm_checkpoint_stop_with_code_3_and_resume_exactly(
     resumed = train(example_command, project, config, run_name)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Run '{run_name}': resuming from last.ckpt" in resumed.stdout
+    epoch_seconds = [float(s) for s in re.findall(r"^epoch \d+/\d+  step \d+  ([0-9.]+) s", resumed.stdout, re.M)]
+    assert epoch_seconds and max(epoch_seconds) < 60  # the resumed epoch is timed from the resume
 
     reference_weights, reference_records, _ = reference_runs[num_workers]
     assert max_abs_difference(final_weights(project, run_name), reference_weights) == 0.0
@@ -134,9 +137,12 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(
     assert train(example_command, project, config, run_name).returncode == -9
     last = project / "runs" / run_name / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:5000])  # as a crash mid-copy on a non-atomic filesystem would leave it
+    leftover = last.with_name(".last.ckpt.k1ll3d.partial")  # as a kill during an atomic write leaves it
+    leftover.write_bytes(b"half a checkpoint")
 
     resumed = train(example_command, project, config, run_name)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not leftover.exists() and "removed 1 partial file(s) left by an interrupted write" in resumed.stdout
     assert "last.ckpt is unreadable" in resumed.stderr and "resuming from the previous checkpoint" in resumed.stderr
     assert "resuming from previous.ckpt" in resumed.stdout
     assert list((last.parent / "unreadable").glob("last.ckpt.*"))

@@ -109,7 +109,7 @@ def test_usr1_checkpoints_requeues_and_resumes_to_identical_weights(cluster_proj
 
     log = log_of(runs, job)
     assert "restart 0" in log and "restart 1" in log
-    assert "Run 'requeued' stopped on signal" in log and "Run 'requeued': resuming from last.ckpt" in log
+    assert "Run 'requeued' stopped on SIGUSR1" in log and "Run 'requeued': resuming from last.ckpt" in log
     assert "Run 'requeued' finished" in log
 
     reference = run(
@@ -145,7 +145,7 @@ def test_two_task_ddp_job_checkpoints_once_requeues_once_and_resumes_exactly(clu
 
     log = log_of(runs, job)
     assert "All distributed processes registered. Starting with 2 processes" in log
-    assert log.count("stopped on signal") == 1 and log.count("requeueing") == 1  # rank 0 speaks; one requeue
+    assert log.count("stopped on SIGUSR1") == 1 and log.count("requeueing") == 1  # rank 0 speaks; one requeue
     assert "Run 'ddp-requeued': resuming from last.ckpt" in log and "Run 'ddp-requeued' finished" in log
     manifest = (runs / "ddp-requeued" / "manifest.json").read_text()
     assert '"starts": 2' in manifest  # one per job start, not one per process

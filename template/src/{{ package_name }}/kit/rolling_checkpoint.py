@@ -132,10 +132,11 @@ class RollingCheckpoint(pl.Callback):
         if not self._saving_allowed(trainer) or batch_idx + 1 >= trainer.num_training_batches:
             return  # an epoch's last batch: the epoch-end save (or stop) follows its validation
         step_due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
-        time_due = False
-        if not is_distributed() or trainer.global_step >= self._next_agreement_step:
-            time_due = self._agree_on_signal_and_time(trainer)
-        if self.signal_received:
+        # Between agreement steps a process acts on nothing only it knows: its own signal flag would
+        # take it into a save that the others do not join.
+        agreed = not is_distributed() or trainer.global_step >= self._next_agreement_step
+        time_due = self._agree_on_signal_and_time(trainer) if agreed else False
+        if agreed and self.signal_received:
             self._stop_for_signal(trainer)
         elif step_due or time_due:
             self.save_last(trainer)

@@ -48,10 +48,6 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 RUN_CONTROL_KEYS = ("run_name", "ckpt_path", "config", "__default_config__", "distributed", "allow_changed_data")
 # Options of one evaluation subcommand only; leaving them out gives `fit` and `test` the same name.
 SUBCOMMAND_ONLY_KEYS = ("verbose", "return_predictions")
-# Where the run's processes go, not what they train: left out of the run's config and name, so that
-# `submit` (which always sets devices and nodes) and a local `fit` of one config name the same run,
-# and a run can move between machines. record.json keeps them for every start; the training loader
-# refuses a mid-epoch resume with another number of processes (resumable_loader.py).
 
 
 @dataclass

@@ -31,7 +31,10 @@ REQUEUE_EXIT_CODE = 3
 CONFIG_NAME = "config.yaml"
 # Checksums of the latest checkpoint writes kept besides the per-file ones (renamed files keep theirs).
 RECENT_CHECKSUMS = 16
-# Trainer options that say where a run's processes go, not what it trains (kept out of its config).
+# Trainer options that say where a run's processes go, not what it trains: left out of the run's
+# config and name, so that `submit` (which always sets devices and nodes) and a local `fit` of one
+# config name the same run, and a run can move between machines. record.json keeps them for every
+# start; the training loader refuses a mid-epoch resume with another number of processes.
 PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy")
 
 

@@ -57,14 +57,10 @@ def raw_data_differences(data) -> list[str]:
         return []
     if hasattr(data, "fetch_raw"):
         data.fetch_raw()
-    import json
+    from .preprocessing_cache import remembered_hashes
 
-    from .atomic_files import atomic_write_text
-
-    memo = json.loads(HASH_MEMO.read_text()) if HASH_MEMO.exists() else {}
-    problems = differences(read_manifest(), [Path(p) for p in data.raw_files()], memo)
-    atomic_write_text(HASH_MEMO, json.dumps(memo, indent=1))
-    return problems
+    with remembered_hashes(HASH_MEMO) as memo:
+        return differences(read_manifest(), [Path(p) for p in data.raw_files()], memo)
 
 
 def refuse_changed_raw_data(problems: list[str], console_script: str) -> None:

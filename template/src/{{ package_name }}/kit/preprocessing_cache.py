@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,16 +65,21 @@ def cache_key(
     return digest.hexdigest()[:16]
 
 
+@contextmanager
+def remembered_hashes(memo_path: Path) -> Iterator[dict[str, dict]]:
+    """The file-hash memo kept in `memo_path` (for file_sha256), written back when the block ends."""
+    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+    yield memo
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(memo_path, json.dumps(memo, indent=1))
+
+
 def remembered_cache_key(
     transform: Callable[..., Any], raw_files: list[Path], params: dict[str, Any], cache_dir: Path
 ) -> str:
     """cache_key, with the raw files' hashes remembered in cache_dir between calls and runs."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    memo_path = cache_dir / HASH_MEMO
-    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
-    key = cache_key(transform, raw_files, params, memo)
-    atomic_write_text(memo_path, json.dumps(memo, indent=1))
-    return key
+    with remembered_hashes(cache_dir / HASH_MEMO) as memo:
+        return cache_key(transform, raw_files, params, memo)
 
 
 def cached_features(

@@ -1,6 +1,6 @@
 """Sessions for the template repository: `nox` runs lint and tests; `nox -s bench` the benchmarks.
 
-Each session installs torch first and pinned (TORCH_SPEC, default torch==2.13.0): a bare `torch`
+Each session installs torch first and pinned (TORCH_SPEC, default: torch-pin.txt): a bare `torch`
 requirement resolved first would pull a multi-GB CUDA build.
 """
 
@@ -10,7 +10,7 @@ import nox
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
-TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+TORCH_SPEC = os.environ.get("TORCH_SPEC", open("torch-pin.txt").read().strip())
 
 
 def install_requirements(session: nox.Session) -> None:

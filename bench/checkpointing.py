@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
 
 from example_project import use_rendered_example  # noqa: E402
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TOP / "tests")]
 
-from helpers import EXAMPLE_ANSWERS, commit_all, git, render, snapshot_template  # noqa: E402
 from test_update import NEW, OLD, edit, make_next_release, update  # noqa: E402
+
+from template_dev import EXAMPLE_ANSWERS, commit_all, git, render, snapshot_template  # noqa: E402
 
 
 def realistic_project(template: Path, destination: Path) -> Path:

@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
 
 TWO_PROCESSES = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
 

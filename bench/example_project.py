@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TOP / "tests"))
 
-from helpers import render, snapshot_template  # noqa: E402
+from template_dev import render, snapshot_template  # noqa: E402
 
 
 def use_rendered_example(prefix: str) -> tuple[Path, float]:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
 
 import lightning.pytorch as pl  # noqa: E402
 from example_project import use_rendered_example  # noqa: E402

@@ -17,15 +17,14 @@ import argparse
 import contextlib
 import io
 import statistics
-import sys
 import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TOP / "tests"), str(TOP / "bench")]
 
 from example_project import use_rendered_example  # noqa: E402
-from helpers import EXAMPLE_ANSWERS  # noqa: E402
+
+from template_dev import EXAMPLE_ANSWERS  # noqa: E402
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
 # The template's fit with Lightning's default (pass-through) profiler instead of kit.no_profiler.NoProfiler.

@@ -2,7 +2,19 @@
 # Start a real single-node Slurm (Debian's slurm-wlm) for the job-script tests, with GPU GRES typed
 # like MIG slices (1g.10gb, 2g.20gb) and one full GPU (a100). No GPU is needed: the GRES files are
 # stand-ins, and the tests run the example on the CPU. Needs root. Idempotent.
+# It changes the machine, and says so first: installs slurm-wlm and munge with apt if missing, writes
+# /etc/slurm and /etc/munge, and starts munged, slurmctld and slurmd as root. The daemons it started
+# are listed in $STARTED_LIST; scripts/stop-slurm.sh stops those (and only those).
 set -euo pipefail
+STARTED_LIST=/run/copier-lightning-slurm.started
+echo "start-slurm: for the Slurm tests this installs slurm-wlm and munge (apt, if missing), writes /etc/slurm" \
+     "and /etc/munge, and starts munged, slurmctld and slurmd as root; scripts/stop-slurm.sh stops them." >&2
+start_daemon() {  # start $1 unless it runs already, and remember that this script started it
+    if ! pgrep -x "$1" >/dev/null; then
+        "$@"
+        echo "$1" >> "$STARTED_LIST"
+    fi
+}
 if ! command -v slurmctld >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge) >/dev/null
 fi
@@ -15,7 +27,7 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown -R munge:munge /etc/munge /run/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
-pgrep -x munged >/dev/null || munged --force
+start_daemon munged --force
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=local
 SlurmctldHost=${HOST}
@@ -46,8 +58,8 @@ NodeName=${HOST} Name=gpu Type=1g.10gb File=/dev/null
 NodeName=${HOST} Name=gpu Type=2g.20gb File=/dev/zero
 NodeName=${HOST} Name=gpu Type=a100 File=/dev/full
 CONF
-pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd
+start_daemon slurmctld
+start_daemon slurmd
 for _ in $(seq 30); do
     if sinfo -h -o "%t" 2>/dev/null | grep -qE "idle|mix|alloc"; then
         scontrol update nodename="${HOST}" state=resume >/dev/null 2>&1 || true

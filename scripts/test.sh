@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
+if [ "$(id -u)" = 0 ]; then
+    echo "test.sh: the Slurm tests will install slurm-wlm and munge if missing, write /etc/slurm and /etc/munge," \
+         "and run munged, slurmctld and slurmd as root while they last (scripts/start-slurm.sh, stop-slurm.sh)."
+fi
 exec .venv/bin/python -m pytest tests "$@"

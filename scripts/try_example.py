@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TOP / "tests"))
 
-from helpers import EXAMPLE_ANSWERS, make_project_venv, render, snapshot_template  # noqa: E402
+from template_dev import EXAMPLE_ANSWERS, make_project_venv, render, snapshot_template  # noqa: E402
 
 
 def main() -> int:

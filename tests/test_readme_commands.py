@@ -14,7 +14,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLE_ANSWERS, commit_all, make_project_venv, render, run
+
+from template_dev import EXAMPLE_ANSWERS, commit_all, make_project_venv, render, run
 
 
 def readme_commands(readme: str) -> list[str]:

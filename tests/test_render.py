@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import EXAMPLE_ANSWERS, render
+
+from template_dev import EXAMPLE_ANSWERS, render
 
 LOGGER_FILES = {
     "csv": ("lightning.pytorch.loggers.CSVLogger", None),

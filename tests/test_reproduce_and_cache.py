@@ -12,7 +12,8 @@ import sys
 
 import pytest
 import torch
-from helpers import EXAMPLE_ANSWERS, commit_all, make_project_venv, render, run
+
+from template_dev import EXAMPLE_ANSWERS, commit_all, make_project_venv, render, run
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
 ALL = {"example-model", "learning-curves", "final-metrics", "dataset-card", "model-card"}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TOP, run
+
+from template_dev import TOP, run
 
 SITE = """\
 partition: gpu
@@ -33,6 +34,8 @@ def slurm():
     if os.geteuid() != 0:
         pytest.skip("starting slurmctld and slurmd needs root (CI runs as root)")
     run(["bash", str(TOP / "scripts" / "start-slurm.sh")], cwd=TOP)
+    yield
+    run(["bash", str(TOP / "scripts" / "stop-slurm.sh")], cwd=TOP)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from copier import run_update
-from helpers import EXAMPLE_ANSWERS, commit_all, git, make_project_venv, render, run, snapshot_template
+
+from template_dev import EXAMPLE_ANSWERS, commit_all, git, make_project_venv, render, run, snapshot_template
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
 OLD, NEW = "1.0.0", "1.1.0"

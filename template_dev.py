@@ -12,9 +12,10 @@ from pathlib import Path
 
 import yaml
 
-TOP = Path(__file__).resolve().parents[1]
+TOP = Path(__file__).resolve().parent  # the template repository
 EXAMPLE_ANSWERS: dict = yaml.safe_load((TOP / "example-answers.yml").read_text())
-TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+TORCH_PIN = (TOP / "torch-pin.txt").read_text().strip()  # the one place the pin is written
+TORCH_SPEC = os.environ.get("TORCH_SPEC", TORCH_PIN)
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Template Tests",
     "GIT_AUTHOR_EMAIL": "tests@example.org",

@@ -5,12 +5,13 @@ requirement resolved first would pull a multi-GB CUDA build.
 """
 
 import os
+from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
-TORCH_SPEC = os.environ.get("TORCH_SPEC", open("torch-pin.txt").read().strip())
+TORCH_SPEC = os.environ.get("TORCH_SPEC", Path("torch-pin.txt").read_text().strip())
 
 
 def install_requirements(session: nox.Session) -> None:

@@ -3,7 +3,7 @@
 1. Writing a checkpoint: the template's AtomicCheckpointIO (temporary file in the target directory,
    fsync, rename, directory fsync) versus Lightning's own TorchCheckpointIO (staged in $TMPDIR, then
    moved), on the same checkpoint dict of a >= 1 M parameter model with its Adam state.
-2. Verifying a checkpoint before a resume (its checksum, kit/checksums.py) versus loading it
+2. Verifying a checkpoint before a resume (its checksum, kit/runs/checksums.py) versus loading it
    (`torch.load`, as Lightning does on resume), on the same file; the issue's target: <= 10 %.
 3. Per-step cost of the exact-resume machinery (ResumableDataLoader + RNG states in checkpoints)
    versus the same default `fit` with a plain shuffled DataLoader and no RNG capture.
@@ -28,8 +28,8 @@ from example_project import use_rendered_example  # noqa: E402
 
 def checkpoint_write_ratio(repeats: int, directory: Path) -> tuple[float, float, float]:
     import lightning.pytorch as pl
-    from digits_mlp.kit.atomic_checkpoint_io import AtomicCheckpointIO
-    from digits_mlp.kit.project_cli import load_model_and_data
+    from digits_mlp.kit.runs.checkpoint_io import AtomicCheckpointIO
+    from digits_mlp.kit.training.lightning_cli import load_model_and_data
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
     model, data = load_model_and_data(["--model.init_args.hidden_sizes=[1024, 1024]"])
@@ -52,7 +52,7 @@ def checkpoint_write_ratio(repeats: int, directory: Path) -> tuple[float, float,
 def checksum_versus_load(repeats: int, path: Path) -> tuple[float, float]:
     """Median ms of checking `path`'s checksum and of torch.load(path), alternating, warm page cache."""
     import torch
-    from digits_mlp.kit.checksums import file_checksum
+    from digits_mlp.kit.runs.checksums import file_checksum
 
     check_times, load_times = [], []
     for repeat in range(repeats):
@@ -70,7 +70,7 @@ def resume_machinery_ratio(repeats: int, epochs: int) -> tuple[float, float]:
     import lightning.pytorch as pl
     import overhead
     from digits_mlp.data import DigitsDataModule
-    from digits_mlp.kit import project_cli
+    from digits_mlp.kit.training import lightning_cli
     from torch.utils.data import DataLoader
 
     class PlainLoaderDigits(DigitsDataModule):
@@ -80,18 +80,18 @@ def resume_machinery_ratio(repeats: int, epochs: int) -> tuple[float, float]:
     sys.modules["bench_plain_loader"] = type(sys)("bench_plain_loader")
     sys.modules["bench_plain_loader"].PlainLoaderDigits = PlainLoaderDigits
     PlainLoaderDigits.__module__ = "bench_plain_loader"
-    exact_rng = project_cli.RandomStateCheckpoint
+    exact_rng = lightning_cli.RandomStateCheckpoint
     with_machinery, without = [], []
     for repeat in range(repeats):
         for variant in ("with", "without") if repeat % 2 == 0 else ("without", "with"):
             if variant == "with":
-                project_cli.RandomStateCheckpoint = exact_rng
+                lightning_cli.RandomStateCheckpoint = exact_rng
                 with_machinery += overhead.per_step(overhead.lightning_fit_epoch_times([], epochs, f"with-{repeat}"))
             else:
-                project_cli.RandomStateCheckpoint = pl.Callback  # no RNG states in checkpoints
+                lightning_cli.RandomStateCheckpoint = pl.Callback  # no RNG states in checkpoints
                 plain = ["--data.class_path=bench_plain_loader.PlainLoaderDigits"]
                 without += overhead.per_step(overhead.lightning_fit_epoch_times(plain, epochs, f"without-{repeat}"))
-    project_cli.RandomStateCheckpoint = exact_rng
+    lightning_cli.RandomStateCheckpoint = exact_rng
     return statistics.median(with_machinery) * 1e3, statistics.median(without) * 1e3
 
 

@@ -35,7 +35,7 @@ TWO_PROCESSES = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
 
 def bare_lightning(epochs: int, label: str) -> None:
     import lightning.pytorch as pl
-    from digits_mlp.kit.project_cli import load_model_and_data
+    from digits_mlp.kit.training.lightning_cli import load_model_and_data
     from step_timer import StepTimer
     from torch.utils.data import DataLoader
 
@@ -56,7 +56,7 @@ def bare_lightning(epochs: int, label: str) -> None:
 
 
 def template_fit(epochs: int, label: str) -> None:
-    from digits_mlp.kit.project_cli import run_lightning_cli
+    from digits_mlp.kit.training.lightning_cli import run_lightning_cli
 
     args = [
         "fit",

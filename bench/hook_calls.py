@@ -40,7 +40,7 @@ class HookTimer(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx != 2:
             return
-        from digits_mlp.kit.no_profiler import NoProfiler
+        from digits_mlp.kit.training.no_profiler import NoProfiler
         from lightning.pytorch.profilers import PassThroughProfiler
         from lightning.pytorch.trainer import call
 
@@ -72,7 +72,7 @@ def main() -> None:
     sys.modules.setdefault("hook_calls", sys.modules[__name__])
 
     use_rendered_example("bench-hooks-")
-    from digits_mlp.kit.project_cli import run_lightning_cli
+    from digits_mlp.kit.training.lightning_cli import run_lightning_cli
 
     args = ["fit", "--trainer.max_epochs=1", "--run_name", "hooks", "--trainer.callbacks+=hook_calls.HookTimer"]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -1,11 +1,15 @@
-"""Lightning overhead of a generated project: its default `fit` versus a hand-written PyTorch loop.
+"""Lightning overhead of a generated project: its default `fit` versus a hand-written PyTorch loop,
+and what the kit itself costs: the default `fit` versus Lightning's bare Trainer.
 
-Both train the same model on the same data with the same batch size and optimizer, in this one
+All sides train the same model on the same data with the same batch size and optimizer, in this one
 process, alternating in ABBA order (raw, fit, fit, raw, ...) so that drift of the machine's speed
 cancels, several repeats. Per-step time = time of an epoch's training batches / steps
 (validation excluded on both sides; the first epoch of every repeat is a warm-up and not counted).
 The default `fit` runs exactly as a researcher's `<package> fit` does: progress bar, CSV logging,
-rolling and best-k checkpoints, RNG capture and the resumable loader included.
+rolling and best-k checkpoints, RNG capture and the resumable loader included. The bare Trainer is
+`lightning.pytorch.Trainer` with the same model and a plain shuffled DataLoader, and no logger,
+checkpointing, progress bar, model summary or callbacks (only the timer), no profiler either (the
+default fit gets kit.training.no_profiler.NoProfiler): default fit / bare Trainer is the kit's cost.
 Also times `copier copy` -> trained example (render, then a full default `fit`, in this process).
 
     .venv/bin/python bench/overhead.py [--repeats 5] [--epochs 6]
@@ -27,7 +31,7 @@ from example_project import use_rendered_example  # noqa: E402
 from template_dev import EXAMPLE_ANSWERS  # noqa: E402
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
-# The template's fit with Lightning's default (pass-through) profiler instead of kit.no_profiler.NoProfiler.
+# The template's fit with Lightning's default (pass-through) profiler instead of kit.training.no_profiler.NoProfiler.
 LIGHTNING_PROFILER = ["--trainer.profiler=lightning.pytorch.profilers.PassThroughProfiler"]
 MODELS = {
     "example MLP (default config)": [],
@@ -39,7 +43,7 @@ def raw_pytorch_epoch_times(model_args: list[str], epochs: int) -> list[tuple[fl
     """The loop one would write by hand: same model, data, batch size, optimizer and schedule."""
     import torch
     import torch.nn.functional as F
-    from digits_mlp.kit.project_cli import load_model_and_data
+    from digits_mlp.kit.training.lightning_cli import load_model_and_data
     from torch.utils.data import DataLoader
 
     torch.manual_seed(42)
@@ -65,9 +69,38 @@ def raw_pytorch_epoch_times(model_args: list[str], epochs: int) -> list[tuple[fl
     return times
 
 
+def bare_trainer_epoch_times(model_args: list[str], epochs: int, label: str) -> list[tuple[float, int]]:
+    """Lightning without the kit: the same model and a plain shuffled DataLoader, nothing else."""
+    import lightning.pytorch as pl
+    import step_timer
+    import torch
+    from digits_mlp.kit.training.lightning_cli import load_model_and_data
+    from digits_mlp.kit.training.no_profiler import NoProfiler
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(42)
+    model, data = load_model_and_data(model_args)
+    data.setup("fit")
+    loader = DataLoader(data.splits["train"], batch_size=data.hparams.batch_size, shuffle=True)
+    step_timer.EPOCH_TIMES.pop(label, None)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        profiler=NoProfiler(),
+        callbacks=[step_timer.StepTimer(label)],
+    )
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        trainer.fit(model, train_dataloaders=loader)
+    return step_timer.EPOCH_TIMES[label]
+
+
 def lightning_fit_epoch_times(model_args: list[str], epochs: int, label: str) -> list[tuple[float, int]]:
     import step_timer
-    from digits_mlp.kit.project_cli import run_lightning_cli
+    from digits_mlp.kit.training.lightning_cli import run_lightning_cli
 
     step_timer.EPOCH_TIMES.pop(label, None)
     args = [
@@ -95,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
 
     _, rendered = use_rendered_example("bench-overhead-")
-    from digits_mlp.kit.project_cli import run_lightning_cli
+    from digits_mlp.kit.training.lightning_cli import run_lightning_cli
 
     fit_started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -104,26 +137,27 @@ def main() -> None:
 
     print(f"copier copy: {rendered:.1f} s; default fit of the example (in-process): {full_fit:.1f} s")
     print(f"per-step time, median over {args.repeats} repeats x {args.epochs - 1} timed epochs (ratio of medians)")
-    print(f"{'model':<32} {'raw PyTorch':>12} {'default fit':>12} {'ratio':>7}   overhead")
+    print(f"{'model':<32} {'raw PyTorch':>12} {'bare Trainer':>13} {'default fit':>12}   ratios")
     for name, model_args in MODELS.items():
-        times: dict[str, list[float]] = {"raw": [], "fit": [], "fit, Lightning's profiler": []}
+        times: dict[str, list[float]] = {"raw": [], "bare": [], "fit": [], "fit, Lightning's profiler": []}
         for repeat in range(args.repeats):
             sides = list(times) if repeat % 2 == 0 else list(reversed(times))
             for side in sides:
+                label = f"{name}-{side}-{repeat}"
                 if side == "raw":
                     times[side] += per_step(raw_pytorch_epoch_times(model_args, args.epochs))
+                elif side == "bare":
+                    times[side] += per_step(bare_trainer_epoch_times(model_args, args.epochs, label))
                 else:
                     extra = LIGHTNING_PROFILER if side != "fit" else []
-                    label = f"{name}-{side}-{repeat}"
                     times[side] += per_step(lightning_fit_epoch_times(model_args + extra, args.epochs, label))
-        raw, lightning, with_profiler = times.values()
-        raw_ms, lightning_ms = statistics.median(raw) * 1e3, statistics.median(lightning) * 1e3
-        profiler_ms = statistics.median(with_profiler) * 1e3
-        fastest = min(lightning) / min(raw)  # the least disturbed epochs: robust to a busy machine
+        raw, bare, fit, with_profiler = (statistics.median(times[side]) * 1e3 for side in times)
+        fastest = {side: min(values) for side, values in times.items()}  # the least disturbed epochs
         print(
-            f"{name:<32} {raw_ms:>9.3f} ms {lightning_ms:>9.3f} ms {lightning_ms / raw_ms:>6.2f}x"
-            f"   (+{lightning_ms - raw_ms:.3f} ms per step; fastest epochs {fastest:.2f}x; with Lightning's"
-            f" default profiler {profiler_ms / raw_ms:.2f}x, +{profiler_ms - raw_ms:.3f} ms)"
+            f"{name:<32} {raw:>9.3f} ms {bare:>10.3f} ms {fit:>9.3f} ms"
+            f"   fit/raw {fit / raw:.2f}x, bare/raw {bare / raw:.2f}x, kit (fit/bare) {fit / bare:.3f}x"
+            f" (fastest epochs {fastest['fit'] / fastest['bare']:.3f}x); with Lightning's default profiler"
+            f" fit/raw {with_profiler / raw:.2f}x"
         )
 
 

@@ -11,16 +11,17 @@ untouched file conflicts wherever the template also changed it. Here instead:
   `git merge-file` (base: old template version), exactly as copier merges files that did not move.
   Conflicts get copier's markers and the file is marked unmerged, so `git status` shows it.
 
-Idempotent: nothing is saved if OLD does not exist; nothing is merged if nothing was saved.
+Several OLD NEW pairs may be given at once (the old template is rendered once for all of them).
+Idempotent: nothing is saved if OLD does not exist or is untouched; nothing is merged if nothing was saved.
 Use it from copier.yml, both stages:
   - version: "X.Y.Z"
     when: "{{ _stage == 'before' }}"
     command: ["{{ _copier_python }}", "{{ _copier_conf.src_path }}/migrations/move_path.py",
-              "--stage", "before", "--template", "{{ _copier_conf.src_path }}", "OLD", "NEW"]
+              "--stage", "before", "--template", "{{ _copier_conf.src_path }}", "OLD", "NEW", ...]
   - version: "X.Y.Z"
     when: "{{ _stage == 'after' }}"
     command: ["{{ _copier_python }}", "{{ _copier_conf.src_path }}/migrations/move_path.py",
-              "--stage", "after", "OLD", "NEW"]
+              "--stage", "after", "OLD", "NEW", ...]
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def saved_dir(old: str, new: str) -> Path:
     return git_dir / "copier-moves" / hashlib.sha1(f"{old}->{new}".encode()).hexdigest()[:12]
 
 
-def render_old_version(template: str, relative: str) -> str | None:
-    """The file as the project's recorded template version rendered it, or None if it did not."""
+def render_old_versions(template: str, relatives: list[str]) -> dict[str, str | None]:
+    """The files as the project's recorded template version rendered them (None: it did not). One render."""
     import yaml
     from copier import run_copy
 
@@ -50,20 +51,27 @@ def render_old_version(template: str, relative: str) -> str | None:
     data = {key: value for key, value in answers.items() if not key.startswith("_")}
     with tempfile.TemporaryDirectory() as scratch:
         run_copy(template, scratch, data=data, vcs_ref=answers["_commit"], defaults=True, quiet=True, skip_tasks=True)
-        rendered = Path(scratch, relative)
-        return rendered.read_text() if rendered.exists() else None
+        rendered = {relative: Path(scratch, relative) for relative in relatives}
+        return {relative: path.read_text() if path.exists() else None for relative, path in rendered.items()}
 
 
-def before(template: str, old: str, new: str) -> None:
-    if not Path(old).is_file():
+def before(template: str, pairs: list[tuple[str, str]]) -> None:
+    """Save each OLD file that exists, with its old template version, to merge into NEW after the update."""
+    present = [(old, new) for old, new in pairs if Path(old).is_file()]
+    for old, _ in sorted(set(pairs) - set(present)):
         print(f"move_path: {old} not found, nothing to carry over")
+    if not present:
         return
-    base = render_old_version(template, old)
-    store = saved_dir(old, new)
-    store.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(old, store / "yours")
-    (store / "base").write_text(base if base is not None else "")
-    print(f"move_path: saved your {old} to carry its edits over to {new}")
+    bases = render_old_versions(template, [old for old, _ in present])
+    for old, new in present:
+        base = bases[old]
+        if base is not None and Path(old).read_text() == base:
+            continue  # untouched: the new template's NEW is all there is to have
+        store = saved_dir(old, new)
+        store.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old, store / "yours")
+        (store / "base").write_text(base if base is not None else "")
+        print(f"move_path: saved your {old} to carry its edits over to {new}")
 
 
 def after(old: str, new: str) -> int:
@@ -117,19 +125,27 @@ def mark_unmerged(path: str, base: str, yours: str, theirs: str) -> None:
     subprocess.run(["git", "update-index", "--index-info"], input="".join(entries).encode(), check=True)
 
 
+def pairs_of(paths: list[str]) -> list[tuple[str, str]]:
+    if not paths or len(paths) % 2:
+        raise SystemExit(f"move_path: expected OLD NEW pairs, got {paths}")
+    return list(zip(paths[::2], paths[1::2], strict=True))
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Move a project file during `copier update`, keeping edits.")
+    parser = argparse.ArgumentParser(description="Move project files during `copier update`, keeping edits.")
     parser.add_argument("--stage", choices=["before", "after"], required=True)
     parser.add_argument("--template", help="the new template's path (before stage)")
-    parser.add_argument("old")
-    parser.add_argument("new")
+    parser.add_argument("paths", nargs="+", metavar="OLD NEW", help="one or more pairs: OLD path, NEW path")
     args = parser.parse_args()
+    pairs = pairs_of(args.paths)
     if args.stage == "before":
         if not args.template:
             parser.error("--template is required in the before stage")
-        before(args.template, args.old, args.new)
+        before(args.template, pairs)
         return 0
-    return after(args.old, args.new)
+    for old, new in pairs:
+        after(old, new)
+    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def trained_checkpoint(example_package, tmp_path_factory):
 
 
 def test_evaluate_uses_one_forward_pass_and_matches_a_direct_computation(trained_checkpoint, tmp_path) -> None:
-    from digits_mlp.kit.evaluation import evaluate_checkpoint
+    from digits_mlp.kit.analysis.evaluation import evaluate_checkpoint
     from digits_mlp.model import DigitsClassifier
     from torch.utils.data import DataLoader
 
@@ -68,7 +68,7 @@ def test_evaluate_uses_one_forward_pass_and_matches_a_direct_computation(trained
 
 
 def test_confidence_interval_and_welch_difference_by_hand(example_package) -> None:
-    from digits_mlp.kit.comparisons import compare_groups, mean_and_interval, welch_difference
+    from digits_mlp.kit.analysis.comparisons import compare_groups, mean_and_interval, welch_difference
 
     mean, half = mean_and_interval([0.90, 0.92, 0.94])
     assert mean == pytest.approx(0.92) and half == pytest.approx(4.303 * 0.02 / math.sqrt(3))
@@ -82,7 +82,7 @@ def test_confidence_interval_and_welch_difference_by_hand(example_package) -> No
 
 
 def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
-    from digits_mlp.kit.comparisons import sweep_trials
+    from digits_mlp.kit.analysis.comparisons import sweep_trials
 
     grid = sweep_trials({"parameters": {"a": [1, 2], "b": ["x", "y", "z"]}})
     assert len(grid) == 6 and {"a": 2, "b": "z"} in grid
@@ -97,7 +97,7 @@ def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
 
 
 def test_sweep_then_results_end_to_end(example_package, tmp_path, monkeypatch, capsys) -> None:
-    from digits_mlp.kit.comparisons import results_main, sweep_main
+    from digits_mlp.kit.analysis.comparisons import results_main, sweep_main
 
     monkeypatch.chdir(example_package)
     monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))

@@ -84,3 +84,22 @@ def test_other_loggers_write_into_the_run_directory(template_repo: Path, tmp_pat
         assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     else:
         assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_own_subcommands_from_commands_py_join_the_command(example_project, example_command) -> None:
+    project, _ = example_project
+    package = project / "src" / PACKAGE
+    shipped = (package / "commands.py").read_text()
+    try:
+        (package / "greetings.py").write_text("def hello_main(argv):\n    print('hello', *argv)\n    return 0\n")
+        own = 'SUBCOMMANDS = {"hello": ("say hello", ".greetings:hello_main")}\n'
+        (package / "commands.py").write_text(shipped + own)
+        assert "say hello" in run([*example_command, "--help"], cwd=project).stdout
+        assert run([*example_command, "hello", "world"], cwd=project).stdout == "hello world\n"
+
+        (package / "commands.py").write_text(shipped + 'SUBCOMMANDS = {"fit": ("mine", ".greetings:hello_main")}\n')
+        clash = run([*example_command, "--help"], cwd=project, check=False)
+        assert clash.returncode != 0 and "already has: fit" in clash.stderr
+    finally:
+        (package / "commands.py").write_text(shipped)
+        (package / "greetings.py").unlink(missing_ok=True)

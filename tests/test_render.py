@@ -35,7 +35,7 @@ def test_each_logger_renders_its_config_and_dependency(template_repo: Path, tmp_
     for other, (_, other_dependency) in LOGGER_FILES.items():
         if other_dependency:
             assert (other_dependency in pyproject) == (other == logger)
-    assert (project / "src" / answers["package_name"] / "kit" / "project_cli.py").is_file()
+    assert (project / "src" / answers["package_name"] / "kit" / "training" / "lightning_cli.py").is_file()
 
 
 @pytest.mark.parametrize("logger", sorted(LOGGER_FILES))

@@ -32,7 +32,7 @@ def transform_module(example_package, tmp_path, monkeypatch):
 
 
 def test_cache_hits_and_misses(transform_module, tmp_path) -> None:
-    from digits_mlp.kit.preprocessing_cache import cached_features
+    from digits_mlp.kit.data.preprocessing_cache import cached_features
 
     source, module = transform_module
     raw = tmp_path / "raw.csv"
@@ -58,23 +58,23 @@ def test_cache_hits_and_misses(transform_module, tmp_path) -> None:
 
 
 def test_interrupted_or_damaged_cache_entries_are_never_used(transform_module, tmp_path, monkeypatch) -> None:
-    from digits_mlp.kit import atomic_checkpoint_io
-    from digits_mlp.kit.preprocessing_cache import cached_features
+    from digits_mlp.kit.data.preprocessing_cache import cached_features
+    from digits_mlp.kit.runs import checkpoint_io
 
     _, module = transform_module
     raw = tmp_path / "raw.csv"
     raw.write_text("1\n")
     cache = tmp_path / "cache"
-    real_save = atomic_checkpoint_io.torch.save
+    real_save = checkpoint_io.torch.save
 
     def killed_mid_write(obj, stream):
         stream.write(b"PK\x03\x04 half")
         raise KeyboardInterrupt  # as a Ctrl-C or a kill during the write
 
-    monkeypatch.setattr(atomic_checkpoint_io.torch, "save", killed_mid_write)
+    monkeypatch.setattr(checkpoint_io.torch, "save", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
         cached_features(module.double, [raw], {"factor": 1}, cache)
-    monkeypatch.setattr(atomic_checkpoint_io.torch, "save", real_save)
+    monkeypatch.setattr(checkpoint_io.torch, "save", real_save)
     assert not list(cache.glob("*.pt")) and not list(cache.glob("*.partial"))
 
     result = cached_features(module.double, [raw], {"factor": 1}, cache)
@@ -85,7 +85,7 @@ def test_interrupted_or_damaged_cache_entries_are_never_used(transform_module, t
 
 
 def test_missing_raw_input_is_named(transform_module, tmp_path) -> None:
-    from digits_mlp.kit.preprocessing_cache import cached_features
+    from digits_mlp.kit.data.preprocessing_cache import cached_features
 
     with pytest.raises(FileNotFoundError, match="raw input file\\(s\\) missing: .*nowhere.csv"):
         cached_features(transform_module[1].double, [tmp_path / "nowhere.csv"], {"factor": 1}, tmp_path)

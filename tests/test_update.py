@@ -26,15 +26,28 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+def add_migrations(copier_yml: Path, migrations: list[dict]) -> None:
+    """Append to copier.yml's `_migrations` list (the file keeps its comments and layout)."""
+    text = copier_yml.read_text()
+    lines = yaml.safe_dump(migrations, sort_keys=False).replace("\n", "\n  ")
+    marker = "_migrations:\n"
+    assert marker in text, "copier.yml has no _migrations list to add to"
+    copier_yml.write_text(text.replace(marker, marker + "  " + lines.rstrip() + "\n", 1))
+
+
 def make_next_release(template: Path) -> None:
     """Commit and tag what stands for the next template release: edits, a moved file, a migration."""
     kit = template / "template" / "src" / "{{ package_name }}" / "kit"
-    edit(kit / "runs.py", '"""Runs as directories:', '"""Runs as directories (1.1.0):')
+    edit(kit / "runs" / "directory.py", '"""Runs as directories:', '"""Runs as directories (1.1.0):')
     edit(template / "template" / "README.md.jinja", "## Test\n", "## Test\n\nAll checks, as CI runs them:\n")
     # configs/default.yaml becomes configs/base.yaml (a move, with a before-migration) and changes a value.
     git(template, "mv", "template/configs/default.yaml.jinja", "template/configs/base.yaml.jinja")
     edit(template / "template" / "configs" / "base.yaml.jinja", "log_every_n_steps: 10", "log_every_n_steps: 20")
-    edit(kit / "project_cli.py", 'DEFAULT_CONFIG = "configs/default.yaml"', 'DEFAULT_CONFIG = "configs/base.yaml"')
+    edit(
+        kit / "training" / "lightning_cli.py",
+        'DEFAULT_CONFIG = "configs/default.yaml"',
+        'DEFAULT_CONFIG = "configs/base.yaml"',
+    )
     script = ["{{ _copier_python }}", "{{ _copier_conf.src_path }}/migrations/move_path.py"]
     moved = ["configs/default.yaml", "configs/base.yaml"]
     migrations = [
@@ -45,8 +58,7 @@ def make_next_release(template: Path) -> None:
         },
         {"version": NEW, "when": "{{ _stage == 'after' }}", "command": [*script, "--stage", "after", *moved]},
     ]
-    with open(template / "copier.yml", "a") as stream:
-        stream.write("\n" + yaml.safe_dump({"_migrations": migrations}, sort_keys=False))
+    add_migrations(template / "copier.yml", migrations)
     git(template, "add", "-A")
     git(template, "commit", "-q", "-m", "next release")
     git(template, "tag", NEW)
@@ -124,7 +136,7 @@ def test_researcher_edits_survive_an_update(releases: Path, tmp_path: Path) -> N
     base = (project / "configs" / "base.yaml").read_text()
     assert "seed_everything: 7" in base and "log_every_n_steps: 20" in base
     assert not (project / "configs" / "default.yaml").exists()
-    assert "(1.1.0)" in (src / "kit" / "runs.py").read_text()
+    assert "(1.1.0)" in (src / "kit" / "runs" / "directory.py").read_text()
     assert "<<<<<<<" not in base + readme
 
 

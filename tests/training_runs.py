@@ -23,14 +23,17 @@ def resume_test_config(
     distinct_ranks: give every DDP process its own random stream (otherwise all share one seed).
     """
     callbacks = [
-        {"class_path": "digits_mlp.kit.progress.ProgressLines"},
-        {"class_path": "digits_mlp.kit.resume_testing.RecordBatches", "init_args": {"path": str(records)}},
+        {"class_path": "digits_mlp.kit.training.progress.ProgressLines"},
+        {"class_path": "digits_mlp.kit.training.resume_testing.RecordBatches", "init_args": {"path": str(records)}},
     ]
     if distinct_ranks:
-        callbacks.append({"class_path": "digits_mlp.kit.resume_testing.DistinctRankRandomness"})
+        callbacks.append({"class_path": "digits_mlp.kit.training.resume_testing.DistinctRankRandomness"})
     if kill is not None:
         callbacks.append(
-            {"class_path": "digits_mlp.kit.resume_testing.KillAt", "init_args": {"marker_file": str(marker), **kill}}
+            {
+                "class_path": "digits_mlp.kit.KillAt",
+                "init_args": {"marker_file": str(marker), **kill},
+            }
         )
     path.write_text(
         json.dumps({"trainer": {"callbacks": callbacks}, "data": {"init_args": {"num_workers": num_workers}}})

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .kit.logging_interval import at_log_interval
+from .kit import at_log_interval
 
 
 class DigitsClassifier(pl.LightningModule):

@@ -1,6 +1,66 @@
-"""Training infrastructure managed by the copier-lightning template.
+"""The kit: this project's training infrastructure, managed by the copier-lightning template.
 
-Everything in this folder is owned by the template and improved by `copier update`: resumable
-runs, atomic checkpoints, exact continuation, run records. Put your own code in `model.py`,
-`data.py` and new modules beside them; edits here may conflict with later template updates.
+Import what your own files need from here, not from the rooms below:
+
+    from <package>.kit import ResumableDataLoader, cached_features
+
+These names are the kit's promise to your code (`model.py`, `data.py`, `artifacts.py`, your configs'
+`class_path` lines, your own tests and subcommands): `copier update` never edits your files, so a
+name listed in PUBLIC keeps working after every update, wherever the template moves its code.
+`tests/test_kit_api.py` pins the list. Everything else in kit/ may change in any release.
+
+The rooms, one concern each (docs/layout.md has the table):
+  runs/       a run on disk: its directory, manifest and record, checkpoint files, atomic writes
+  training/   what runs inside `fit`: the LightningCLI, resumable loader, random states, rolling
+              checkpoints, DDP agreement, progress lines, the resume-testing callbacks
+  data/       raw-data checksums (`data` command) and the preprocessing cache
+  analysis/   sanity checks, LR and batch-size finders, evaluation, sweeps, seeds and comparisons
+  reporting/  reproduce (artifacts on doit), README table, dataset and model cards
+  cluster/    SLURM jobs, the memory profile for MIG slices, supervise
+
+Names load on first use (PEP 562 `__getattr__`), so `import <package>.kit` costs nothing and a light
+subcommand that needs one room does not import Lightning through another.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# name -> the module that defines it, relative to this package.
+PUBLIC = {
+    # for model.py
+    "at_log_interval": "training.logging_interval",
+    # for data.py
+    "ResumableDataLoader": "training.resumable_loader",
+    "CacheResult": "data.preprocessing_cache",
+    "cached_features": "data.preprocessing_cache",
+    "remembered_cache_key": "data.preprocessing_cache",
+    # for artifacts.py
+    "Artifact": "reporting.reproduce",
+    "runs_root": "runs.directory",
+    "load_model_and_data": "training.lightning_cli",
+    "evaluate_checkpoint": "analysis.evaluation",
+    "dataset_card": "reporting.cards",
+    "model_card": "reporting.cards",
+    # for configs (class_path) and your own tests
+    "ProgressLines": "training.progress",
+    "KillAt": "training.resume_testing",
+    "RecordBatches": "training.resume_testing",
+    "DistinctRankRandomness": "training.resume_testing",
+    "run_all_checks": "analysis.sanity_checks",
+    "RunDirectory": "runs.directory",
+}
+__all__ = sorted(PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (public names: {', '.join(__all__)})")
+    value = getattr(import_module(f".{PUBLIC[name]}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

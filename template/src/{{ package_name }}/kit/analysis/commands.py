@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .runs import format_runs, list_runs, runs_root
+from ..runs.directory import format_runs, list_runs, runs_root
 
 
 def list_runs_main(argv: list[str]) -> int:
@@ -27,7 +27,7 @@ def check_main(argv: list[str]) -> int:
     )
     _, config_args = parser.parse_known_args(argv)
 
-    from .project_cli import load_model_and_data
+    from ..training.lightning_cli import load_model_and_data
     from .sanity_checks import run_all_checks
 
     model, data = load_model_and_data(config_args)
@@ -49,8 +49,8 @@ def evaluate_main(argv: list[str]) -> int:
     parser.add_argument("--ckpt_path", default=None, help="evaluate this checkpoint instead of the run's best")
     args, config_args = parser.parse_known_args(argv)
 
+    from ..training.lightning_cli import MissingTrainedRun, best_checkpoint, load_model_data_and_run
     from .evaluation import evaluate_checkpoint
-    from .project_cli import MissingTrainedRun, best_checkpoint, load_model_data_and_run
 
     model, data, run = load_model_data_and_run(config_args)
     checkpoint = args.ckpt_path or best_checkpoint(run)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from .runs import REQUEUE_EXIT_CODE, runs_root
+from ..runs.directory import REQUEUE_EXIT_CODE, runs_root
 
 SITE_CONFIG = Path("configs/slurm/site.yaml")
 REQUIRED_SITE_KEYS = ("partition", "time", "cpus_per_gpu", "mem_per_gpu", "full_gpu_gres", "mig_types")
@@ -189,11 +189,11 @@ def submit_main(argv: list[str]) -> int:
 
 
 def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Path | None) -> tuple[Path, str]:
-    package = __package__.rsplit(".", 1)[0]
+    package = __package__.split(".")[0]
     python = shlex.quote(sys.executable)
     project = Path.cwd()
     if sweep is not None:
-        from .comparisons import sweep_trials
+        from ..analysis.comparisons import sweep_trials
 
         spec = yaml.safe_load(sweep.read_text())
         count = len(sweep_trials(spec))
@@ -203,7 +203,7 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
         script = job_script(request, site, f"sweep-{name}", command, project, array=count)
         return runs_root() / "sweeps" / f"{name}.sbatch", script
 
-    from .project_cli import load_model_data_and_run  # parses the config: the run's name
+    from ..training.lightning_cli import load_model_data_and_run  # parses the config: the run's name
 
     run_options = [*fit_options, *trainer_options(request)]
     _, _, run = load_model_data_and_run(run_options)

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     if args.max_restarts < 0:
         parser.error("--max-restarts must be 0 or more")
 
-    package = __package__.rsplit(".", 1)[0]
+    package = __package__.split(".")[0]
     full_command = [sys.executable, "-m", package, *command]
     for attempt in range(args.max_restarts + 1):
         returncode = subprocess.call(full_command)

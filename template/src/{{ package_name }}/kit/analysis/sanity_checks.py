@@ -21,6 +21,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from ..training.scratch_trainer import scratch_trainer
+
 
 @dataclass
 class CheckResult:
@@ -50,9 +52,7 @@ def training_loss(model: pl.LightningModule, batch: Any) -> torch.Tensor:
 
 def model_optimizer(model: pl.LightningModule) -> torch.optim.Optimizer:
     """The optimizer the model configures (some configurations read the trainer, so one is attached)."""
-    model.trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
+    model.trainer = scratch_trainer(max_epochs=1)
     try:
         configured = model.configure_optimizers()
     finally:
@@ -221,18 +221,8 @@ def check_modes_and_checkpoint(model: pl.LightningModule, data: pl.LightningData
     """Two epochs of two batches: validation in eval mode, training back in train mode, and the
     checkpoint written afterwards holds the optimizer state."""
     probe = _ModeProbe()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[probe],
+    trainer = scratch_trainer(
+        max_epochs=2, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[probe]
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torchmetrics.functional.classification as tmf
 
-from .atomic_checkpoint_io import atomic_torch_save
+from ..runs.checkpoint_io import atomic_torch_save
 
 
 def checkpoint_fingerprint(path: Path) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic_files import atomic_write_text
-from .runs import git_state, run_git, timestamp
+from .directory import git_state, run_git, timestamp
 
 LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
 SLURM_VARIABLES = (

@@ -90,25 +90,20 @@ def format_table(profile: MemoryProfile, headroom: float) -> str:
 
 def measure(options: list[str], steps: int, accelerator: str = "gpu") -> MemoryProfile:
     """Train `steps` steps, then validate a few batches; the allocator's peak and the context overhead."""
-    import lightning.pytorch as pl
     import torch
 
-    from .project_cli import automatic_precision, load_model_and_data
+    from ..training.lightning_cli import automatic_precision, load_model_and_data
+    from ..training.scratch_trainer import scratch_trainer
 
     model, data = load_model_and_data(options)
     torch.cuda.init()
     torch.cuda.reset_peak_memory_stats()
-    trainer = pl.Trainer(
+    trainer = scratch_trainer(
         accelerator=accelerator,
-        devices=1,
         precision=automatic_precision(accelerator),
         max_steps=steps,
         limit_val_batches=3,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=data)
     trainer.validate(model, datamodule=data, verbose=False)  # validation can peak higher (larger batches)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import PUBLIC
 from .atomic_files import TEMPORARY_SUFFIX, atomic_write_text
 from .checksums import ALGORITHM, file_checksum
 
@@ -111,7 +112,8 @@ class RunDirectory:
         if not self.config_path.exists():
             return
         recorded = self.config_path.read_text()
-        if recorded == config_text or _without_placement(recorded) == config_text:
+        as_recorded_by_older_releases = _with_public_kit_paths(_without_placement(recorded))
+        if config_text in {recorded, _without_placement(recorded), as_recorded_by_older_releases}:
             return
         import difflib
 
@@ -241,6 +243,16 @@ def _without_placement(config_text: str) -> str:
     """A config recorded before placement keys were left out, without them (one-line values only)."""
     keys = "|".join(PLACEMENT_KEYS)
     return re.sub(rf"(?m)^  (?:{keys}): [^\n]*\n", "", config_text)
+
+
+def _with_public_kit_paths(config_text: str) -> str:
+    """A config recorded before 0.3.0, with its kit class paths as they are written now.
+
+    Before 0.3.0 a kit class was recorded by its module (`<package>.kit.progress.ProgressLines`);
+    now by the kit's public name (`<package>.kit.ProgressLines`), which stays the same whatever
+    module holds it.
+    """
+    return re.sub(r"\bkit\.(?:[a-z_]+\.)+([A-Z]\w*)", lambda m: f"kit.{m[1]}" if m[1] in PUBLIC else m[0], config_text)
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ def code_and_config_files(package_dir: Path) -> list[str]:
 
 
 def _train(artifact: Artifact) -> None:
-    from .project_cli import run_lightning_cli
+    from ..training.lightning_cli import run_lightning_cli
 
     checkpoint = Path(artifact.outputs[0])
     run_dir = checkpoint.parent.parent
@@ -149,7 +149,7 @@ def reproduce_main(argv: list[str]) -> int:
     parser.add_argument("--all", action="store_true", help="every artifact")
     parser.add_argument("--list", action="store_true", help="every artifact, its command and whether it is current")
     args = parser.parse_args(argv)
-    package = __package__.rsplit(".", 1)[0]
+    package = __package__.split(".")[0]
     artifacts: list[Artifact] = __import__(f"{package}.artifacts", fromlist=["ARTIFACTS"]).ARTIFACTS
     package_dir = Path(sys.modules[package].__file__).parent
     known = {artifact.name for artifact in artifacts}

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from .runs import RunDirectory, runs_root
+from ..runs.directory import RunDirectory, runs_root
 
 # Two-sided 95 % critical values of Student's t for 1..30 degrees of freedom (beyond: 1.96 is close).
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -67,7 +67,7 @@ def best_metric(run: RunDirectory) -> float | None:
 
 
 def _fit(args: list[str]) -> int:
-    from .project_cli import run_lightning_cli
+    from ..training.lightning_cli import run_lightning_cli
 
     return run_lightning_cli(["fit", *args])
 

@@ -18,7 +18,7 @@ END = "<!-- artifacts:end -->"
 
 def shown_path(path: str) -> str:
     """Paths under the runs directory as runs/..., whatever RUNS_DIR is."""
-    from .runs import runs_root
+    from ..runs.directory import runs_root
 
     try:
         return "runs/" + str(Path(path).resolve().relative_to(runs_root()))
@@ -44,7 +44,7 @@ def readme_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="readme", description=__doc__)
     parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     args = parser.parse_args(argv)
-    package = __package__.rsplit(".", 1)[0]
+    package = __package__.split(".")[0]
     artifacts = __import__(f"{package}.artifacts", fromlist=["ARTIFACTS"]).ARTIFACTS
     text = README.read_text()
     pattern = re.compile(r"<!-- artifacts:begin.*?<!-- artifacts:end -->", re.S)

@@ -17,19 +17,12 @@ import warnings
 import lightning.pytorch as pl
 from lightning.pytorch.tuner import Tuner
 
-from .project_cli import load_model_data_and_run
+from ..training.lightning_cli import load_model_data_and_run
+from ..training.scratch_trainer import scratch_trainer
 
 
 def _scratch_trainer(directory: str) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=directory,
-    )
+    return scratch_trainer(accelerator="auto", default_root_dir=directory)
 
 
 def find_lr_main(argv: list[str]) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .preprocessing_cache import file_sha256
+from ..data.preprocessing_cache import file_sha256
 
 
 def _first_paragraph(text: str | None) -> str:

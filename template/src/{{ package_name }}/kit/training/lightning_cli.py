@@ -22,16 +22,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from .atomic_checkpoint_io import AtomicCheckpointIO
-from .checkpoint_files import newest_checkpoint, set_aside_damaged
-from .data_commands import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
-from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
-from .exact_resume import RandomStateCheckpoint
-from .no_profiler import NoProfiler
-from .resumable_loader import WorldSizeChangedError, check_process_count
-from .rolling_checkpoint import RollingCheckpoint
-from .run_record import finish_record, note_changed_raw_data, start_record
-from .runs import (
+from ..data.commands import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
+from ..runs.checkpoint_files import newest_checkpoint, set_aside_damaged
+from ..runs.checkpoint_io import AtomicCheckpointIO
+from ..runs.directory import (
     PLACEMENT_KEYS,
     REQUEUE_EXIT_CODE,
     ConfigChangedError,
@@ -40,6 +34,12 @@ from .runs import (
     runs_root,
     storage_error_message,
 )
+from ..runs.record import finish_record, note_changed_raw_data, start_record
+from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
+from .no_profiler import NoProfiler
+from .random_states import RandomStateCheckpoint
+from .resumable_loader import WorldSizeChangedError, check_process_count
+from .rolling_checkpoint import RollingCheckpoint
 
 DEFAULT_CONFIG = "configs/default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -387,7 +387,7 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
     class_name = logger.class_path.rsplit(".", 1)[-1]
     init_args = logger.get("init_args") or Namespace()
     if class_name == "CSVLogger":
-        logger.class_path = f"{__package__}.appending_csv_logger.AppendingCSVLogger"  # keeps rows on resume
+        logger.class_path = f"{__package__}.csv_logger.AppendingCSVLogger"  # keeps rows on resume
         init_args.update(Namespace(save_dir=str(run.path), name="logs", version=""))
     elif class_name == "TensorBoardLogger":
         init_args.update(Namespace(save_dir=str(run.path), name="tensorboard", version=""))

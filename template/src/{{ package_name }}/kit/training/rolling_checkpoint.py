@@ -36,8 +36,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from ..runs.directory import storage_error
 from .distributed import agree_max, is_distributed
-from .runs import storage_error
 
 AGREE_EVERY_SECONDS = 0.5
 MAX_STEPS_BETWEEN_AGREEMENTS = 100

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .atomic_checkpoint_io import atomic_torch_save
-from .atomic_files import atomic_write_text
+from ..runs.atomic_files import atomic_write_text
+from ..runs.checkpoint_io import atomic_torch_save
 
 HASH_MEMO = ".file-hashes.json"
 

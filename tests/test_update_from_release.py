@@ -1,0 +1,144 @@
+"""`copier update` from the last real release (git tag 0.2.0 of this repository) to this working tree.
+
+0.3.0 moved kit/ into rooms and gave it a public API. A project made at 0.2.0, with a researcher's
+edits in their own files, their own module importing kit internals by the old paths, an old class
+path in an experiment config, an edit inside a kit module and a finished run, must update with the
+migration (migrations/kit_rooms.py), keep every edit, and pass its own tests afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from copier import run_update
+from packaging.version import Version
+
+from template_dev import EXAMPLE_ANSWERS, TOP, commit_all, git, make_project_venv, render, run
+
+PACKAGE = EXAMPLE_ANSWERS["package_name"]
+# The release before the kit moved, and its commit (for a clone made without tags).
+LAST_RELEASE, LAST_RELEASE_COMMIT = "0.2.0", "bb76cd1153aa540ca801cd40eb6986c69995e56f"
+OWN_MODULE = f'''"""My own helpers, written against the 0.2.0 kit."""
+
+from {PACKAGE}.kit.resumable_loader import ResumableDataLoader
+from {PACKAGE}.kit.runs import RunDirectory, runs_root
+from {PACKAGE}.kit.exact_resume import capture_rng_states
+
+__all__ = ["ResumableDataLoader", "RunDirectory", "capture_rng_states", "runs_root"]
+'''
+OLD_CLASS_PATH = f"{PACKAGE}.kit.progress.ProgressLines"
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.fixture(scope="module")
+def template_with_history(tmp_path_factory) -> tuple[Path, str]:
+    """This repository's history with its tags, plus the working tree as the newest release."""
+    template = tmp_path_factory.mktemp("history") / "copier-lightning"
+    git(TOP, "clone", "-q", "--no-hardlinks", str(TOP), str(template))
+    if LAST_RELEASE not in git(template, "tag").split():
+        git(template, "tag", LAST_RELEASE, LAST_RELEASE_COMMIT)
+    git(template, "rm", "-rq", "--cached", ".")
+    for path in template.iterdir():
+        if path.name != ".git":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=TOP).stdout
+    for relative in filter(None, listed.split("\0")):
+        if (TOP / relative).is_file():
+            (template / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(TOP / relative, template / relative)
+    git(template, "add", "-A")
+    git(template, "commit", "-q", "--allow-empty", "-m", "working tree")
+    newest = max(Version(tag) for tag in git(template, "tag").split())
+    working_tree_version = f"{newest.major + 1}.0.0"  # above every real release, so every migration runs
+    git(template, "tag", working_tree_version)
+    return template, working_tree_version
+
+
+def test_a_project_from_the_last_release_updates_keeps_its_edits_and_passes_its_tests(
+    template_with_history: tuple[Path, str], tmp_path: Path
+) -> None:
+    template, _ = template_with_history
+    project = tmp_path / "project"
+    render(template, project, vcs_ref=LAST_RELEASE)
+    src = project / "src" / PACKAGE
+    assert (src / "kit" / "progress.py").is_file(), "the project should start with the 0.2.0 (flat) kit"
+    commit_all(project, f"Start from copier-lightning {LAST_RELEASE}")
+
+    # A finished run made at 0.2.0 (its config records the old kit class paths).
+    venv = make_project_venv(project, standalone=False)
+    console = str(venv.script(PACKAGE))
+    runs = {"RUNS_DIR": str(tmp_path / "runs")}
+    fit = [console, "fit", "--run_name", "before-update", "--trainer.max_epochs=1", "--trainer.limit_train_batches=5"]
+    run(fit, cwd=project, env=runs)
+    assert OLD_CLASS_PATH in (tmp_path / "runs" / "before-update" / "config.yaml").read_text()
+
+    # The researcher's edits: their files, their own module and config, and one kit module.
+    edit(src / "model.py", "dropout: float = 0.1", "dropout: float = 0.25")
+    edit(src / "data.py", '"""Stratified train', '"""My split. Stratified train')
+    (src / "my_helpers.py").write_text(OWN_MODULE)
+    wide = project / "configs" / "experiments" / "wide.yaml"
+    wide.write_text(wide.read_text() + f"trainer:\n  callbacks:\n    - class_path: {OLD_CLASS_PATH}\n")
+    edit(src / "kit" / "progress.py", "Managed by the copier-lightning template.", "Managed by the template; mine.")
+    commit_all(project, "my edits")
+
+    run_update(str(project), overwrite=True, defaults=True, unsafe=True, quiet=True)
+
+    kit = src / "kit"
+    assert not (kit / "progress.py").exists() and not (kit / "runs.py").exists()
+    assert "Managed by the template; mine." in (kit / "training" / "progress.py").read_text()
+    assert "dropout: float = 0.25" in (src / "model.py").read_text()
+    assert '"""My split. Stratified train' in (src / "data.py").read_text()
+    own = (src / "my_helpers.py").read_text()
+    assert f"from {PACKAGE}.kit import ResumableDataLoader" in own
+    assert f"from {PACKAGE}.kit import RunDirectory, runs_root" in own
+    assert f"from {PACKAGE}.kit.training.random_states import capture_rng_states" in own
+    assert f"class_path: {PACKAGE}.kit.ProgressLines" in wide.read_text()
+    assert "<<<<<<<" not in "".join(path.read_text() for path in src.rglob("*.py"))
+    commit_all(project, "update to the working tree")
+    assert git(project, "ls-files", f"src/{PACKAGE}/kit/runs/directory.py").strip(), "kit/runs/ must be in git"
+
+    # The run made before the update is the same run afterwards (not "a different config").
+    again = run(fit, cwd=project, env=runs, check=False)
+    assert "is complete" in again.stdout + again.stderr, again.stdout[-2000:] + again.stderr[-2000:]
+
+    done = run([str(venv.python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, check=False)
+    assert re.search(r"\d+ passed", done.stdout) and done.returncode == 0, done.stdout[-4000:]
+
+
+REWRITES = {  # a 0.2.0 mention of the kit -> what the migration makes of it
+    "from pkg.kit.runs import RunDirectory, runs_root": "from pkg.kit import RunDirectory, runs_root",
+    "from .kit.runs import format_runs": "from .kit.runs.directory import format_runs",
+    "from .kit.resumable_loader import (\n    ResumableDataLoader,\n)": "from .kit import (\n    ResumableDataLoader,\n)",  # noqa: E501
+    "from .kit.exact_resume import capture_rng_states": "from .kit.training.random_states import capture_rng_states",
+    "class_path: pkg.kit.progress.ProgressLines": "class_path: pkg.kit.ProgressLines",
+    "pkg.kit.runs.format_runs(root)": "pkg.kit.runs.directory.format_runs(root)",
+    # already the new layout: left alone
+    "from pkg.kit.runs import checkpoint_io": "from pkg.kit.runs import checkpoint_io",
+    "from pkg.kit.runs.directory import RunDirectory": "from pkg.kit.runs.directory import RunDirectory",
+}
+
+
+@pytest.mark.parametrize("before", REWRITES)
+def test_the_migration_rewrites_each_old_kit_path_once(before: str) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kit_rooms", TOP / "migrations" / "kit_rooms.py")
+    kit_rooms = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(TOP / "migrations"))  # it imports move_path beside it, as copier runs it
+    try:
+        spec.loader.exec_module(kit_rooms)
+    finally:
+        sys.path.remove(str(TOP / "migrations"))
+    public = {"RunDirectory", "runs_root", "ResumableDataLoader", "ProgressLines"}
+    after = kit_rooms.rewrite(before, public)
+    assert after == REWRITES[before]
+    assert kit_rooms.rewrite(after, public) == after

@@ -59,7 +59,7 @@ def evaluate_main(argv: list[str]) -> int:
         return 2
     data.setup("fit" if args.split == "val" else "test")
     loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()
-    directory = run.path / "evaluation" / args.split
+    directory = run.evaluation_dir(args.split)
     metrics = evaluate_checkpoint(type(model), Path(checkpoint), loader, directory)
     print(f"Evaluated {checkpoint} on the {args.split} split ({metrics['examples']} examples):")
     print((directory / "metrics.md").read_text().rstrip())

@@ -57,15 +57,6 @@ def welch_difference(a: list[float], b: list[float]) -> tuple[float, float, floa
     return statistics.fmean(b) - statistics.fmean(a), t_critical(freedom) * spread, freedom
 
 
-def best_metric(run: RunDirectory) -> float | None:
-    """The run's best monitored value among the checkpoints it recorded."""
-    manifest = run.read_manifest()
-    values = [e["value"] for e in manifest.get("checkpoints", {}).values() if e.get("value") is not None]
-    if not values:
-        return None
-    return min(values) if manifest.get("monitor", {}).get("mode") == "min" else max(values)
-
-
 def _fit(args: list[str]) -> int:
     from ..training.lightning_cli import run_lightning_cli
 
@@ -137,7 +128,7 @@ def results_main(argv: list[str]) -> int:
     for trial in record["trials"]:
         run = RunDirectory(runs_root() / trial["run_name"])
         metric = run.read_manifest().get("monitor", {}).get("metric", "metric")
-        rows.append({"run": trial["run_name"], **trial["values"], f"best {metric}": best_metric(run)})
+        rows.append({"run": trial["run_name"], **trial["values"], f"best {metric}": run.best_value()})
     columns = list(rows[0])
     with open(directory / f"{args.name}-results.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns)
@@ -191,7 +182,7 @@ def seeds_main(argv: list[str]) -> int:
             code = _fit([*options, f"--seed_everything={seed}", "--run_name", run_name])
         if code != 0:
             return code
-        values[seed] = best_metric(RunDirectory(runs_root() / run_name))
+        values[seed] = RunDirectory(runs_root() / run_name).best_value()
     mean, half_width = mean_and_interval(list(values.values()))
     directory = runs_root() / "seeds"
     directory.mkdir(parents=True, exist_ok=True)

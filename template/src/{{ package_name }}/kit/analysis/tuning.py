@@ -32,7 +32,7 @@ def find_lr_main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=100, help="training steps of the range test")
     args, options = parser.parse_known_args(argv)
     model, data, run = load_model_data_and_run(options)
-    output = run.path / "tuning"
+    output = run.tuning_dir
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -63,7 +63,7 @@ def find_batch_size_main(argv: list[str]) -> int:
         largest = Tuner(_scratch_trainer(scratch)).scale_batch_size(
             model, datamodule=data, mode="power", init_val=data.hparams.batch_size, max_trials=args.max_trials
         )
-    output = run.path / "tuning"
+    output = run.tuning_dir
     output.mkdir(parents=True, exist_ok=True)
     (output / "batch_size.json").write_text(json.dumps({"largest_batch_size": largest}) + "\n")
     print(f"Largest batch size that ran: {largest} (set data.init_args.batch_size; keep some memory headroom)")

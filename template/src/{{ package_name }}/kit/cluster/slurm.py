@@ -210,4 +210,4 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
     if "--run_name" not in run_options:
         run_options += ["--run_name", run.name]  # the job resumes the run this command names
     command = f"{python} -m {package} fit {shlex.join(run_options)}"
-    return run.path / "slurm" / f"{request.kind}.sbatch", job_script(request, site, run.name, command, project)
+    return run.slurm_dir / f"{request.kind}.sbatch", job_script(request, site, run.name, command, project)

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from ..data.preprocessing_cache import file_sha256
+from ..runs.directory import RunDirectory
 
 
 def _first_paragraph(text: str | None) -> str:
@@ -82,7 +83,7 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     start = record["starts"][-1]
     model_args = config.get("model", {}).get("init_args", {})
-    evaluation = run_dir / "evaluation" / "test" / "metrics.md"
+    evaluation = RunDirectory(run_dir).evaluation_dir("test") / "metrics.md"
     lines = [
         f"# Model card: run `{run_dir.name}`",
         "",

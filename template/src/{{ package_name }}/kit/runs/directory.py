@@ -25,6 +25,12 @@ from .checksums import ALGORITHM, file_checksum
 
 MANIFEST_NAME = "manifest.json"
 # manifest.json's "status": running (a process is training it, or was killed without a word),
+# A run's checkpoint files, named here once: rolling_checkpoint.py writes them, checkpoint_files.py
+# ranks them for a resume, evaluation takes the best one.
+LAST_CHECKPOINT = "last.ckpt"
+PREVIOUS_CHECKPOINT = "previous.ckpt"  # the last.ckpt before, kept until the new one is complete
+FINAL_CHECKPOINT = "final.ckpt"  # written when training ends: the run is finished
+ON_EXCEPTION_CHECKPOINT = "on_exception.ckpt"  # for post-mortem only, never resumed from
 # stopped (on a signal, after a checkpoint: re-run to continue), failed (an error ended it), finished.
 RUN_STATUSES = ("running", "stopped", "failed", "finished")
 # `fit` exits with this code after checkpointing on the requeue signal; job scripts requeue on it.
@@ -91,6 +97,22 @@ class RunDirectory:
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    # The run's other subfolders: loggers' files, `evaluate` outputs, `find-lr` results, job scripts.
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    def evaluation_dir(self, split: str) -> Path:
+        return self.path / "evaluation" / split
+
+    @property
+    def tuning_dir(self) -> Path:
+        return self.path / "tuning"
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.path / "slurm"
+
     @property
     def config_path(self) -> Path:
         return self.path / CONFIG_NAME
@@ -103,6 +125,25 @@ class RunDirectory:
         if not self.manifest_path.exists():
             return {}
         return json.loads(self.manifest_path.read_text())
+
+    def checkpoints_best_first(self) -> list[str]:
+        """Checkpoint names by the monitored metric (best first), then final, then last."""
+        manifest = self.read_manifest()
+        scored = [
+            (name, e["value"]) for name, e in manifest.get("checkpoints", {}).items() if e.get("value") is not None
+        ]
+        scored = [(name, value) for name, value in scored if name.startswith("best")]
+        descending = manifest.get("monitor", {}).get("mode") != "min"
+        ordered = [name for name, _ in sorted(scored, key=lambda item: item[1], reverse=descending)]
+        return ordered + [FINAL_CHECKPOINT, LAST_CHECKPOINT]
+
+    def best_value(self) -> float | None:
+        """The best monitored value among the checkpoints the run recorded."""
+        manifest = self.read_manifest()
+        values = [e["value"] for e in manifest.get("checkpoints", {}).values() if e.get("value") is not None]
+        if not values:
+            return None
+        return min(values) if manifest.get("monitor", {}).get("mode") == "min" else max(values)
 
     def is_finished(self) -> bool:
         return self.read_manifest().get("status") == "finished"
@@ -198,7 +239,7 @@ class RunDirectory:
             "time": timestamp(),
         }
         manifest["checkpoints"] = {name: e for name, e in entries.items() if (path.parent / name).exists()}
-        if path.name == "final.ckpt":
+        if path.name == FINAL_CHECKPOINT:
             manifest["status"] = "finished"
             manifest["finished"] = timestamp()
         _write_json_atomically(self.manifest_path, manifest)

@@ -26,7 +26,9 @@ from ..data.commands import RawDataChangedError, raw_data_differences, refuse_ch
 from ..runs.checkpoint_files import newest_checkpoint, set_aside_damaged
 from ..runs.checkpoint_io import AtomicCheckpointIO
 from ..runs.directory import (
+    LAST_CHECKPOINT,
     PLACEMENT_KEYS,
+    PREVIOUS_CHECKPOINT,
     REQUEUE_EXIT_CODE,
     ConfigChangedError,
     RunDirectory,
@@ -232,7 +234,7 @@ class ProjectCLI(LightningCLI):
             AtomicCheckpointIO(
                 on_saved=self._record_checkpoint,
                 before_commit=self._remember_checksum,
-                keep_replaced_as={"last.ckpt": "previous.ckpt"},
+                keep_replaced_as={LAST_CHECKPOINT: PREVIOUS_CHECKPOINT},
             )
         )
         if SLURMEnvironment.detect():
@@ -357,13 +359,8 @@ def best_checkpoint(run: RunDirectory) -> Path | None:
 
     A checkpoint whose checksum is not the one recorded is moved aside (warning) and the next one taken.
     """
-    manifest = run.read_manifest()
-    entries = manifest.get("checkpoints", {})
-    scored = [(name, e) for name, e in entries.items() if name.startswith("best") and e.get("value") is not None]
-    best_first = sorted(
-        scored, key=lambda item: item[1]["value"], reverse=manifest.get("monitor", {}).get("mode") != "min"
-    )
-    for name in [name for name, _ in best_first] + ["final.ckpt", "last.ckpt"]:
+    entries = run.read_manifest().get("checkpoints", {})
+    for name in run.checkpoints_best_first():
         path = run.checkpoint_dir / name
         if not path.exists():
             continue
@@ -388,7 +385,7 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
     init_args = logger.get("init_args") or Namespace()
     if class_name == "CSVLogger":
         logger.class_path = f"{__package__}.csv_logger.AppendingCSVLogger"  # keeps rows on resume
-        init_args.update(Namespace(save_dir=str(run.path), name="logs", version=""))
+        init_args.update(Namespace(save_dir=str(run.path), name=run.logs_dir.name, version=""))
     elif class_name == "TensorBoardLogger":
         init_args.update(Namespace(save_dir=str(run.path), name="tensorboard", version=""))
     elif class_name == "WandbLogger":

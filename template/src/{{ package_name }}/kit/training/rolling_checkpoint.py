@@ -36,7 +36,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from ..runs.directory import storage_error
+from ..runs.directory import FINAL_CHECKPOINT, LAST_CHECKPOINT, ON_EXCEPTION_CHECKPOINT, storage_error
 from .distributed import agree_max, is_distributed
 
 AGREE_EVERY_SECONDS = 0.5
@@ -109,7 +109,7 @@ class RollingCheckpoint(pl.Callback):
 
     @property
     def last_path(self) -> Path:
-        return self.dirpath / "last.ckpt"
+        return self.dirpath / LAST_CHECKPOINT
 
     def _saving_allowed(self, trainer: pl.Trainer) -> bool:
         return not (trainer.sanity_checking or trainer.fast_dev_run)
@@ -175,7 +175,7 @@ class RollingCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._saving_allowed(trainer) and not trainer.interrupted and not self.stopped_by_signal:
-            trainer.save_checkpoint(self.dirpath / "final.ckpt", weights_only=False)
+            trainer.save_checkpoint(self.dirpath / FINAL_CHECKPOINT, weights_only=False)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if is_distributed():
@@ -184,6 +184,6 @@ class RollingCheckpoint(pl.Callback):
             return  # the disk refused a write: another one would fail too and bury the message
         if self._saving_allowed(trainer) and trainer.global_step > 0:
             try:
-                trainer.save_checkpoint(self.dirpath / "on_exception.ckpt", weights_only=False)
+                trainer.save_checkpoint(self.dirpath / ON_EXCEPTION_CHECKPOINT, weights_only=False)
             except Exception as failed:  # noqa: BLE001 - a post-mortem aid must not hide the error itself
                 print(f"(no on_exception.ckpt: {type(failed).__name__}: {failed})", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -95,6 +96,7 @@ def bare_trainer_epoch_times(model_args: list[str], epochs: int, label: str) -> 
     )
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         trainer.fit(model, train_dataloaders=loader)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # the Trainer resets it
     return step_timer.EPOCH_TIMES[label]
 
 

@@ -44,6 +44,9 @@ from .resumable_loader import WorldSizeChangedError, check_process_count
 from .rolling_checkpoint import RollingCheckpoint
 
 DEFAULT_CONFIG = "configs/default.yaml"
+# argparse takes an unambiguous prefix of an option by default: `--trainer.max_epoch=3` would set
+# max_epochs and a typo would train. Options must be spelled out.
+NO_ABBREVIATIONS = {"allow_abbrev": False}
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Keys that say which run to use or how to run it, not what to train: they stay out of the run's
 # config and name (a longer collective timeout does not make another experiment).
@@ -431,7 +434,7 @@ def load_model_data_and_run(args: list[str] = ()) -> tuple[LightningModule, Ligh
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=None,
-        parser_kwargs={"default_config_files": _default_config_files()},
+        parser_kwargs={"default_config_files": _default_config_files(), **NO_ABBREVIATIONS},
         args=list(args),
         run=False,
     )
@@ -448,7 +451,11 @@ def run_lightning_cli(args: list[str]) -> int:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=None,
-            parser_kwargs={name: {"default_config_files": default_config} for name in SUBCOMMANDS},
+            # The main parser's setting: jsonargparse gives each subcommand parser its parent's.
+            parser_kwargs={
+                **NO_ABBREVIATIONS,
+                **{name: {"default_config_files": default_config} for name in SUBCOMMANDS},
+            },
             args=args,
         )
     except RunAlreadyFinished as done:

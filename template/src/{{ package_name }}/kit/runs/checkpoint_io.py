@@ -2,9 +2,9 @@
 
 Lightning's own save stages the file in $TMPDIR and moves it; across filesystems (node-local /tmp
 versus a shared checkpoint disk) that move is a plain copy, and a kill during it leaves a truncated
-checkpoint. Here every checkpoint is written with `atomic_output` (kit/atomic_files.py): a
+checkpoint. Here every checkpoint is written with `atomic_output` (kit/runs/atomic_files.py): a
 temporary file in the target directory, flushed to disk, then renamed over the target. Its
-checksum is computed on the way (kit/checksums.py) and handed to `before_commit` before the
+checksum is computed on the way (kit/runs/checksums.py) and handed to `before_commit` before the
 rename, so that a checkpoint never has its final name without its checksum recorded.
 """
 

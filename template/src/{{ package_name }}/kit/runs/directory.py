@@ -204,7 +204,7 @@ class RunDirectory:
         _write_json_atomically(self.manifest_path, manifest)
 
     def remember_checksum(self, checksum: str, global_step: int) -> None:
-        """Record a checkpoint's checksum before the file takes its name (kit/checksums.py).
+        """Record a checkpoint's checksum before the file takes its name (kit/runs/checksums.py).
 
         The recent ones are kept apart from the per-file entries: `last.ckpt` becomes `previous.ckpt`
         by a rename, and its checksum must still be known then.

@@ -16,7 +16,7 @@ the same command continues exactly. A second Ctrl-C stops at once, without a che
 The handlers replace Lightning's for SIGTERM once training starts (Lightning's ends the process
 with exit status 0 at the next batch, which reads as success) and are restored when fit ends.
 
-Under DDP the decisions are made together (kit/distributed.py): a signal that reached any process
+Under DDP the decisions are made together (kit/training/distributed.py): a signal that reached any process
 stops all of them at the same batch, and rank 0's timer decides when a timed save is due. Without
 that, one process would enter a save (a collective) that another skips, and both would wait forever.
 The processes agree at every epoch's end and, within an epoch, at agreement steps about
@@ -122,7 +122,7 @@ class RollingCheckpoint(pl.Callback):
         # checkpoint, so a crash loses neither the metrics nor the state up to this point.
         for logger in trainer.loggers:
             logger.save()
-        # The checkpoint IO (kit/atomic_checkpoint_io.py) keeps the replaced last.ckpt as previous.ckpt,
+        # The checkpoint IO (kit/runs/checkpoint_io.py) keeps the replaced last.ckpt as previous.ckpt,
         # once the new one is complete.
         trainer.save_checkpoint(self.last_path, weights_only=False)
         self._last_saved_step = trainer.global_step

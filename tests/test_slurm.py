@@ -98,7 +98,8 @@ def test_job_script_trains_the_example(cluster_project, gpu: str) -> None:
 
 def test_usr1_checkpoints_requeues_and_resumes_to_identical_weights(cluster_project) -> None:
     project, command, _, env, runs = cluster_project
-    options = ["--trainer.max_epochs=150", *CPU_RUN]
+    # Long enough that USR1 (sent at the first checkpoint, about epoch 2) lands well before the end.
+    options = ["--trainer.max_epochs=60", *CPU_RUN]
     job = submit(cluster_project, "--gpu", "full:1", *options, "--run_name", "requeued")
     checkpoints = runs / "requeued" / "checkpoints"
     wait_for(lambda: job_state(job) == "RUNNING" and (checkpoints / "last.ckpt").exists(), 120, "a first checkpoint")
@@ -133,7 +134,7 @@ def test_two_task_ddp_job_checkpoints_once_requeues_once_and_resumes_exactly(clu
     """The full-GPU job script with a CPU override: srun starts two tasks, Lightning's SLURM environment
     makes them ranks 0 and 1, USR1 reaches both through srun, and the pair stops at the same batch."""
     project, command, _, env, runs = cluster_project
-    options = ["--trainer.max_epochs=100", "--trainer.strategy=ddp", *CPU_RUN]
+    options = ["--trainer.max_epochs=50", "--trainer.strategy=ddp", *CPU_RUN]
     job = submit(cluster_project, "--gpu", "full:2", *options, "--run_name", "ddp-requeued")
     script = (runs / "ddp-requeued" / "slurm" / "full.sbatch").read_text()
     assert "#SBATCH --ntasks-per-node=2" in script and "--trainer.devices=2 --trainer.num_nodes=1" in script

@@ -40,12 +40,8 @@ def git(cwd: Path, *args: str) -> str:
     return run(["git", *args], cwd=cwd).stdout
 
 
-def snapshot_template(destination: Path, source: Path = TOP) -> Path:
-    """Copy the template as it is in the working tree (uncommitted edits too) into a fresh git repo.
-
-    Copier renders committed content; committing a copy means tests see today's edits and never
-    record a `_commit` that exists only in copier's temporary clone.
-    """
+def copy_working_tree(destination: Path, source: Path = TOP) -> None:
+    """Copy the files git would commit from `source` (tracked or new, not ignored) into `destination`."""
     listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source).stdout
     destination.mkdir(parents=True, exist_ok=True)
     for relative in filter(None, listed.split("\0")):
@@ -54,6 +50,15 @@ def snapshot_template(destination: Path, source: Path = TOP) -> Path:
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(origin, target)
+
+
+def snapshot_template(destination: Path, source: Path = TOP) -> Path:
+    """Copy the template as it is in the working tree (uncommitted edits too) into a fresh git repo.
+
+    Copier renders committed content; committing a copy means tests see today's edits and never
+    record a `_commit` that exists only in copier's temporary clone.
+    """
+    copy_working_tree(destination, source)
     git(destination, "init", "-q", "-b", "main")
     git(destination, "add", "-A")
     git(destination, "commit", "-q", "-m", "template snapshot")

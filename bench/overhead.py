@@ -40,17 +40,24 @@ MODELS = {
 }
 
 
-def raw_pytorch_epoch_times(model_args: list[str], epochs: int) -> list[tuple[float, int]]:
-    """The loop one would write by hand: same model, data, batch size, optimizer and schedule."""
+def model_and_plain_loader(model_args: list[str]):
+    """The config's model, and its training split in a plain shuffled DataLoader (seeded)."""
     import torch
-    import torch.nn.functional as F
     from digits_mlp.kit.training.lightning_cli import load_model_and_data
     from torch.utils.data import DataLoader
 
     torch.manual_seed(42)
     model, data = load_model_and_data(model_args)
     data.setup("fit")
-    loader = DataLoader(data.splits["train"], batch_size=data.hparams.batch_size, shuffle=True)
+    return model, DataLoader(data.splits["train"], batch_size=data.hparams.batch_size, shuffle=True)
+
+
+def raw_pytorch_epoch_times(model_args: list[str], epochs: int) -> list[tuple[float, int]]:
+    """The loop one would write by hand: same model, data, batch size, optimizer and schedule."""
+    import torch
+    import torch.nn.functional as F
+
+    model, loader = model_and_plain_loader(model_args)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=model.hparams.learning_rate, weight_decay=model.hparams.weight_decay
     )
@@ -74,15 +81,9 @@ def bare_trainer_epoch_times(model_args: list[str], epochs: int, label: str) -> 
     """Lightning without the kit: the same model and a plain shuffled DataLoader, nothing else."""
     import lightning.pytorch as pl
     import step_timer
-    import torch
-    from digits_mlp.kit.training.lightning_cli import load_model_and_data
     from digits_mlp.kit.training.no_profiler import NoProfiler
-    from torch.utils.data import DataLoader
 
-    torch.manual_seed(42)
-    model, data = load_model_and_data(model_args)
-    data.setup("fit")
-    loader = DataLoader(data.splits["train"], batch_size=data.hparams.batch_size, shuffle=True)
+    model, loader = model_and_plain_loader(model_args)
     step_timer.EPOCH_TIMES.pop(label, None)
     trainer = pl.Trainer(
         max_epochs=epochs,

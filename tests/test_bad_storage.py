@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_runs import max_abs_difference, resume_test_config, train
+from training_runs import SHORT_RUN, max_abs_difference, resume_test_config, train
 
-SHORT_RUN = ["--trainer.max_epochs=3", "--checkpointing.every_n_steps=3", "--checkpointing.every_n_minutes=null"]
 # One example checkpoint (weights and Adam state) is about 1 MB: 2.6 MB hold the rolling pair and no more.
 SMALL_DISK = "2600k"
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from training_runs import (
+    EPOCHS,
+    SHORT_RUN,
     effective_batches,
     examples_per_epoch,
     final_weights,
@@ -28,17 +30,11 @@ from training_runs import (
     validated_epochs,
 )
 
-EPOCHS = 3
 TRAINING_EXAMPLES = 1_259
 # 1,259 examples over 2 ranks: 630 each (one example padded in), 5 batches of at most 128 per rank.
 STEPS_PER_EPOCH = 5
 TWO_PROCESSES = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
 ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]
-SHORT_RUN = [
-    f"--trainer.max_epochs={EPOCHS}",
-    "--checkpointing.every_n_steps=3",
-    "--checkpointing.every_n_minutes=null",
-]
 KILL_POINTS = {
     "mid_epoch": {"hook": "train_batch_end", "global_step": 7},
     "last_batch_of_epoch": {"hook": "train_batch_end", "global_step": 2 * STEPS_PER_EPOCH},

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from training_runs import (
+    EPOCHS,
+    SHORT_RUN,
     effective_batches,
     final_weights,
     max_abs_difference,
@@ -24,13 +26,7 @@ from training_runs import (
 )
 from training_runs import train as train_with
 
-EPOCHS = 3
 STEPS_PER_EPOCH = 10  # 1,259 training examples in batches of 128
-SHORT_RUN = [
-    f"--trainer.max_epochs={EPOCHS}",
-    "--checkpointing.every_n_steps=3",
-    "--checkpointing.every_n_minutes=null",
-]
 # (where to kill, the KillAt options): mid-epoch; on an epoch's last batch; after training, before validation.
 KILL_POINTS = {
     "mid_epoch": {"hook": "train_batch_end", "global_step": 14},

@@ -17,7 +17,7 @@ import pytest
 from copier import run_update
 from packaging.version import Version
 
-from template_dev import EXAMPLE_ANSWERS, TOP, commit_all, git, make_project_venv, render, run
+from template_dev import EXAMPLE_ANSWERS, TOP, commit_all, copy_working_tree, git, make_project_venv, render, run
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
 # The release before the kit moved, and its commit (for a clone made without tags).
@@ -50,11 +50,7 @@ def template_with_history(tmp_path_factory) -> tuple[Path, str]:
     for path in template.iterdir():
         if path.name != ".git":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=TOP).stdout
-    for relative in filter(None, listed.split("\0")):
-        if (TOP / relative).is_file():
-            (template / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(TOP / relative, template / relative)
+    copy_working_tree(template)
     git(template, "add", "-A")
     git(template, "commit", "-q", "--allow-empty", "-m", "working tree")
     newest = max(Version(tag) for tag in git(template, "tag").split())

@@ -14,6 +14,14 @@ from pathlib import Path
 
 import torch
 
+# A short run whose rolling checkpoint is written every 3 steps (not by time): the crash tests' base.
+EPOCHS = 3
+SHORT_RUN = [
+    f"--trainer.max_epochs={EPOCHS}",
+    "--checkpointing.every_n_steps=3",
+    "--checkpointing.every_n_minutes=null",
+]
+
 
 def resume_test_config(
     path: Path, records: Path, kill: dict | None, marker: Path, num_workers: int = 0, distinct_ranks: bool = False

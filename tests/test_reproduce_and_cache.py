@@ -198,6 +198,15 @@ def test_run_record_and_cards_are_complete(artifact_project) -> None:
     assert start["git_sha"] and start["git_dirty"] is True and start["seed"] == 42
     assert (project / "runs" / "example" / start["git_diff_file"]).read_text().startswith("diff --git")
     assert record["status"] == "finished" and record["final_metrics"]["val/acc"] > 0.9 and record["ended"]
+    assert start["status"] == "finished" and start["ended"] == record["ended"]  # each start says how it ended
+    # The manifest, the run's state, in the same words; each checkpoint's value is the one it carries itself.
+    manifest = json.loads((project / "runs" / "example" / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    best = [name for name in manifest["checkpoints"] if name.startswith("best")]
+    assert best, manifest["checkpoints"]
+    for name in best:
+        carried = torch.load(project / "runs" / "example" / "checkpoints" / name, weights_only=False)["monitored_value"]
+        assert manifest["checkpoints"][name]["value"] == pytest.approx(carried) and carried > 0.5
     assert "torch==" in (project / "runs" / "example" / "packages-1.txt").read_text()
 
     dataset = (project / "artifacts" / "cards" / "dataset.md").read_text()

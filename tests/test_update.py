@@ -44,7 +44,7 @@ def make_next_release(template: Path) -> None:
     git(template, "mv", "template/configs/default.yaml.jinja", "template/configs/base.yaml.jinja")
     edit(template / "template" / "configs" / "base.yaml.jinja", "log_every_n_steps: 10", "log_every_n_steps: 20")
     edit(
-        kit / "training" / "lightning_cli.py",
+        kit / "runs" / "identity.py",
         'DEFAULT_CONFIG = "configs/default.yaml"',
         'DEFAULT_CONFIG = "configs/base.yaml"',
     )

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from ..runs.directory import REQUEUE_EXIT_CODE, runs_root
+from ..runs.directory import REQUEUE_EXIT_CODE, RunDirectory, runs_root
+from ..runs.identity import RunNameError, run_name
 
 SITE_CONFIG = Path("configs/slurm/site.yaml")
 REQUIRED_SITE_KEYS = ("partition", "time", "cpus_per_gpu", "mem_per_gpu", "full_gpu_gres", "mig_types")
@@ -173,9 +174,13 @@ def submit_main(argv: list[str]) -> int:
         request = parse_gpu_request(args.gpu or str(site.get("default_gpu", "full:1")), site, args.nodes)
         refuse_multi_process_on_mig(request, fit_options)
         script_path, script = _prepare(request, site, fit_options, args.sweep)
-    except SlurmSetupError as error:
+    except (SlurmSetupError, RunNameError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not args.write_only and args.sweep is None:
+        from ..training.lightning_cli import check_config  # torch and Lightning: seconds, not a queue wait
+
+        check_config([*fit_options, *trainer_options(request)])  # a bad config stops here, not in the job
     script_path.parent.mkdir(parents=True, exist_ok=True)
     (runs_root() / "slurm-logs").mkdir(parents=True, exist_ok=True)
     script_path.write_text(script)
@@ -183,7 +188,15 @@ def submit_main(argv: list[str]) -> int:
     print(f"Job script: {script_path}\n$ {shlex.join(command)}")
     if args.write_only:
         return 0
-    done = subprocess.run(command, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        print(
+            "error: `sbatch` is not installed here: run this on a SLURM login node, or submit the job script "
+            "above yourself. (--write-only writes it without trying.)",
+            file=sys.stderr,
+        )
+        return 2
     print((done.stdout + done.stderr).strip())
     return done.returncode
 
@@ -203,10 +216,8 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
         script = job_script(request, site, f"sweep-{name}", command, project, array=count)
         return runs_root() / "sweeps" / f"{name}.sbatch", script
 
-    from ..training.lightning_cli import load_model_data_and_run  # parses the config: the run's name
-
     run_options = [*fit_options, *trainer_options(request)]
-    _, _, run = load_model_data_and_run(run_options)
+    run = RunDirectory(runs_root() / run_name(run_options))  # from the options alone: no torch import
     if "--run_name" not in run_options:
         run_options += ["--run_name", run.name]  # the job resumes the run this command names
     command = f"{python} -m {package} fit {shlex.join(run_options)}"

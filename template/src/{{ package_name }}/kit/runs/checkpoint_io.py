@@ -6,6 +6,10 @@ checkpoint. Here every checkpoint is written with `atomic_output` (kit/runs/atom
 temporary file in the target directory, flushed to disk, then renamed over the target. Its
 checksum is computed on the way (kit/runs/checksums.py) and handed to `before_commit` before the
 rename, so that a checkpoint never has its final name without its checksum recorded.
+
+The plugin tells the run directory itself (a `CheckpointLedger`, which RunDirectory is) about each
+file: the checksum before the rename, the entry after. What the entry holds beyond the file comes
+from the checkpoint (its step, epoch and monitored value), so nothing else is asked on the way.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -40,23 +44,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, before_commit: Callable
     return writer.hexdigest()
 
 
+class CheckpointLedger(Protocol):
+    """Where the checkpoints a run writes are recorded (kit/runs/directory.py's RunDirectory)."""
+
+    def remember_checksum(self, checksum: str, global_step: int) -> None:
+        """Called once the bytes are on disk, before the file takes its name."""
+
+    def record_checkpoint(self, path: Path, checkpoint: dict[str, Any], checksum: str) -> None:
+        """Called once the file has its name."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning CheckpointIO plugin that writes every checkpoint with `atomic_torch_save`.
 
-    `before_commit(path, checkpoint, checksum)` is called once the bytes are on disk, before the
-    file takes its name; `on_saved(path, checkpoint, checksum)` after (the run manifest uses both).
-    `keep_replaced_as` names where a replaced file goes (`{"last.ckpt": "previous.ckpt"}`): it is
-    moved there only once the new file is complete, so a failed write (a full disk) loses neither.
+    Each file is entered in `ledger` (if given): its checksum before it takes its name, its entry
+    after. `keep_replaced_as` names where a replaced file goes (`{"last.ckpt": "previous.ckpt"}`): it
+    is moved there only once the new file is complete, so a failed write (a full disk) loses neither.
+    Lightning calls the plugin on rank 0 only, so each file is written and entered once.
     """
 
-    def __init__(
-        self,
-        on_saved: Callable[[Path, dict, str], None] | None = None,
-        before_commit: Callable[[Path, dict, str], None] | None = None,
-        keep_replaced_as: dict[str, str] | None = None,
-    ) -> None:
-        self.on_saved = on_saved
-        self.before_commit = before_commit
+    def __init__(self, ledger: CheckpointLedger | None = None, keep_replaced_as: dict[str, str] | None = None) -> None:
+        self.ledger = ledger
         self.keep_replaced_as = keep_replaced_as or {}
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
@@ -65,12 +73,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
 
         def commit(checksum: str) -> None:
-            if self.before_commit is not None:
-                self.before_commit(path, checkpoint, checksum)
+            if self.ledger is not None:
+                self.ledger.remember_checksum(checksum, int(checkpoint.get("global_step", 0)))
             keep_as = self.keep_replaced_as.get(path.name)
             if keep_as is not None and path.exists():
                 os.replace(path, path.with_name(keep_as))
 
         checksum = atomic_torch_save(checkpoint, path, before_commit=commit)
-        if self.on_saved is not None:
-            self.on_saved(path, checkpoint, checksum)
+        if self.ledger is not None:
+            self.ledger.record_checkpoint(path, checkpoint, checksum)

@@ -1,16 +1,20 @@
-"""Runs as directories: naming, the manifest, and listing. Managed by the copier-lightning template.
+"""Runs as directories: layout, the manifest, and listing. Managed by the copier-lightning template.
 
-A run lives in `runs/<run_name>/` (or under $RUNS_DIR): its resolved config, its checkpoints, its
-logs and `manifest.json`, which records every checkpoint (step, epoch, monitored metric, git SHA,
-time) and whether the run finished. This module imports neither torch nor Lightning, so that
-`<package> runs` answers at once.
+A run lives in `runs/<run_name>/` (or under $RUNS_DIR; the name comes from kit/runs/identity.py):
+its resolved config, its checkpoints, its logs and two ledgers with separate roles:
+- `manifest.json`, the run's state, which the kit reads to decide: the status (RUN_STATUSES), every
+  checkpoint (step, epoch, monitored value, checksum, git SHA, time) and the recent checksums.
+  Resume still scans the checkpoint files themselves (kit/runs/checkpoint_files.py): a file is
+  written before its manifest entry, so a kill between the two leaves a newer file than the manifest.
+- `record.json`, what each start ran with (kit/runs/record.py), for people and cards; the kit never
+  decides anything from it.
+This module imports neither torch nor Lightning, so that `<package> runs` answers at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import errno
-import hashlib
 import json
 import os
 import re
@@ -22,39 +26,32 @@ from typing import Any
 from .. import PUBLIC
 from .atomic_files import TEMPORARY_SUFFIX, atomic_write_text
 from .checksums import ALGORITHM, file_checksum
+from .identity import PLACEMENT_KEYS
 
 MANIFEST_NAME = "manifest.json"
-# manifest.json's "status": running (a process is training it, or was killed without a word),
 # A run's checkpoint files, named here once: rolling_checkpoint.py writes them, checkpoint_files.py
 # ranks them for a resume, evaluation takes the best one.
 LAST_CHECKPOINT = "last.ckpt"
 PREVIOUS_CHECKPOINT = "previous.ckpt"  # the last.ckpt before, kept until the new one is complete
 FINAL_CHECKPOINT = "final.ckpt"  # written when training ends: the run is finished
 ON_EXCEPTION_CHECKPOINT = "on_exception.ckpt"  # for post-mortem only, never resumed from
-# stopped (on a signal, after a checkpoint: re-run to continue), failed (an error ended it), finished.
+# How a run stands, in manifest.json and in record.json's account of each start: running (a process
+# is training it, or was killed without a word), stopped (on a signal, after a checkpoint: re-run to
+# continue), failed (an error ended it), finished (final.ckpt written).
 RUN_STATUSES = ("running", "stopped", "failed", "finished")
 # `fit` exits with this code after checkpointing on the requeue signal; job scripts requeue on it.
 REQUEUE_EXIT_CODE = 3
 CONFIG_NAME = "config.yaml"
+# The checkpoint's own note of the monitored metric's value when it was written
+# (kit/training/run_bookkeeping.py puts it there; the manifest entry copies it).
+MONITORED_VALUE_KEY = "monitored_value"
 # Checksums of the latest checkpoint writes kept besides the per-file ones (renamed files keep theirs).
 RECENT_CHECKSUMS = 16
-# Trainer options that say where a run's processes go, not what it trains: left out of the run's
-# config and name, so that `submit` (which always sets devices and nodes) and a local `fit` of one
-# config name the same run, and a run can move between machines. record.json keeps them for every
-# start; the training loader refuses a mid-epoch resume with another number of processes.
-PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy")
 
 
 def runs_root() -> Path:
     """Where runs live: $RUNS_DIR if set (e.g. a scratch filesystem on a cluster), else ./runs."""
     return Path(os.environ.get("RUNS_DIR", "runs")).resolve()
-
-
-def derive_run_name(config_label: str, config_text: str) -> str:
-    """A readable, deterministic name: the config file's name and a hash of the resolved config."""
-    digest = hashlib.sha256(config_text.encode()).hexdigest()[:8]
-    label = "".join(c if c.isalnum() or c in "-_." else "-" for c in config_label) or "run"
-    return f"{label}-{digest}"
 
 
 def run_git(*args: str, cwd: Path | None = None) -> str | None:
@@ -223,12 +220,11 @@ class RunDirectory:
         known = set(checksums["recent"]) | {e["checksum"] for e in manifest["checkpoints"].values() if "checksum" in e}
         return file_checksum(path) in known
 
-    def record_checkpoint(
-        self, path: Path, checkpoint: dict[str, Any], monitored_value: Any = None, checksum: str | None = None
-    ) -> None:
+    def record_checkpoint(self, path: Path, checkpoint: dict[str, Any], checksum: str | None = None) -> None:
         """Add a just-written checkpoint to the manifest; forget files that no longer exist."""
         manifest = self.read_manifest()
         entries = manifest.setdefault("checkpoints", {})
+        monitored_value = checkpoint.get(MONITORED_VALUE_KEY)
         entries[path.name] = {
             "checksum": checksum,
             "step": int(checkpoint.get("global_step", -1)),
@@ -239,9 +235,6 @@ class RunDirectory:
             "time": timestamp(),
         }
         manifest["checkpoints"] = {name: e for name, e in entries.items() if (path.parent / name).exists()}
-        if path.name == FINAL_CHECKPOINT:
-            manifest["status"] = "finished"
-            manifest["finished"] = timestamp()
         _write_json_atomically(self.manifest_path, manifest)
 
 

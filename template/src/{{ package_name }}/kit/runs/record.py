@@ -5,7 +5,9 @@ git commit, whether the work tree was dirty (and the uncommitted diff, in git-di
 installed packages (packages-<n>.txt, with their hash and the lock file's hash if the project has
 one), Python/torch/Lightning/CUDA versions, the GPU or MIG slice, SLURM job and array ids, where the
 processes ran (accelerator, devices, nodes, strategy, process count), the seed,
-the data fingerprint, the start time; at the end, the end time and the final metrics.
+the data fingerprint, the start time; at the end, the end time, how it ended (a status in the
+manifest's words) and the final metrics. The kit decides nothing from this file: the run's state
+is manifest.json's (kit/runs/directory.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic_files import atomic_write_text
-from .directory import git_state, run_git, timestamp
+from .directory import RUN_STATUSES, git_state, run_git, timestamp
 
 LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
 SLURM_VARIABLES = (
@@ -94,10 +96,19 @@ def note_changed_raw_data(run_path: Path, differences: list[str]) -> None:
     _write(record_path, record)
 
 
-def finish_record(run_path: Path, metrics: dict[str, float], status: str) -> None:
+def finish_record(run_path: Path, metrics: dict[str, float], status: str, **details: Any) -> None:
+    """How this start ended: the time, a status in the manifest's words (RUN_STATUSES), the metrics.
+
+    The latest start's ending is also kept at the top (`ended`, `status`, `final_metrics`).
+    """
+    if status not in RUN_STATUSES:
+        raise ValueError(f"unknown run status {status!r}; one of {', '.join(RUN_STATUSES)}")
     record_path = run_path / "record.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {"starts": []}
-    record.update(ended=timestamp(), status=status, final_metrics=metrics)
+    ending = {"ended": timestamp(), "status": status, **details}
+    if record["starts"]:
+        record["starts"][-1].update(ending)
+    record.update(ending, final_metrics=metrics)
     _write(record_path, record)
 
 

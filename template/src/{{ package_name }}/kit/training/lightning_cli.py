@@ -2,14 +2,13 @@
 
 `fit` puts everything a run makes into `runs/<run_name>/` and, when that directory already holds
 checkpoints, resumes from the newest readable one. The run name is `--run_name` or, when left out,
-derived from the config file name and a hash of the resolved config, so re-running the same
-command finds the same run. `validate`, `test` and `predict` use the same name to find the run's
+derived from the config file name and a hash of the config files and options (kit/runs/identity.py),
+so re-running the same command finds the same run. `validate`, `test` and `predict` use the same name to find the run's
 best checkpoint, unless `--ckpt_path` is given.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import warnings
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Literal
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
@@ -27,14 +26,21 @@ from ..runs.checkpoint_files import newest_checkpoint, set_aside_damaged
 from ..runs.checkpoint_io import AtomicCheckpointIO
 from ..runs.directory import (
     LAST_CHECKPOINT,
-    PLACEMENT_KEYS,
     PREVIOUS_CHECKPOINT,
     REQUEUE_EXIT_CODE,
     ConfigChangedError,
     RunDirectory,
-    derive_run_name,
     runs_root,
     storage_error_message,
+)
+from ..runs.identity import (
+    DEFAULT_CONFIG,
+    PLACEMENT_KEYS,
+    RUN_CONTROL_KEYS,
+    SUBCOMMAND_ONLY_KEYS,
+    SUBCOMMANDS,
+    RunNameError,
+    run_name,
 )
 from ..runs.record import finish_record, note_changed_raw_data, start_record
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
@@ -42,17 +48,11 @@ from .no_profiler import NoProfiler
 from .random_states import RandomStateCheckpoint
 from .resumable_loader import WorldSizeChangedError, check_process_count
 from .rolling_checkpoint import RollingCheckpoint
+from .run_bookkeeping import RunFailureRecorder, StampMonitoredValue
 
-DEFAULT_CONFIG = "configs/default.yaml"
 # argparse takes an unambiguous prefix of an option by default: `--trainer.max_epoch=3` would set
 # max_epochs and a typo would train. Options must be spelled out.
 NO_ABBREVIATIONS = {"allow_abbrev": False}
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# Keys that say which run to use or how to run it, not what to train: they stay out of the run's
-# config and name (a longer collective timeout does not make another experiment).
-RUN_CONTROL_KEYS = ("run_name", "ckpt_path", "config", "__default_config__", "distributed", "allow_changed_data")
-# Options of one evaluation subcommand only; leaving them out gives `fit` and `test` the same name.
-SUBCOMMAND_ONLY_KEYS = ("verbose", "return_predictions")
 
 
 @dataclass
@@ -122,19 +122,6 @@ class MissingTrainedRun(Exception):
         )
 
 
-class RunFailureRecorder(Callback):
-    """Marks the run `failed` in its manifest when an error ends `fit` (rank 0), instead of leaving `running`."""
-
-    def __init__(self, run: RunDirectory) -> None:
-        self.run = run
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if trainer.is_global_zero and self.run.manifest_path.exists():
-            error = f"{type(exception).__name__}: {exception}".strip().splitlines()[0][:300]
-            with contextlib.suppress(OSError):  # a full disk may refuse this write too
-                self.run.set_status("failed", error=error, step=trainer.global_step)
-
-
 class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -162,17 +149,14 @@ class ProjectCLI(LightningCLI):
                 del config[key]
         return self._parser(self.subcommand).dump(config, skip_validation=True)
 
-    def _run_name(self, config: Namespace, config_text: str) -> str:
-        if config.get("run_name"):
-            return config.run_name
-        given = config.get("config") or []
-        label = Path(str(given[-1])).stem if given else Path(DEFAULT_CONFIG).stem
-        return derive_run_name(label, config_text)
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self.given_args = list(args) if args is not None else sys.argv[1:]  # what names the run
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.config_text = self._config_text(config)
-        self.run = RunDirectory(runs_root() / self._run_name(config, self.config_text))
+        self.run = RunDirectory(runs_root() / run_name(self.given_args, DEFAULT_CONFIG))
         if self.subcommand is None:  # run=False: building the objects only (tests, check, evaluate)
             return
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
@@ -210,6 +194,7 @@ class ProjectCLI(LightningCLI):
         callbacks = [
             PeerGuard(),
             RunFailureRecorder(self.run),
+            StampMonitoredValue(policy.monitor),
             RandomStateCheckpoint(),
             ModelCheckpoint(
                 dirpath=checkpoint_dir,
@@ -233,13 +218,7 @@ class ProjectCLI(LightningCLI):
                 ),
             )
         plugins = _as_list(trainer_config.get("plugins"))
-        plugins.append(
-            AtomicCheckpointIO(
-                on_saved=self._record_checkpoint,
-                before_commit=self._remember_checksum,
-                keep_replaced_as={LAST_CHECKPOINT: PREVIOUS_CHECKPOINT},
-            )
-        )
+        plugins.append(AtomicCheckpointIO(ledger=self.run, keep_replaced_as={LAST_CHECKPOINT: PREVIOUS_CHECKPOINT}))
         if SLURMEnvironment.detect():
             # Lightning's own requeue saves inside the signal handler and prefers stale hpc_ckpt files;
             # RollingCheckpoint handles the signal instead, at a batch boundary.
@@ -253,13 +232,6 @@ class ProjectCLI(LightningCLI):
             policy: DistributedPolicy = self.config_init[self.subcommand]["distributed"]
             _refusing_bad_settings("distributed", apply_collective_timeout, trainer, policy.timeout_minutes)
         return trainer
-
-    def _remember_checksum(self, path: Path, checkpoint: dict, checksum: str) -> None:
-        self.run.remember_checksum(checksum, int(checkpoint.get("global_step", 0)))  # rank 0 writes files
-
-    def _record_checkpoint(self, path: Path, checkpoint: dict, checksum: str) -> None:
-        monitored = self.trainer.callback_metrics.get(self._policy.monitor)
-        self.run.record_checkpoint(path, checkpoint, monitored, checksum=checksum)
 
     @property
     def _policy(self) -> CheckpointPolicy:
@@ -329,8 +301,8 @@ class ProjectCLI(LightningCLI):
         metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
         if rolling.stopped_by_signal:
             signal_name = rolling.signal_name or "a signal"  # under DDP the signal may have reached another rank
-            finish_record(self.run.path, metrics, f"stopped on {signal_name}, to be continued")
             self.run.set_status("stopped", stopped_by=signal_name, step=self.trainer.global_step)
+            finish_record(self.run.path, metrics, "stopped", stopped_by=signal_name)
             print(
                 f"Run '{self.run.name}' stopped on {signal_name} at step {self.trainer.global_step}; checkpoint "
                 f"written. Re-run the same command to continue (exit code {REQUEUE_EXIT_CODE}: a job script requeues)."
@@ -339,9 +311,11 @@ class ProjectCLI(LightningCLI):
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0:
             print(f"Stopped early at epoch {stopper.stopped_epoch}: {stopper.monitor} stopped improving.")
-        finish_record(self.run.path, metrics, "finished" if self.run.is_finished() else "stopped")
+        status = "finished" if rolling.wrote_final else "stopped"
+        self.run.set_status(status, step=self.trainer.global_step)
+        finish_record(self.run.path, metrics, status)
         shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
-        state = "finished" if self.run.is_finished() else "stopped before the end (re-run the command to resume)"
+        state = "finished" if rolling.wrote_final else "stopped before the end (re-run the command to resume)"
         print(f"Run '{self.run.name}' {state}. {shown}\nOutputs: {self.run.path}")
 
     def _evaluation_checkpoint(self) -> None:
@@ -441,6 +415,25 @@ def load_model_data_and_run(args: list[str] = ()) -> tuple[LightningModule, Ligh
     return cli.model, cli.datamodule, cli.run
 
 
+class _ParseOnlyCLI(ProjectCLI):
+    def instantiate_classes(self) -> None:
+        """Nothing is built: the options are only checked."""
+
+
+def check_config(args: list[str]) -> None:
+    """Parse `fit`'s options as `fit` would, building nothing; a bad option exits with its message."""
+    _ParseOnlyCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=None,
+        parser_kwargs={"default_config_files": _default_config_files(), **NO_ABBREVIATIONS},
+        args=list(args),
+        run=False,
+    )
+
+
 def run_lightning_cli(args: list[str]) -> int:
     """Run a LightningCLI subcommand; bad configs and refused runs end with a message, not a traceback."""
     default_config = _default_config_files()
@@ -465,6 +458,7 @@ def run_lightning_cli(args: list[str]) -> int:
         return REQUEUE_EXIT_CODE
     except (
         ConfigChangedError,
+        RunNameError,
         MissingTrainedRun,
         WorldSizeChangedError,
         BadSettingError,

@@ -66,6 +66,7 @@ class RollingCheckpoint(pl.Callback):
         self.signal_received = False
         self.signal_name: str | None = None
         self.stopped_by_signal = False
+        self.wrote_final = False
         self._handlers_before: dict[int, object] = {}
         self._next_agreement_step = 0
         self._last_agreement = (time.monotonic(), 0)  # (time, global step), rank 0's
@@ -176,6 +177,7 @@ class RollingCheckpoint(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self._saving_allowed(trainer) and not trainer.interrupted and not self.stopped_by_signal:
             trainer.save_checkpoint(self.dirpath / FINAL_CHECKPOINT, weights_only=False)
+            self.wrote_final = True  # the run is finished (every rank: the save is collective)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if is_distributed():

@@ -67,6 +67,24 @@ def test_evaluate_uses_one_forward_pass_and_matches_a_direct_computation(trained
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_evaluate_refuses_a_model_that_is_not_a_classifier(trained_checkpoint, tmp_path) -> None:
+    from digits_mlp.kit.analysis.evaluation import NotAClassifier, evaluate_checkpoint
+    from digits_mlp.model import DigitsClassifier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    checkpoint, _ = trained_checkpoint
+
+    class Regression(DigitsClassifier):
+        def forward(self, images):
+            return super().forward(images)[:, :1]  # one value per example
+
+    targets = torch.rand(8)  # real-valued targets
+    loader = DataLoader(TensorDataset(torch.rand(8, 64), targets), batch_size=4)
+    with pytest.raises(NotAClassifier, match=r"outputs of shape \(4, 1\) and labels of dtype torch.float32"):
+        evaluate_checkpoint(Regression, checkpoint, loader, tmp_path / "evaluation")
+    assert not (tmp_path / "evaluation" / "predictions.pt").exists()  # nothing half-made was saved
+
+
 def test_confidence_interval_and_welch_difference_by_hand(example_package) -> None:
     from digits_mlp.kit.analysis.comparisons import compare_groups, mean_and_interval, welch_difference
 

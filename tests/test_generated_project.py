@@ -84,6 +84,8 @@ def test_other_loggers_write_into_the_run_directory(template_repo: Path, tmp_pat
         assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     else:
         assert list((run_dir / "wandb").glob("offline-run-*"))
+    # CSV beside it: reproduce's figures and the cards read it whatever logger was chosen.
+    assert "val/acc" in (run_dir / "logs" / "metrics.csv").read_text()
 
 
 def test_own_subcommands_from_commands_py_join_the_command(example_project, example_command) -> None:
@@ -103,3 +105,67 @@ def test_own_subcommands_from_commands_py_join_the_command(example_project, exam
     finally:
         (package / "commands.py").write_text(shipped)
         (package / "greetings.py").unlink(missing_ok=True)
+
+
+MISSING_DATA_MODULE = '''
+from pathlib import Path
+
+from digits_mlp.data import DigitsDataModule
+
+
+class DataNotDownloaded(DigitsDataModule):
+    """A researcher's data module whose raw file is not there and cannot be fetched."""
+
+    def raw_files(self):
+        return [Path("nowhere") / "table.csv"]
+
+    def fetch_raw(self):
+        raise FileNotFoundError("nowhere/table.csv is missing: copy it from the lab's share")
+'''
+
+
+def test_common_mistakes_end_in_one_clear_message(example_project, example_command, tmp_path) -> None:
+    """Each mistake: exit code 2, a message that names the problem, no traceback, no usage dump, nothing left behind."""
+    project, venv = example_project
+    (tmp_path / "own" / "missing_data.py").parent.mkdir()
+    (tmp_path / "own" / "missing_data.py").write_text(MISSING_DATA_MODULE)
+    env = {"RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(tmp_path / "own")}
+    mistakes = {
+        "a missing checkpoint": (["test", "--ckpt_path", "nope.ckpt"], "--ckpt_path nope.ckpt: no such file"),
+        "a value of the wrong type": (["fit", "--model.init_args.dropout=lots"], 'Parser key "dropout"'),
+        "raw data that is not there": (
+            ["fit", "--data.class_path=missing_data.DataNotDownloaded"],
+            "the data is not there: nowhere/table.csv is missing: copy it from the lab's share",
+        ),
+    }
+    for mistake, (options, expected) in mistakes.items():
+        done = run([*example_command, *options], cwd=project, env=env, check=False)
+        assert done.returncode == 2, f"{mistake}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        assert expected in done.stderr, f"{mistake}:\n{done.stderr[-2000:]}"
+        assert "Traceback" not in done.stderr and "usage:" not in done.stderr, f"{mistake}:\n{done.stderr[-2000:]}"
+    # Nothing was started: no run that `runs` would list as running forever.
+    assert "No runs yet" in run([*example_command, "runs"], cwd=project, env=env).stdout
+    # A monitored metric that validation does not log (a regression model under the default val/acc):
+    # stopped at the sanity check, before any training, and the run is marked failed.
+    options = ["fit", "--checkpointing.monitor=val/mse", "--run_name", "regression"]
+    done = run([*example_command, *options], cwd=project, env=env, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "monitor is 'val/mse', which validation does not log (it logs: val/acc, val/loss)" in done.stderr
+    assert "epoch 0/" not in done.stdout  # no epoch trained
+    assert "regression  [failed]" in run([*example_command, "runs"], cwd=project, env=env).stdout
+    # `submit` on a machine without SLURM (sbatch not on PATH).
+    no_slurm = {**env, "PATH": str(Path(example_command[0]).parent)}
+    done = run([*example_command, "submit", "--gpu", "mig:1g.10gb"], cwd=project, env=no_slurm, check=False)
+    assert done.returncode == 2 and "`sbatch` is not installed here" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_commands_leave_out_lightnings_chatter(example_project, example_command, tmp_path) -> None:
+    project, _ = example_project
+    env = {"RUNS_DIR": str(tmp_path / "runs")}
+    for options in (["data", "fetch"], ["data", "verify"], ["fit", "--trainer.max_epochs=1"], ["check"]):
+        done = run([*example_command, *options], cwd=project, env=env)
+        printed = done.stdout + done.stderr
+        for chatter in ("Seed set to", "GPU available:", "TPU available:", "💡 Tip", "is deprecated"):
+            assert chatter not in printed, f"{' '.join(options)} printed {chatter!r}:\n{printed[-3000:]}"
+    assert "Run '" in printed or "checks passed" in printed  # the kit's own lines are still there

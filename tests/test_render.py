@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from template_dev import EXAMPLE_ANSWERS, render
+from template_dev import EXAMPLE_ANSWERS, TORCH_PIN, render
 
 LOGGER_FILES = {
     "csv": ("lightning.pytorch.loggers.CSVLogger", None),
@@ -120,3 +121,19 @@ def test_bad_answers_are_refused_with_the_validator_message(
 def test_an_unknown_logger_is_refused_with_the_choices(template_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Invalid choice for 'logger': 'mlflow' is not in"):
         render(template_repo, tmp_path / "project", logger="mlflow")
+
+
+def test_the_words_after_copy_agree_with_the_readme(
+    template_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from copier import run_copy
+
+    run_copy(str(template_repo), tmp_path / "p", data=EXAMPLE_ANSWERS, defaults=True, quiet=False, unsafe=False)
+    words = capsys.readouterr().err
+    readme = (tmp_path / "p" / "README.md").read_text()
+    # torch pinned as torch-pin.txt says, in both (a bare `pip install torch` pulls a multi-GB CUDA build).
+    assert f"pip install {TORCH_PIN} " in words and f"pip install {TORCH_PIN}\n" in readme
+    sections = re.findall(r'README.md, "([^"]+)"', words)
+    assert sections, words
+    for section in sections:
+        assert f"\n## {section}\n" in readme, f"the words after copy point to a README section {section!r} it lacks"

@@ -136,12 +136,29 @@ def test_reproduce_rebuilds_exactly_what_is_stale(artifact_project) -> None:
     edit(
         artifacts,
         '    shutil.copyfile(directory / "metrics.csv"',
-        '    # the CSV too\n    shutil.copyfile(directory / "metrics.csv"',
+        '    assert directory.is_dir()\n    shutil.copyfile(directory / "metrics.csv"',
     )
     assert rebuilt(command("reproduce", "--all").stdout) == {"final-metrics"}  # its build code changed
 
+    # What does not change an artifact does not make it stale: comments in code or configs, another
+    # experiment's config, the kit (a template update).
     model = project / "src" / PACKAGE / "model.py"
-    model.write_text(model.read_text() + "\n# a code change\n")
+    model.write_text(model.read_text() + "\n# a comment\n")
+    edit(artifacts, "    assert directory.is_dir()\n", "    assert directory.is_dir()  # a comment\n")
+    for config in ("default.yaml", "experiments/wide.yaml"):
+        path = project / "configs" / config
+        path.write_text(path.read_text() + "# a comment\n")
+    kit_module = project / "src" / PACKAGE / "kit" / "reporting" / "cards.py"
+    kit_module.write_text(kit_module.read_text() + "\nprint_width = 100  # the kit changed\n")
+    assert command("reproduce", "--list").stdout.count("up to date") == 5
+
+    default = project / "configs" / "default.yaml"
+    edit(default, "max_epochs: 30", "max_epochs: 31")  # the trained model's own config: stale
+    assert "example-model    checkpoint  stale" in command("reproduce", "--list").stdout
+    edit(default, "max_epochs: 31", "max_epochs: 30")
+    assert command("reproduce", "--list").stdout.count("up to date") == 5
+
+    model.write_text(model.read_text() + "\nSCALE = 1.0\n")  # a code change
     assert rebuilt(command("reproduce", "dataset-card").stdout) == {"dataset-card"}  # code is a dependency
 
     raw = project / "data" / "raw" / "digits.csv.gz"

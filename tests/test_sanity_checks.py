@@ -100,3 +100,37 @@ def test_check_fails_on_a_model_broken_its_way(kit, check_name: str, variant: in
     result = results_by_name(kit, broken)[check_name]
     assert result.passed is False, f"{broken.__name__}: {result.line()}"
     assert result.hint
+
+
+def test_a_model_with_manual_optimization_is_checked_without_a_traceback(kit) -> None:
+    sanity_checks, base, data_class = kit
+    import torch.nn.functional as F
+
+    class ManualOptimization(base):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()  # exists only inside a Trainer
+            images, labels = batch
+            loss = F.cross_entropy(self(images), labels)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+
+    results = {result.name: result for result in sanity_checks.run_all_checks(ManualOptimization(), data_class())}
+    needs_trainer = [name for name, result in results.items() if result.passed is None]
+    assert len(needs_trainer) == 4 and all("manual optimization" in results[n].detail for n in needs_trainer)
+    # The checks that run inside a Trainer still run, and pass on this correct model.
+    assert results["validation runs in eval mode, training in train mode"].passed is True
+    assert results["the checkpoint holds the optimizer state"].passed is True
+
+
+def test_a_monitored_metric_that_validation_does_not_log_fails_the_check(kit) -> None:
+    sanity_checks, model_class, data_class = kit
+    name = "validation logs the monitored metric"
+    logged = {r.name: r for r in sanity_checks.check_modes_and_checkpoint(model_class(), data_class(), "val/acc")}
+    assert logged[name].passed is True
+    missing = {r.name: r for r in sanity_checks.check_modes_and_checkpoint(model_class(), data_class(), "val/mse")}
+    assert missing[name].passed is False and "val/acc, val/loss" in missing[name].detail and missing[name].hint

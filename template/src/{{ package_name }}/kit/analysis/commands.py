@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..runs.directory import format_runs, list_runs, runs_root
@@ -22,16 +23,16 @@ def check_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="check",
         description="Run the sanity checks (overfit one batch, initial loss, gradients, modes, graph leaks, "
-        "optimizer state) on the model and data of a config. Options after the ones below go to the config "
-        "parser, e.g. `check --config configs/experiments/wide.yaml`.",
+        "optimizer state, the monitored metric) on the model and data of a config. Options after the ones below "
+        "go to the config parser, e.g. `check --config configs/experiments/wide.yaml`.",
     )
     _, config_args = parser.parse_known_args(argv)
 
-    from ..training.lightning_cli import load_model_and_data
+    from ..training.lightning_cli import load_model_data_and_monitor
     from .sanity_checks import run_all_checks
 
-    model, data = load_model_and_data(config_args)
-    results = run_all_checks(model, data)
+    model, data, monitor = load_model_data_and_monitor(config_args)
+    results = run_all_checks(model, data, monitor)
     for result in results:
         print(result.line())
     failed = [r for r in results if r.passed is False]
@@ -50,7 +51,7 @@ def evaluate_main(argv: list[str]) -> int:
     args, config_args = parser.parse_known_args(argv)
 
     from ..training.lightning_cli import MissingTrainedRun, best_checkpoint, load_model_data_and_run
-    from .evaluation import evaluate_checkpoint
+    from .evaluation import NotAClassifier, evaluate_checkpoint
 
     model, data, run = load_model_data_and_run(config_args)
     checkpoint = args.ckpt_path or best_checkpoint(run)
@@ -60,7 +61,11 @@ def evaluate_main(argv: list[str]) -> int:
     data.setup("fit" if args.split == "val" else "test")
     loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()
     directory = run.evaluation_dir(args.split)
-    metrics = evaluate_checkpoint(type(model), Path(checkpoint), loader, directory)
+    try:
+        metrics = evaluate_checkpoint(type(model), Path(checkpoint), loader, directory)
+    except NotAClassifier as not_classifier:
+        print(f"error: {not_classifier}", file=sys.stderr)
+        return 2
     print(f"Evaluated {checkpoint} on the {args.split} split ({metrics['examples']} examples):")
     print((directory / "metrics.md").read_text().rstrip())
     print(f"Predictions, tables and plot: {directory}")

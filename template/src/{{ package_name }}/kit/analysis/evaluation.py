@@ -6,7 +6,8 @@ then derives accuracy, macro F1, macro PR-AUC, expected calibration error and th
 from that file alone (torchmetrics), writing `metrics.csv`, `metrics.md` and `evaluation.png`.
 Re-running it with the same checkpoint reuses the saved predictions: no forward pass at all.
 
-It expects a classifier: batches `(inputs, labels)` and `model(inputs)` returning class logits.
+It expects a classifier: batches `(inputs, labels)` and `model(inputs)` returning class logits;
+another model (a regression) is refused with one message that says so.
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ def checkpoint_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
+class NotAClassifier(ValueError):
+    """The model's outputs or the labels are not those of a K-class classifier."""
+
+
+def refuse_non_classifier(outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    if outputs.ndim == 2 and outputs.shape[-1] >= 2 and not targets.is_floating_point():
+        return
+    raise NotAClassifier(
+        f"`evaluate` computes classification metrics (accuracy, F1, calibration, confusion matrix) and needs "
+        f"K-class logits and integer labels; this model gives outputs of shape {tuple(outputs.shape)} and "
+        f"labels of dtype {targets.dtype}. Use `test` for the metrics your test_step logs."
+    )
+
+
 @torch.no_grad()
 def predict_probabilities(model, loader) -> dict[str, torch.Tensor]:
     """One forward pass over `loader`: class probabilities and the labels, on the CPU."""
@@ -33,7 +48,10 @@ def predict_probabilities(model, loader) -> dict[str, torch.Tensor]:
     probabilities, labels = [], []
     device = next(model.parameters()).device
     for inputs, targets in loader:
-        probabilities.append(torch.softmax(model(inputs.to(device)).float(), dim=-1).cpu())
+        outputs = model(inputs.to(device))
+        if not probabilities:
+            refuse_non_classifier(outputs, targets)
+        probabilities.append(torch.softmax(outputs.float(), dim=-1).cpu())
         labels.append(targets.cpu())
     return {"probabilities": torch.cat(probabilities), "labels": torch.cat(labels)}
 

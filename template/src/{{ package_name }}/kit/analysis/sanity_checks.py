@@ -91,10 +91,20 @@ def number_of_classes(model: pl.LightningModule, batch: Any) -> int | None:
     return int(output.shape[-1]) if output.ndim == 2 and output.shape[-1] > 1 else None
 
 
+def manual_optimization_skip(name: str, model: pl.LightningModule) -> CheckResult | None:
+    """A SKIP for checks that call training_step alone: with manual optimization it steps its own
+    optimizers (`self.optimizers()`), which exist only inside a Trainer."""
+    if model.automatic_optimization:
+        return None
+    return CheckResult(name, None, "manual optimization: training_step needs a Trainer, so it is not called alone here")
+
+
 # -- the checks ----------------------------------------------------------------------------------
 def check_initial_loss(model: pl.LightningModule, data: pl.LightningDataModule, tolerance: float = 0.25) -> CheckResult:
     """A K-class classifier should start near loss log(K): it knows nothing and says so evenly."""
     name = "initial loss is about log(K)"
+    if skipped := manual_optimization_skip(name, model):
+        return skipped
     batch = first_training_batch(data)
     classes = number_of_classes(model, batch)
     if classes is None:
@@ -116,6 +126,8 @@ def check_overfits_one_batch(
 ) -> CheckResult:
     """With dropout off, the model must drive the loss on one fixed batch down by 90 %."""
     name = "overfits one batch"
+    if skipped := manual_optimization_skip(name, model):
+        return skipped
     batch = first_training_batch(data)
     optimizer = model_optimizer(model)
     model.train()
@@ -141,6 +153,8 @@ def check_overfits_one_batch(
 
 def check_gradients_reach_every_parameter(model: pl.LightningModule, data: pl.LightningDataModule) -> CheckResult:
     name = "gradients reach every trainable parameter"
+    if skipped := manual_optimization_skip(name, model):
+        return skipped
     batch = first_training_batch(data)
     model.train()
     model.zero_grad(set_to_none=True)
@@ -174,6 +188,8 @@ def _tensors_with_graph(value: Any) -> bool:
 def check_logged_values_hold_no_graph(model: pl.LightningModule, data: pl.LightningDataModule) -> CheckResult:
     """Logged or stored values that keep their autograd graph keep every step's activations alive."""
     name = "logged and stored values hold no graph"
+    if skipped := manual_optimization_skip(name, model):
+        return skipped
     batch = first_training_batch(data)
     logged_with_graph: list[str] = []
 
@@ -217,9 +233,12 @@ class _ModeProbe(pl.Callback):
         self.train_during_validation |= {n or "model" for n, m in pl_module.named_modules() if m.training}
 
 
-def check_modes_and_checkpoint(model: pl.LightningModule, data: pl.LightningDataModule) -> list[CheckResult]:
-    """Two epochs of two batches: validation in eval mode, training back in train mode, and the
-    checkpoint written afterwards holds the optimizer state."""
+def check_modes_and_checkpoint(
+    model: pl.LightningModule, data: pl.LightningDataModule, monitor: str | None = None
+) -> list[CheckResult]:
+    """Two epochs of two batches: validation in eval mode, training back in train mode, the
+    checkpoint written afterwards holds the optimizer state, and (given `monitor`, the config's
+    checkpointing.monitor) validation logs the metric that checkpoints and early stopping follow."""
     probe = _ModeProbe()
     trainer = scratch_trainer(
         max_epochs=2, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[probe]
@@ -248,7 +267,19 @@ def check_modes_and_checkpoint(model: pl.LightningModule, data: pl.LightningData
         f"{len(states)} optimizer state(s) with {sum(len(s.get('state', {})) for s in states)} parameter entries",
         "on_save_checkpoint dropping 'optimizer_states', or checkpoints saved with weights_only / save_weights_only",
     )
-    return [modes, optimizer_state]
+    results = [modes, optimizer_state]
+    if monitor is not None:
+        logged = sorted(name for name in trainer.callback_metrics if not name.startswith("train"))
+        results.append(
+            CheckResult(
+                "validation logs the monitored metric",
+                monitor in trainer.callback_metrics,
+                f"checkpointing.monitor is {monitor!r}; validation logs: {', '.join(logged) or 'nothing'}",
+                "set checkpointing.monitor in configs/default.yaml to a metric validation_step logs, with "
+                "checkpointing.mode (min for a loss or an error, max for an accuracy)",
+            )
+        )
+    return results
 
 
 SINGLE_CHECKS: list[Callable[[pl.LightningModule, pl.LightningDataModule], CheckResult]] = [
@@ -259,7 +290,9 @@ SINGLE_CHECKS: list[Callable[[pl.LightningModule, pl.LightningDataModule], Check
 ]
 
 
-def run_all_checks(model: pl.LightningModule, data: pl.LightningDataModule) -> list[CheckResult]:
-    """Every check, each on its own copy of the untrained model."""
+def run_all_checks(
+    model: pl.LightningModule, data: pl.LightningDataModule, monitor: str | None = None
+) -> list[CheckResult]:
+    """Every check, each on its own copy of the untrained model (`monitor`: see check_modes_and_checkpoint)."""
     results = [check(copy.deepcopy(model), data) for check in SINGLE_CHECKS]
-    return results + check_modes_and_checkpoint(copy.deepcopy(model), data)
+    return results + check_modes_and_checkpoint(copy.deepcopy(model), data, monitor)

@@ -1,22 +1,33 @@
 """`<package> reproduce NAME | --all | --list`: one command per artifact, rebuilding only what is stale.
 
 Managed by the copier-lightning template. Artifacts are declared once, in `<package>/artifacts.py`
-(yours). The engine is doit: each artifact is a doit task whose dependencies are its declared input
-files, every Python file of the package and every config file (so a code change is never missed),
-its parameters and its own build function's source; its targets are its outputs. artifacts.py
-itself is not a dependency of every artifact: editing one declaration rebuilds that artifact only.
-doit keeps the dependency state in .reproduce/doit.json and compares file contents, not times.
+(yours). The engine is doit: each artifact is a doit task whose targets are its outputs and whose
+dependencies are what decides its content:
+- its declared input files (contents, not times);
+- its parameters, and its own build function's code;
+- for a trained checkpoint, the experiment its `fit` options describe: configs/default.yaml and
+  the `--config` files it names, parsed (kit/runs/identity.py), so a comment, or an edit to
+  another experiment's config, does not make it stale;
+- your code: every module of the package outside kit/ (artifacts.py aside: editing one
+  declaration rebuilds that artifact only), by its syntax tree, so comments, docstrings and
+  formatting do not count.
+The kit is not a dependency: a template update does not make your trained models stale (its
+CHANGELOG says when results change; `reproduce NAME --force` rebuilds regardless).
+doit keeps the dependency state in .reproduce/doit.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..runs.identity import RunNameError
 
 STATE_FILE = Path(".reproduce") / "doit.json"
 
@@ -51,11 +62,42 @@ class Artifact:
         return f"reproduce {self.name}"
 
 
-def code_and_config_files(package_dir: Path) -> list[str]:
-    files = sorted(
-        str(p) for p in package_dir.rglob("*.py") if "__pycache__" not in p.parts and p.name != "artifacts.py"
+def your_code(package_dir: Path) -> dict[str, str]:
+    """A fingerprint of each of your modules: the package outside kit/, artifacts.py aside."""
+    modules = sorted(
+        path
+        for path in package_dir.rglob("*.py")
+        if "__pycache__" not in path.parts
+        and path.name != "artifacts.py"
+        and "kit" not in path.relative_to(package_dir).parts
     )
-    return files + sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+    return {str(path.relative_to(package_dir)): code_fingerprint(path.read_text()) for path in modules}
+
+
+def code_fingerprint(source: str) -> str:
+    """A hash of the code's syntax tree without docstrings: comments and formatting do not change it."""
+    import ast
+    import hashlib
+
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return hashlib.sha256(source.encode()).hexdigest()  # broken code: its text is all there is
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and _is_docstring(body[0]):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def _is_docstring(statement) -> bool:
+    import ast
+
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
 
 
 def _train(artifact: Artifact) -> None:
@@ -86,20 +128,24 @@ def _action(artifact: Artifact) -> bool:
 def doit_tasks(artifacts: list[Artifact], package_dir: Path) -> dict[str, Callable]:
     from doit.tools import config_changed
 
-    code = code_and_config_files(package_dir)
+    code = your_code(package_dir)
+    # Built here, not while doit iterates: a config that cannot be read is reported before doit starts.
+    tasks = [
+        {
+            "basename": artifact.name,
+            "doc": artifact.description or artifact.kind,
+            "actions": [(_action, [artifact])],
+            "file_dep": artifact.inputs,
+            "targets": artifact.outputs,
+            "task_dep": artifact.after,
+            "uptodate": [config_changed({**_declaration(artifact), "your code": code})],
+            "verbosity": 2,
+        }
+        for artifact in artifacts
+    ]
 
     def task_artifacts():
-        for artifact in artifacts:
-            yield {
-                "basename": artifact.name,
-                "doc": artifact.description or artifact.kind,
-                "actions": [(_action, [artifact])],
-                "file_dep": [*artifact.inputs, *code],
-                "targets": artifact.outputs,
-                "task_dep": artifact.after,
-                "uptodate": [config_changed(_declaration(artifact))],
-                "verbosity": 2,
-            }
+        yield from tasks
 
     return {"task_artifacts": task_artifacts, "DOIT_CONFIG": {"dep_file": str(STATE_FILE), "backend": "json"}}
 
@@ -108,8 +154,17 @@ def _declaration(artifact: Artifact) -> dict[str, Any]:
     """What, besides files, decides an artifact's content: a change to any of it rebuilds it."""
     import inspect
 
-    build = inspect.getsource(artifact.build) if artifact.build else None
-    return {"params": artifact.params, "fit": artifact.fit_options, "build": build, "outputs": artifact.outputs}
+    from ..runs.identity import experiment
+
+    build = code_fingerprint(inspect.getsource(artifact.build)) if artifact.build else None
+    trained = experiment(["fit", *artifact.fit_options]) if artifact.fit_options is not None else None
+    return {
+        "params": artifact.params,
+        "fit": artifact.fit_options,
+        "experiment": trained,
+        "build": build,
+        "outputs": artifact.outputs,
+    }
 
 
 def missing_inputs(artifacts: list[Artifact]) -> list[str]:
@@ -148,13 +203,18 @@ def reproduce_main(argv: list[str]) -> int:
     parser.add_argument("names", nargs="*", help="artifacts to rebuild (if stale)")
     parser.add_argument("--all", action="store_true", help="every artifact")
     parser.add_argument("--list", action="store_true", help="every artifact, its command and whether it is current")
+    parser.add_argument("--force", action="store_true", help="rebuild the named artifacts even if they are current")
     args = parser.parse_args(argv)
     package = __package__.split(".")[0]
     artifacts: list[Artifact] = __import__(f"{package}.artifacts", fromlist=["ARTIFACTS"]).ARTIFACTS
     package_dir = Path(sys.modules[package].__file__).parent
     known = {artifact.name for artifact in artifacts}
     if args.list:
-        states = status(artifacts, package_dir)
+        try:
+            states = status(artifacts, package_dir)
+        except RunNameError as bad:
+            print(f"error: {bad}")
+            return 2
         width = max(len(name) for name in known)
         for artifact in artifacts:
             state = states[artifact.name]
@@ -174,4 +234,9 @@ def reproduce_main(argv: list[str]) -> int:
     from doit.doit_cmd import DoitMain
 
     STATE_FILE.parent.mkdir(exist_ok=True)
-    return DoitMain(ModuleTaskLoader(doit_tasks(artifacts, package_dir))).run(["run", *names])
+    try:
+        loader = ModuleTaskLoader(doit_tasks(artifacts, package_dir))
+    except RunNameError as bad:
+        print(f"error: {bad}")
+        return 2
+    return DoitMain(loader).run(["run", *(["--always-execute"] if args.force else []), *names])

@@ -9,8 +9,10 @@ best checkpoint, unless `--ckpt_path` is given.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
+from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,10 +47,11 @@ from ..runs.identity import (
 from ..runs.record import finish_record, note_changed_raw_data, start_record
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .no_profiler import NoProfiler
+from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
 from .resumable_loader import WorldSizeChangedError, check_process_count
 from .rolling_checkpoint import RollingCheckpoint
-from .run_bookkeeping import RunFailureRecorder, StampMonitoredValue
+from .run_bookkeeping import MissingMonitoredMetric, MonitoredMetricCheck, RunFailureRecorder, StampMonitoredValue
 
 # argparse takes an unambiguous prefix of an option by default: `--trainer.max_epoch=3` would set
 # max_epochs and a typo would train. Options must be spelled out.
@@ -97,6 +100,7 @@ def automatic_precision(accelerator: str | None) -> str:
 
 # LightningCLI warns when `args` and sys.argv are both set; here `args` comes from sys.argv itself.
 warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
+quiet_lightning_chatter()
 
 
 class StoppedForRequeue(Exception):
@@ -192,6 +196,7 @@ class ProjectCLI(LightningCLI):
         stopping: EarlyStoppingPolicy = self.config_init["fit"]["early_stopping"]
         checkpoint_dir = self.run.checkpoint_dir
         callbacks = [
+            MonitoredMetricCheck(policy.monitor),  # first: before early stopping and checkpoints look for it
             PeerGuard(),
             RunFailureRecorder(self.run),
             StampMonitoredValue(policy.monitor),
@@ -212,7 +217,7 @@ class ProjectCLI(LightningCLI):
         ]
         if stopping.patience is not None:
             callbacks.insert(
-                0,
+                1,  # after MonitoredMetricCheck
                 EarlyStopping(
                     monitor=policy.monitor, mode=policy.mode, patience=stopping.patience, min_delta=stopping.min_delta
                 ),
@@ -245,6 +250,8 @@ class ProjectCLI(LightningCLI):
         lead = self.trainer.is_global_zero  # under DDP every process runs this; one records and prints
         say = print if lead else _silent
         fit_kwargs = self.config_init["fit"]
+        if fit_kwargs.get("ckpt_path"):
+            _refuse_missing_checkpoint(fit_kwargs["ckpt_path"])
         resume_from = None
         if not fit_kwargs.get("ckpt_path"):
             # Every process reads the same files and so picks the same one; only rank 0 moves damaged ones aside.
@@ -258,13 +265,17 @@ class ProjectCLI(LightningCLI):
                 check_process_count(loader_state, self.trainer.world_size)
         if lead:
             # Rank 0 alone: it fetches missing raw files, and under DDP it runs before the others start.
-            changed_data = raw_data_differences(self.datamodule)
+            # All of it before the run is marked running: a refusal leaves no run that looks alive.
+            with _missing_data_explained():
+                changed_data = raw_data_differences(self.datamodule)
+                fingerprint = getattr(self.datamodule, "data_fingerprint", None)
+                data_fingerprint = fingerprint() if fingerprint else None
             if not self.config["fit"].get("allow_changed_data"):
                 refuse_changed_raw_data(changed_data, _console_script())
             elif changed_data:
                 print("Training on raw data that differs from data/raw.sha256 (--allow_changed_data):")
                 print("\n".join(f"  {problem}" for problem in changed_data))
-            self._record_start(changed_data)
+            self._record_start(changed_data, data_fingerprint)
         if fit_kwargs.get("ckpt_path"):
             say(f"Run '{self.run.name}': starting from the given checkpoint {fit_kwargs['ckpt_path']}")
         elif resume_from is None:
@@ -278,13 +289,12 @@ class ProjectCLI(LightningCLI):
                 f"(epoch {resume_from.epoch}, step {resume_from.global_step})"
             )
 
-    def _record_start(self, changed_data: list[str]) -> None:
+    def _record_start(self, changed_data: list[str], data_fingerprint: str | None) -> None:
         self.run.start(self.config_text, monitor={"metric": self._policy.monitor, "mode": self._policy.mode})
-        fingerprint = getattr(self.datamodule, "data_fingerprint", None)
         placement = {key: self.config["fit"]["trainer"].get(key) for key in PLACEMENT_KEYS}
         placement["processes"] = self.trainer.world_size
         seed = self.config["fit"].get("seed_everything")
-        start_record(self.run.path, seed, fingerprint() if fingerprint else None, placement=placement)
+        start_record(self.run.path, seed, data_fingerprint, placement=placement)
         if changed_data:
             note_changed_raw_data(self.run.path, changed_data)
 
@@ -321,6 +331,7 @@ class ProjectCLI(LightningCLI):
     def _evaluation_checkpoint(self) -> None:
         kwargs = self.config_init[self.subcommand]
         if kwargs.get("ckpt_path"):
+            _refuse_missing_checkpoint(kwargs["ckpt_path"])
             return
         best = best_checkpoint(self.run)
         if best is None:
@@ -346,6 +357,30 @@ def best_checkpoint(run: RunDirectory) -> Path | None:
             continue
         return path
     return None
+
+
+class MissingDataError(RuntimeError):
+    """The data module could not find (or fetch) its raw data."""
+
+
+@contextlib.contextmanager
+def _missing_data_explained():
+    """A FileNotFoundError from the data module's fetch or fingerprint, as one line that says what to do."""
+    try:
+        yield
+    except FileNotFoundError as missing:
+        raise MissingDataError(
+            f"the data is not there: {missing}. Put the raw files in place (`{_console_script()} data fetch` "
+            f"fetches what data.py knows how to fetch; `{_console_script()} data verify` checks them), then re-run."
+        ) from None
+
+
+def _refuse_missing_checkpoint(ckpt_path: str) -> None:
+    if not Path(ckpt_path).is_file():
+        raise MissingTrainedRun(
+            f"--ckpt_path {ckpt_path}: no such file. `{_console_script()} runs` lists every run's checkpoints; "
+            "leave --ckpt_path out to use the run's best one."
+        )
 
 
 def _as_list(value) -> list:
@@ -402,17 +437,14 @@ def load_model_and_data(args: list[str] = ()) -> tuple[LightningModule, Lightnin
 
 def load_model_data_and_run(args: list[str] = ()) -> tuple[LightningModule, LightningDataModule, RunDirectory]:
     """As load_model_and_data, plus the run directory that `fit` with the same options uses."""
-    cli = ProjectCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        parser_kwargs={"default_config_files": _default_config_files(), **NO_ABBREVIATIONS},
-        args=list(args),
-        run=False,
-    )
+    cli = _build(ProjectCLI, list(args), run=False)
     return cli.model, cli.datamodule, cli.run
+
+
+def load_model_data_and_monitor(args: list[str] = ()) -> tuple[LightningModule, LightningDataModule, str]:
+    """As load_model_and_data, plus the metric that checkpoints and early stopping follow (`check` tests it)."""
+    cli = _build(ProjectCLI, list(args), run=False)
+    return cli.model, cli.datamodule, cli.config.checkpointing.monitor
 
 
 class _ParseOnlyCLI(ProjectCLI):
@@ -422,35 +454,36 @@ class _ParseOnlyCLI(ProjectCLI):
 
 def check_config(args: list[str]) -> None:
     """Parse `fit`'s options as `fit` would, building nothing; a bad option exits with its message."""
-    _ParseOnlyCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        parser_kwargs={"default_config_files": _default_config_files(), **NO_ABBREVIATIONS},
-        args=list(args),
-        run=False,
-    )
+    _build(_ParseOnlyCLI, list(args), run=False)
 
 
-def run_lightning_cli(args: list[str]) -> int:
-    """Run a LightningCLI subcommand; bad configs and refused runs end with a message, not a traceback."""
-    default_config = _default_config_files()
+def _build(cli_class: type[ProjectCLI], args: list[str], run: bool) -> ProjectCLI:
+    """The project's LightningCLI; a bad option ends with its one message, not 60 lines of usage first."""
+    default_config = {"default_config_files": _default_config_files()}
+    # With subcommands, each subcommand parser reads the default config; jsonargparse gives each
+    # subcommand parser the main parser's other settings.
+    where = {name: default_config for name in SUBCOMMANDS} if run else default_config
     try:
-        ProjectCLI(
+        return cli_class(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=None,
-            # The main parser's setting: jsonargparse gives each subcommand parser its parent's.
-            parser_kwargs={
-                **NO_ABBREVIATIONS,
-                **{name: {"default_config_files": default_config} for name in SUBCOMMANDS},
-            },
+            parser_kwargs={**NO_ABBREVIATIONS, **where, "prog": _console_script(), "exit_on_error": False},
             args=args,
+            run=run,
         )
+    except ArgumentError as bad:
+        subcommand = args[0] if run and args and args[0] in SUBCOMMANDS else "fit"
+        print(f"error: {bad}\n(every option: `{_console_script()} {subcommand} --help`)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_lightning_cli(args: list[str]) -> int:
+    """Run a LightningCLI subcommand; bad configs and refused runs end with a message, not a traceback."""
+    try:
+        _build(ProjectCLI, args, run=True)
     except RunAlreadyFinished as done:
         print(done)
         return 0
@@ -463,6 +496,8 @@ def run_lightning_cli(args: list[str]) -> int:
         WorldSizeChangedError,
         BadSettingError,
         RawDataChangedError,
+        MissingDataError,
+        MissingMonitoredMetric,
     ) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2

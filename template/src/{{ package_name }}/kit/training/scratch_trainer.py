@@ -11,6 +11,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from .quiet_output import quiet_lightning_chatter
+
 SCRATCH_SETTINGS = {
     "accelerator": "cpu",
     "devices": 1,
@@ -23,4 +25,5 @@ SCRATCH_SETTINGS = {
 
 def scratch_trainer(**settings: Any) -> pl.Trainer:
     """`pl.Trainer` with SCRATCH_SETTINGS, updated by `settings` (e.g. `max_steps=20`, `accelerator="auto"`)."""
+    quiet_lightning_chatter()
     return pl.Trainer(**{**SCRATCH_SETTINGS, **settings})

@@ -70,27 +70,45 @@ def agree_max(trainer: pl.Trainer, *values: int) -> list[int]:
 
 
 class PeerGuard(pl.Callback):
-    """Remembers the step and stage of training; on failure, ends the processes this one launched."""
+    """Remembers the stage of training; on failure, ends the processes this one launched.
 
-    where = "starting up (joining the other processes)"
+    The stage is a constant set per hook and the step is read from the trainer only when a message
+    is written: this runs at every step.
+    """
+
+    stage = "starting"
+    trainer: pl.Trainer | None = None
     rank, world_size = 0, 1
 
     def setup(self, trainer, pl_module, stage) -> None:
+        PeerGuard.trainer = trainer
         PeerGuard.rank, PeerGuard.world_size = trainer.global_rank, trainer.world_size
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        PeerGuard.where = f"training step {trainer.global_step + 1} (epoch {trainer.current_epoch})"
+        PeerGuard.stage = "training"
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        PeerGuard.where = f"validation after step {trainer.global_step} (epoch {trainer.current_epoch})"
+        PeerGuard.stage = "validation"
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        PeerGuard.where = f"a checkpoint save at step {trainer.global_step}"
+        PeerGuard.stage = "saving"
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         launcher = trainer.strategy.launcher  # None when srun or torchrun started the processes
         if trainer.world_size > 1 and launcher is not None and hasattr(launcher, "kill"):
             launcher.kill(signal.SIGKILL)  # only processes it started; SIGKILL also ends a frozen one
+
+    @classmethod
+    def where(cls) -> str:
+        trainer = cls.trainer
+        if trainer is None or cls.stage == "starting":
+            return "starting up (joining the other processes)"
+        step, epoch = trainer.global_step, trainer.current_epoch
+        return {
+            "training": f"training step {step + 1} (epoch {epoch})",
+            "validation": f"validation after step {step} (epoch {epoch})",
+            "saving": f"a checkpoint save at step {step}",
+        }[cls.stage]
 
 
 # Phrases in the errors torch raises when a peer process died or did not answer in time.
@@ -105,7 +123,7 @@ def lost_peer_message(error: BaseException) -> str | None:
         return None
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return (
-        f"Training process {rank} of {world_size} stopped during {PeerGuard.where}: it waited for the "
+        f"Training process {rank} of {world_size} stopped during {PeerGuard.where()}: it waited for the "
         f"other processes and they did not answer ({first_line[:200]}). Another process died or stalled; "
         f"its own log says why. The checkpoints are intact: re-run the same command to resume "
         f"(distributed.timeout_minutes bounds the wait)."

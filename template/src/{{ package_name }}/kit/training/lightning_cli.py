@@ -51,7 +51,7 @@ from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
 from .resumable_loader import WorldSizeChangedError, check_process_count
 from .rolling_checkpoint import RollingCheckpoint
-from .run_bookkeeping import MissingMonitoredMetric, MonitoredMetricCheck, RunFailureRecorder, StampMonitoredValue
+from .run_bookkeeping import MissingMonitoredMetric, RunBookkeeping
 
 # argparse takes an unambiguous prefix of an option by default: `--trainer.max_epoch=3` would set
 # max_epochs and a typo would train. Options must be spelled out.
@@ -196,10 +196,8 @@ class ProjectCLI(LightningCLI):
         stopping: EarlyStoppingPolicy = self.config_init["fit"]["early_stopping"]
         checkpoint_dir = self.run.checkpoint_dir
         callbacks = [
-            MonitoredMetricCheck(policy.monitor),  # first: before early stopping and checkpoints look for it
+            RunBookkeeping(self.run, policy.monitor),  # first: it checks the metric before early stopping reads it
             PeerGuard(),
-            RunFailureRecorder(self.run),
-            StampMonitoredValue(policy.monitor),
             RandomStateCheckpoint(),
             ModelCheckpoint(
                 dirpath=checkpoint_dir,
@@ -217,7 +215,7 @@ class ProjectCLI(LightningCLI):
         ]
         if stopping.patience is not None:
             callbacks.insert(
-                1,  # after MonitoredMetricCheck
+                1,  # after RunBookkeeping
                 EarlyStopping(
                     monitor=policy.monitor, mode=policy.mode, patience=stopping.patience, min_delta=stopping.min_delta
                 ),

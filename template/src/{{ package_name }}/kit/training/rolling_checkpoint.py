@@ -130,9 +130,16 @@ class RollingCheckpoint(pl.Callback):
         self._last_save_time = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self._saving_allowed(trainer) or batch_idx + 1 >= trainer.num_training_batches:
+        # Runs at every step: the one-process case decides from its own flag and clock at once.
+        if batch_idx + 1 >= trainer.num_training_batches or not self._saving_allowed(trainer):
             return  # an epoch's last batch: the epoch-end save (or stop) follows its validation
         step_due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
+        if trainer.world_size == 1:
+            if self.signal_received:
+                self._stop_for_signal(trainer)
+            elif step_due or self._minutes_passed(time.monotonic()):
+                self.save_last(trainer)
+            return
         # Between agreement steps a process acts on nothing only it knows: its own signal flag would
         # take it into a save that the others do not join.
         agreed = not is_distributed() or trainer.global_step >= self._next_agreement_step
@@ -142,14 +149,13 @@ class RollingCheckpoint(pl.Callback):
         elif step_due or time_due:
             self.save_last(trainer)
 
+    def _minutes_passed(self, now: float) -> bool:
+        return self.every_n_minutes is not None and now - self._last_save_time >= 60 * self.every_n_minutes
+
     def _agree_on_signal_and_time(self, trainer: pl.Trainer) -> bool:
         """Share the signal flag and rank 0's timer verdict; set the next agreement step. True: a timed save is due."""
         now, step = time.monotonic(), trainer.global_step
-        time_due = (
-            trainer.is_global_zero  # rank 0's clock decides for every process
-            and self.every_n_minutes is not None
-            and now - self._last_save_time >= 60 * self.every_n_minutes
-        )
+        time_due = trainer.is_global_zero and self._minutes_passed(now)  # rank 0's clock decides for all
         steps_until_next = 0
         if trainer.is_global_zero:
             since_time, since_step = self._last_agreement

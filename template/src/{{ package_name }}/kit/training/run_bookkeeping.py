@@ -1,14 +1,19 @@
 """What `fit` tells its run directory besides the checkpoint files. Managed by the copier-lightning template.
 
-- `StampMonitoredValue` writes the monitored metric's current value into every checkpoint, so that
-  the checkpoint says how good it is (the manifest entry copies it; kit/runs/checkpoint_io.py).
-- `MonitoredMetricCheck` stops `fit` at the first validation (the sanity check, before any
-  training) when the model does not log the metric that checkpoints and early stopping follow,
-  with the metrics it does log: a regression model under the classification default `val/acc`.
-- `RunFailureRecorder` marks the run `failed` (manifest and record) when an error ends `fit`,
-  instead of leaving `running`.
-Both act on what every process has (the metric is synchronised by `self.log`), and only rank 0
-writes: Lightning saves checkpoints on rank 0, and the failure is recorded there.
+One callback, `RunBookkeeping`, does three small jobs:
+- it writes the monitored metric's current value into every checkpoint, so that the checkpoint
+  says how good it is (the manifest entry copies it; kit/runs/checkpoint_io.py);
+- it stops `fit` at the first validation (the sanity check, before any training) when the model
+  does not log the metric that checkpoints and early stopping follow, naming the metrics it does
+  log: a regression model under the classification default `val/acc`;
+- it marks the run `failed` (manifest and record) when an error ends `fit`, instead of leaving
+  `running`.
+One callback rather than three because Lightning calls every hook of every callback at every
+step (about seven per step, each with a profiler context and a name built from the callback's
+state key): each callback costs per step whether it has work to do or not. For the same reason it
+removes Lightning's ModelSummary once the summary is printed.
+All of it acts on what every process has (the metric is synchronised by `self.log`), and only
+rank 0 writes: Lightning saves checkpoints on rank 0, and the failure is recorded there.
 """
 
 from __future__ import annotations
@@ -17,47 +22,45 @@ import contextlib
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelSummary
 
 from ..runs.directory import MONITORED_VALUE_KEY, RunDirectory
 from ..runs.record import finish_record
-
-
-class StampMonitoredValue(Callback):
-    """Puts `trainer.callback_metrics[monitor]` into each checkpoint under MONITORED_VALUE_KEY."""
-
-    def __init__(self, monitor: str) -> None:
-        self.monitor = monitor
-
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        checkpoint[MONITORED_VALUE_KEY] = float(value) if value is not None else None
 
 
 class MissingMonitoredMetric(ValueError):
     """The model's validation does not log `checkpointing.monitor`."""
 
 
-class MonitoredMetricCheck(Callback):
-    """Refuses a monitored metric that validation does not log, at the first validation."""
-
-    def __init__(self, monitor: str) -> None:
+class RunBookkeeping(Callback):
+    def __init__(self, run: RunDirectory, monitor: str) -> None:
+        self.run = run
         self.monitor = monitor
-        self.checked = False
+        self.monitor_checked = False
 
+    # -- the summary is printed at fit start; its callback would cost every step after ---------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, ModelSummary)]
+
+    # -- the checkpoint's own note of how good it is -------------------------------------------
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        checkpoint[MONITORED_VALUE_KEY] = float(value) if value is not None else None
+
+    # -- the monitored metric exists -------------------------------------------------------------
     def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._check(trainer)
+        self._check_monitored_metric(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._check(trainer)  # with num_sanity_val_steps=0, the first real validation
+            self._check_monitored_metric(trainer)  # with num_sanity_val_steps=0, the first real validation
 
-    def _check(self, trainer: Trainer) -> None:
-        if self.checked:
+    def _check_monitored_metric(self, trainer: Trainer) -> None:
+        if self.monitor_checked:
             return
-        self.checked = True
-        logged = sorted(name for name in trainer.callback_metrics if not name.startswith("train"))
+        self.monitor_checked = True
         if self.monitor not in trainer.callback_metrics:
+            logged = sorted(name for name in trainer.callback_metrics if not name.startswith("train"))
             raise MissingMonitoredMetric(
                 f"checkpointing.monitor is {self.monitor!r}, which validation does not log "
                 f"(it logs: {', '.join(logged) or 'nothing'}). Checkpoints and early stopping follow that metric: "
@@ -65,13 +68,7 @@ class MonitoredMetricCheck(Callback):
                 f"(min for a loss or an error, max for an accuracy)."
             )
 
-
-class RunFailureRecorder(Callback):
-    """Marks the run `failed` in its manifest when an error ends `fit` (rank 0)."""
-
-    def __init__(self, run: RunDirectory) -> None:
-        self.run = run
-
+    # -- a failed run says so --------------------------------------------------------------------
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero and self.run.manifest_path.exists():
             error = f"{type(exception).__name__}: {exception}".strip().splitlines()[0][:300]

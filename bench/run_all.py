@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["overhead.py", "ddp_overhead.py", "hook_calls.py", "checkpointing.py", "copier_speed.py"]
+BENCHMARKS = ["overhead.py", "kit_calls.py", "ddp_overhead.py", "hook_calls.py", "checkpointing.py", "copier_speed.py"]
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent

@@ -10,8 +10,9 @@ One callback, `RunBookkeeping`, does three small jobs:
   `running`.
 One callback rather than three because Lightning calls every hook of every callback at every
 step (about seven per step, each with a profiler context and a name built from the callback's
-state key): each callback costs per step whether it has work to do or not. For the same reason it
-removes Lightning's ModelSummary once the summary is printed.
+state key): each callback costs per step whether it has work to do or not. For the same reason,
+when training starts it removes the callbacks that have nothing left to do: Lightning's
+ModelSummary (the summary is printed by then) and, in a single process, PeerGuard (it serves DDP).
 All of it acts on what every process has (the metric is synchronised by `self.log`), and only
 rank 0 writes: Lightning saves checkpoints on rank 0, and the failure is recorded there.
 """
@@ -26,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, ModelSummary
 
 from ..runs.directory import MONITORED_VALUE_KEY, RunDirectory
 from ..runs.record import finish_record
+from .distributed import PeerGuard
 
 
 class MissingMonitoredMetric(ValueError):
@@ -38,9 +40,10 @@ class RunBookkeeping(Callback):
         self.monitor = monitor
         self.monitor_checked = False
 
-    # -- the summary is printed at fit start; its callback would cost every step after ---------
+    # -- callbacks with nothing left to do would still be called at every step -----------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, ModelSummary)]
+        idle = (ModelSummary, PeerGuard) if trainer.world_size == 1 else (ModelSummary,)
+        trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, idle)]
 
     # -- the checkpoint's own note of how good it is -------------------------------------------
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -28,6 +28,17 @@ def readme_commands(readme: str) -> list[str]:
     return commands
 
 
+# Lines Lightning prints that say nothing about the run (kit/training/quiet_output.py leaves them out).
+LIGHTNING_CHATTER = (
+    "Seed set to",
+    "GPU available:",
+    "TPU available:",
+    "💡 Tip",
+    "is deprecated",
+    "Be aware that",
+    "srun` command",
+)
+
 DEV_TOOLS = {"pytest": "pytest", "ruff": "ruff", "pre-commit": "pre_commit", "copier": "copier"}
 
 
@@ -89,6 +100,9 @@ def test_every_readme_command_runs(readme_project) -> None:
             continue
         done = run(["bash", "-c", to_run], cwd=project, env=env, check=False, timeout=600)
         assert done.returncode == 0, f"README command failed: {to_run}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        if to_run.startswith(package):  # the project's own commands leave Lightning's chatter out
+            for chatter in LIGHTNING_CHATTER:
+                assert chatter not in done.stdout + done.stderr, f"{to_run} printed {chatter!r}:\n{done.stderr[-3000:]}"
         ran.append(to_run)
     assert any(c.startswith(f"{package} reproduce --all") for c in ran)
     for produced in (

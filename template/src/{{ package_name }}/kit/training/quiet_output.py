@@ -39,6 +39,8 @@ LIGHTNING_INTERNAL_DEPRECATIONS = (
     r".*skip_none parameter was deprecated.*",
     # `test` restores weights only; the kit's callbacks are for `fit` and need not be there.
     r"(?s)Be aware that when using `ckpt_path`, callbacks used to create the checkpoint.*",
+    # On a login node with SLURM installed, a local run is meant to be local (jobs go through `submit`).
+    r"(?s)The `srun` command is available on your system but is not used.*",
 )
 
 

@@ -85,18 +85,32 @@ def test_evaluate_refuses_a_model_that_is_not_a_classifier(trained_checkpoint, t
     assert not (tmp_path / "evaluation" / "predictions.pt").exists()  # nothing half-made was saved
 
 
-def test_confidence_interval_and_welch_difference_by_hand(example_package) -> None:
-    from digits_mlp.kit.analysis.comparisons import compare_groups, mean_and_interval, welch_difference
+def test_intervals_match_scipy_on_fixed_numbers(example_package) -> None:
+    from digits_mlp.kit.analysis.comparisons import compare_groups, mean_and_interval, t_critical, welch_difference
+    from scipy import stats
 
+    assert round(t_critical(31), 2) == 2.04  # the hand-kept table said 1.96 beyond 30
+    assert t_critical(2) == pytest.approx(4.303, abs=1e-3)
     mean, half = mean_and_interval([0.90, 0.92, 0.94])
-    assert mean == pytest.approx(0.92) and half == pytest.approx(4.303 * 0.02 / math.sqrt(3))
-    difference, half_width, freedom = welch_difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
-    assert difference == pytest.approx(2.0)
-    assert freedom == pytest.approx((1 / 3 + 4 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2))
-    # Welch's degrees of freedom here are 2.94; the table is read at floor(2.94) = 2, where t = 4.303.
-    assert half_width == pytest.approx(4.303 * math.sqrt(1 / 3 + 4 / 3))
-    assert "within seed noise" in compare_groups("a", [0.90, 0.91, 0.92], "b", [0.905, 0.915, 0.925])
-    assert "exceeds seed noise" in compare_groups("a", [0.90, 0.901, 0.902], "b", [0.95, 0.951, 0.952])
+    assert mean == pytest.approx(0.92) and half == pytest.approx(4.3027 * 0.02 / math.sqrt(3), rel=1e-4)
+
+    a = [0.912, 0.905, 0.921, 0.899, 0.915]
+    b = [0.918, 0.909, 0.925, 0.906, 0.917]  # the same seeds 0..4: b is a little better on every seed
+    difference, half_width, freedom = welch_difference(a, b)
+    welch = stats.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)
+    assert (difference - half_width, difference + half_width) == pytest.approx((welch.low, welch.high))
+
+    seeds_a, seeds_b = dict(zip("01234", a, strict=True)), dict(zip("01234", b, strict=True))
+    paired = compare_groups("a", seeds_a, "b", seeds_b)
+    scipy_paired = stats.ttest_rel(b, a).confidence_interval(0.95)
+    assert paired["method"] == "paired" and paired["ci95"] == pytest.approx([scipy_paired.low, scipy_paired.high])
+    assert "paired by seed" in paired["summary"] and "exceeds seed noise" in paired["summary"]
+    # Unpaired, the same numbers are within the noise: pairing is the stronger design here.
+    unpaired = compare_groups("a", seeds_a, "b", dict(zip("56789", b, strict=True)))
+    assert unpaired["method"] == "welch" and unpaired["ci95"] == pytest.approx([welch.low, welch.high])
+    assert "within seed noise" in unpaired["summary"]
+    few = compare_groups("a", {"0": 0.9, "1": 0.91}, "b", {"0": 0.92, "1": 0.925})
+    assert "fewer than 3 seeds" in few["summary"]
 
 
 def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:

@@ -5,6 +5,7 @@ GRES are stand-ins, which is all the scheduler needs to place MIG and full-GPU j
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -226,3 +227,32 @@ def test_sweep_as_a_job_array_runs_every_trial(cluster_project, tmp_path: Path) 
     for trial in (0, 1):
         manifest = (runs / f"sweep-array-00{trial}" / "manifest.json").read_text()
         assert '"status": "finished"' in manifest
+
+
+def test_optuna_search_as_a_job_array_asks_the_study_for_each_trial(cluster_project, tmp_path: Path) -> None:
+    project, *_, runs = cluster_project
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        "strategy: optuna\ntrials: 3\nseed: 0\n"
+        "options: [--trainer.max_epochs=1, --trainer.accelerator=cpu]\n"
+        "parameters:\n  model.init_args.learning_rate: {low: 1.0e-4, high: 1.0e-1, log: true}\n"
+    )
+    job = submit(cluster_project, "--sweep", str(search), "--gpu", "mig:1g.10gb")
+    script = (runs / "sweeps" / "search.sbatch").read_text()
+    assert "#SBATCH --array=0-2" in script and "sweep --trial $SLURM_ARRAY_TASK_ID" in script
+    record = runs / "sweeps" / "search.json"
+    wait_for(
+        lambda: record.exists() and len(json.loads(record.read_text())["trials"]) == 3,
+        300,
+        f"three finished trials in the study (array job {job})",
+    )
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(runs / "sweeps" / "search" / "study.journal")))
+    trials = optuna.load_study(study_name="search", storage=storage).get_trials(deepcopy=False)
+    assert sorted((t.number, t.state.name) for t in trials) == [(n, "COMPLETE") for n in range(3)]
+    assert sorted(t.user_attrs["worker"] for t in trials) == [f"array-task-{n}" for n in range(3)]  # one each
+    for number in range(3):
+        assert '"status": "finished"' in (runs / f"sweep-search-00{number}" / "manifest.json").read_text()

@@ -2,11 +2,15 @@
 
 * `<package> sweep FILE` runs every trial of a sweep file (grid or random over config options), one
   after another; each trial is a normal run, so an interrupted sweep resumes where it stopped.
+  `strategy: optuna` searches instead (kit/analysis/optuna_search.py), in a study that resumes too.
 * `<package> results NAME` gathers a sweep's trials into one table (CSV and Markdown) and a plot.
 * `<package> seeds --n 5 [config options]` runs the same config with seeds 0..n-1 and reports the
   mean and a 95 % confidence interval of the best monitored metric.
-* `<package> compare LABEL_A LABEL_B` says whether two seed groups differ by more than seed noise
-  (Welch's t interval for the difference of means).
+* `<package> compare LABEL_A LABEL_B` says whether two seed groups differ by more than seed noise:
+  a paired t interval for the mean difference when both groups ran the same seeds (the usual case:
+  `seeds` runs 0..n-1, and a seed fixes the initialisation and the batch order, so pairing removes
+  that shared part of the noise), Welch's t interval for the difference of means otherwise.
+Quantiles of Student's t come from scipy.stats (exact for any degrees of freedom).
 Records go to runs/sweeps/ and runs/seeds/.
 """
 
@@ -28,15 +32,16 @@ import yaml
 
 from ..runs.directory import RunDirectory, runs_root
 
-# Two-sided 95 % critical values of Student's t for 1..30 degrees of freedom (beyond: 1.96 is close).
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]  # fmt: skip
+# Below this many seeds per group an interval is so wide (t at 1 degree of freedom is 12.7) that
+# it tells little; the output says so.
+FEW_SEEDS = 3
 
 
 def t_critical(degrees_of_freedom: float) -> float:
-    index = max(int(math.floor(degrees_of_freedom)), 1)
-    return T_975[index - 1] if index <= len(T_975) else 1.96
+    """The two-sided 95 % critical value of Student's t (scipy.stats; any degrees of freedom)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, degrees_of_freedom))
 
 
 def mean_and_interval(values: list[float]) -> tuple[float, float]:
@@ -55,6 +60,13 @@ def welch_difference(a: list[float], b: list[float]) -> tuple[float, float, floa
         return statistics.fmean(b) - statistics.fmean(a), 0.0, float("inf")
     freedom = (variance_a + variance_b) ** 2 / (variance_a**2 / (len(a) - 1) + variance_b**2 / (len(b) - 1))
     return statistics.fmean(b) - statistics.fmean(a), t_critical(freedom) * spread, freedom
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of the differences b_i - a_i (same seed i), the half-width of its 95 % interval, degrees of freedom."""
+    differences = [y - x for x, y in zip(a, b, strict=True)]
+    mean, half_width = mean_and_interval(differences)
+    return mean, (0.0 if statistics.pvariance(differences) == 0 else half_width), len(differences) - 1
 
 
 def _fit(args: list[str]) -> int:
@@ -76,7 +88,17 @@ def sweep_trials(spec: dict[str, Any]) -> list[dict[str, Any]]:
     if strategy == "random":
         count = int(spec.get("trials", 10))
         return random.Random(spec.get("seed", 0)).sample(combinations, min(count, len(combinations)))
-    raise ValueError(f"unknown sweep strategy {strategy!r}: use grid or random")
+    raise ValueError(f"unknown sweep strategy {strategy!r}: use grid, random or optuna")
+
+
+def sweep_size(spec: dict[str, Any]) -> int:
+    """How many trials (array tasks) a sweep file asks for."""
+    return int(spec["trials"]) if spec.get("strategy") == "optuna" else len(sweep_trials(spec))
+
+
+def _quiet_fit(args: list[str]) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _fit(args)
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -84,8 +106,19 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("file", type=Path, help="a sweep file, e.g. configs/sweeps/learning-rate.yaml")
     parser.add_argument("--trial", type=int, help="run only this trial (0-based): one task of a SLURM job array")
     args, extra_options = parser.parse_known_args(argv)
-    spec = yaml.safe_load(args.file.read_text())
+    text = args.file.read_text()
+    spec = yaml.safe_load(text)
     name = spec.get("name", args.file.stem)
+    if spec.get("strategy") == "optuna":
+        from .optuna_search import SweepFileError, run_search
+
+        try:
+            return run_search(
+                spec, text, name, extra_options, _fit if args.trial is not None else _quiet_fit, array_task=args.trial
+            )
+        except SweepFileError as bad:
+            print(f"error: {args.file}: {bad}")
+            return 2
     trials = sweep_trials(spec)
     if args.trial is not None and not 0 <= args.trial < len(trials):
         parser.error(f"--trial {args.trial}: the sweep has trials 0 to {len(trials) - 1}")
@@ -102,8 +135,7 @@ def sweep_main(argv: list[str]) -> int:
                     return code
             continue
         print(f"sweep {name}: trial {number + 1}/{len(trials)} {values}", flush=True)
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = _fit([*options, "--run_name", run_name])
+        code = _quiet_fit([*options, "--run_name", run_name])
         if code != 0:
             print(f"sweep {name}: trial {run_name} stopped with exit code {code}")
             return code
@@ -189,6 +221,8 @@ def seeds_main(argv: list[str]) -> int:
     record = {"label": label, "options": options, "values": values, "mean": mean, "ci95_half_width": half_width}
     (directory / f"{label}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{label}: {mean:.4f} +- {half_width:.4f} (95 % interval, {args.n} seeds: {list(values.values())})")
+    if args.n < FEW_SEEDS:
+        print(f"Note: with fewer than {FEW_SEEDS} seeds the interval tells little; run more (--n 5).")
     return 0
 
 
@@ -205,20 +239,43 @@ def compare_main(argv: list[str]) -> int:
         if not path.exists():
             print(f"error: no seed group {label!r} in {path.parent}; run `seeds --label {label} ...` first")
             return 2
-        groups.append([float(v) for v in json.loads(path.read_text())["values"].values()])
-    print(compare_groups(args.a, groups[0], args.b, groups[1]))
+        groups.append({str(seed): float(value) for seed, value in json.loads(path.read_text())["values"].items()})
+    comparison = compare_groups(args.a, groups[0], args.b, groups[1])
+    record = runs_root() / "seeds" / f"compare-{args.a}-vs-{args.b}.json"
+    record.write_text(json.dumps(comparison, indent=2) + "\n")
+    print(comparison["summary"])
     return 0
 
 
-def compare_groups(label_a: str, a: list[float], label_b: str, b: list[float]) -> str:
-    difference, half_width, _ = welch_difference(a, b)
+def compare_groups(label_a: str, a: dict[str, float], label_b: str, b: dict[str, float]) -> dict[str, Any]:
+    """The difference b - a with its 95 % interval and a verdict: paired when both groups ran the same seeds."""
+    paired = set(a) == set(b) and len(a) >= 2
+    if paired:
+        seeds = sorted(a, key=_seed_order)
+        difference, half_width, freedom = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+        method = f"paired by seed ({len(seeds)} seeds run by both groups)"
+    else:
+        difference, half_width, freedom = welch_difference(list(a.values()), list(b.values()))
+        method = f"Welch, unpaired ({len(a)} and {len(b)} seeds, not the same ones)"
     low, high = difference - half_width, difference + half_width
-    verdict = (
-        "the difference exceeds seed noise"
-        if low > 0 or high < 0
-        else "the difference is within seed noise: do not call it a gain"
-    )
-    return (
-        f"{label_b} - {label_a} = {difference:+.4f}, 95 % interval [{low:+.4f}, {high:+.4f}] "
-        f"({len(a)} and {len(b)} seeds): {verdict}"
-    )
+    if low > 0 or high < 0:
+        verdict = "the difference exceeds seed noise"
+    else:
+        verdict = "the difference is within seed noise: do not call it a gain"
+    summary = f"{label_b} - {label_a} = {difference:+.4f}, 95 % interval [{low:+.4f}, {high:+.4f}], {method}: {verdict}"
+    if min(len(a), len(b)) < FEW_SEEDS:
+        summary += f"\nNote: with fewer than {FEW_SEEDS} seeds per group the interval tells little; run more (--n 5)."
+    return {
+        "a": label_a,
+        "b": label_b,
+        "method": "paired" if paired else "welch",
+        "difference": difference,
+        "ci95": [low, high],
+        "degrees_of_freedom": freedom,
+        "verdict": verdict,
+        "summary": summary,
+    }
+
+
+def _seed_order(seed: str) -> tuple[int, str]:
+    return (int(seed), seed) if seed.lstrip("-").isdigit() else (0, seed)

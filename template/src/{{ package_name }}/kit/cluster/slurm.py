@@ -206,10 +206,10 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
     python = shlex.quote(sys.executable)
     project = Path.cwd()
     if sweep is not None:
-        from ..analysis.comparisons import sweep_trials
+        from ..analysis.comparisons import sweep_size
 
         spec = yaml.safe_load(sweep.read_text())
-        count = len(sweep_trials(spec))
+        count = sweep_size(spec)
         name = spec.get("name", sweep.stem)
         options = shlex.join([*trainer_options(request), *fit_options])
         command = f"{python} -m {package} sweep --trial $SLURM_ARRAY_TASK_ID {shlex.quote(str(sweep))} {options}"

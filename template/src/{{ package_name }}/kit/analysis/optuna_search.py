@@ -1,0 +1,218 @@
+"""`sweep FILE` with `strategy: optuna`: a search that resumes. Managed by the copier-lightning template.
+
+The study lives in the sweep's directory, `runs/sweeps/<name>/study.journal` (Optuna's journal
+file: no database server, safe for several processes on a shared filesystem), so an interrupted
+search continues where it stopped:
+- each trial is a normal run (`runs/sweep-<name>-NNN/`), and a trial that was training when the
+  search was killed stays `RUNNING` in the study; the next `sweep FILE` trains it on from its last
+  checkpoint (exactly, as any run) before asking the sampler for new trials;
+- as a SLURM job array (`submit --sweep FILE`), every array task asks the study for the next trial,
+  or, requeued, continues the trial it had;
+- the study remembers the sweep file it was made from: a changed search space is refused with the
+  difference shown, never mixed into the old study.
+
+A sweep file:
+
+    name: lr-search                 # default: the file name
+    strategy: optuna
+    trials: 20                      # how many finished trials the search ends with
+    sampler: tpe                    # tpe (default) or random
+    seed: 0                         # the sampler's seed
+    options: [--trainer.max_epochs=10]   # given to every trial's `fit`
+    parameters:
+      model.init_args.learning_rate: {low: 1.0e-4, high: 1.0e-1, log: true}
+      model.init_args.dropout: {low: 0.0, high: 0.5}
+      data.init_args.batch_size: {choices: [64, 128, 256]}
+      model.init_args.hidden_sizes: {choices: [[64], [128, 64]]}
+
+The objective is each trial's best monitored value (`checkpointing.monitor`, maximised or minimised
+as `checkpointing.mode` says in the configs the trials use).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..runs.atomic_files import atomic_write_text
+from ..runs.directory import RunDirectory, runs_root
+from ..runs.identity import experiment
+
+SPEC_KEYS = {"name", "strategy", "trials", "sampler", "seed", "options", "parameters"}
+FLOAT_OR_INT_KEYS = {"low", "high", "log", "step"}
+SAMPLERS = ("tpe", "random")
+
+
+class SweepFileError(ValueError):
+    """A sweep file that cannot define a search; the message names the line."""
+
+
+def search_distributions(spec: dict[str, Any], text: str = "") -> dict[str, Any]:
+    """Optuna distributions for the file's `parameters`; refuses what would not parse."""
+    import optuna.distributions as d
+
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise SweepFileError(
+            f"{_where(text, unknown[0])}unknown option {unknown[0]!r}; a sweep file has {sorted(SPEC_KEYS)}"
+        )
+    if spec.get("sampler", "tpe") not in SAMPLERS:
+        raise SweepFileError(f"{_where(text, 'sampler')}sampler {spec['sampler']!r}: use one of {', '.join(SAMPLERS)}")
+    if not isinstance(spec.get("trials"), int) or spec["trials"] < 1:
+        raise SweepFileError(f"{_where(text, 'trials')}`trials` must be a whole number of at least 1")
+    parameters = spec.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        raise SweepFileError(f"{_where(text, 'parameters')}`parameters` maps config options to ranges or choices")
+    distributions = {}
+    for option, form in parameters.items():
+        where = _where(text, option)
+        if isinstance(form, dict) and "choices" in form:
+            if set(form) != {"choices"} or not isinstance(form["choices"], list) or not form["choices"]:
+                raise SweepFileError(f"{where}{option}: `choices` takes a non-empty list and nothing beside it")
+            distributions[option] = d.CategoricalDistribution([_as_choice(c) for c in form["choices"]])
+        elif isinstance(form, dict) and {"low", "high"} <= set(form) <= FLOAT_OR_INT_KEYS:
+            low, high = form["low"], form["high"]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+                raise SweepFileError(f"{where}{option}: the range needs numbers low < high, got {low!r} and {high!r}")
+            whole = all(isinstance(v, int) for v in (low, high, form.get("step", 1)))
+            try:
+                kind = d.IntDistribution if whole else d.FloatDistribution
+                distributions[option] = kind(low, high, log=bool(form.get("log", False)), step=form.get("step"))
+            except ValueError as bad:
+                raise SweepFileError(f"{where}{option}: {bad}") from None
+        else:
+            raise SweepFileError(
+                f"{where}{option}: write a range as {{low: L, high: H}} (with log: true or step: S if wanted) "
+                f"or a list of values as {{choices: [...]}}; got {form!r}"
+            )
+    return distributions
+
+
+def run_search(
+    spec: dict[str, Any], text: str, name: str, extra_options: list[str], fit: Callable[[list[str]], int],
+    array_task: int | None = None,
+) -> int:  # fmt: skip
+    """Run trials until the study holds `trials` finished ones (an array task: one trial)."""
+    import optuna
+
+    distributions = search_distributions(spec, text)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directory = runs_root() / "sweeps" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    study = _open_study(spec, name, directory, extra_options)
+    worker = f"array-task-{array_task}" if array_task is not None else "local"
+    running = optuna.trial.TrialState.RUNNING
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        own = [t for t in trials if t.state == running and t.user_attrs.get("worker") == worker]
+        finished = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        others_running = sum(t.state == running for t in trials) - len(own)
+        if own:
+            number, params = own[0].number, own[0].params
+            print(f"sweep {name}: trial {number} continues {params}", flush=True)
+        elif finished + others_running < spec["trials"]:
+            trial = study.ask(distributions)
+            trial.set_user_attr("worker", worker)
+            number, params = trial.number, trial.params
+            print(f"sweep {name}: trial {number} ({finished + 1}/{spec['trials']}) {params}", flush=True)
+        else:
+            break
+        run_name = f"sweep-{name}-{number:03d}"
+        options = [*spec.get("options", []), *_options(params), *extra_options]
+        code = fit([*options, "--run_name", run_name])
+        if code != 0:
+            # Left RUNNING: the next `sweep` (or the requeued array task) trains this trial on.
+            print(f"sweep {name}: trial {number} stopped with exit code {code}; re-run the sweep to continue it")
+            return code
+        value = RunDirectory(runs_root() / run_name).best_value()
+        study.tell(number, value)
+        _write_record(study, spec, name)
+        if array_task is not None:
+            return 0  # one trial per array task
+    best = study.best_trial
+    values = _decoded(best.params)
+    print(f"sweep {name}: {spec['trials']} trials done; best trial {best.number}: {best.value:.4f} {values}")
+    print(f"Gather them with `results {name}`.")
+    return 0
+
+
+def _open_study(spec: dict[str, Any], name: str, directory: Path, extra_options: list[str]):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    mode = experiment([*spec.get("options", []), *extra_options]).get("checkpointing", {}).get("mode", "max")
+    search = {key: spec.get(key) for key in ("parameters", "sampler", "seed")} | {"direction": mode}
+    storage = JournalStorage(JournalFileBackend(str(directory / "study.journal")))
+    seed = spec.get("seed", 0)
+    sampler = (
+        optuna.samplers.RandomSampler(seed)
+        if spec.get("sampler") == "random"
+        else optuna.samplers.TPESampler(seed=seed)
+    )
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        direction="minimize" if mode == "min" else "maximize",
+        load_if_exists=True,
+    )
+    recorded = study.user_attrs.get("search")
+    if recorded is None:
+        study.set_user_attr("search", search)
+    elif recorded != json.loads(json.dumps(search)):
+        difference = "".join(
+            difflib.unified_diff(
+                yaml.safe_dump(recorded).splitlines(keepends=True),
+                yaml.safe_dump(json.loads(json.dumps(search))).splitlines(keepends=True),
+                fromfile="the study's search", tofile="the sweep file now",
+            )
+        )  # fmt: skip
+        raise SweepFileError(
+            f"the study in {directory} was made from another search space; a study mixes no two. Give this "
+            f"search its own `name:`, or move {directory} away to start over.\n{difference}"
+        )
+    return study
+
+
+def _write_record(study, spec: dict[str, Any], name: str) -> None:
+    """runs/sweeps/<name>.json, as grid sweeps write it: `results NAME` reads finished trials from it."""
+    import optuna
+
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    record = {
+        "name": name,
+        "spec": spec,
+        "trials": [
+            {"run_name": f"sweep-{name}-{t.number:03d}", "values": _decoded(t.params), "options": _options(t.params)}
+            for t in finished
+        ],
+    }
+    # Array tasks write it as they finish: whole or not at all, so a reader never sees half of it.
+    atomic_write_text(runs_root() / "sweeps" / f"{name}.json", json.dumps(record, indent=2) + "\n")
+
+
+def _options(params: dict[str, Any]) -> list[str]:
+    return [f"--{key}={json.dumps(value)}" for key, value in _decoded(params).items()]
+
+
+def _as_choice(value: Any) -> Any:
+    """Optuna's choices are plain values: a list (e.g. layer sizes) travels as its JSON text."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def _decoded(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for key, v in params.items()}
+
+
+def _where(text: str, key: str) -> str:
+    """'line N: ' for the first line of the sweep file that starts with `key:` (indented or not)."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip().startswith(f"{key}:"):
+            return f"line {number}: "
+    return ""

@@ -1,0 +1,181 @@
+"""`<package> sweep-status FILE`: where every trial of a sweep stands. Managed by the copier-lightning template.
+
+One line per trial: its state, step, the monitored metric now and at its best, and its SLURM job
+when it runs as a job array; then the best trials so far, and a plot of the metric over trials
+(runs/sweeps/<name>-status.png). Read from the run directories (each trial is a run), the Optuna
+study for `strategy: optuna`, and `squeue` when SLURM is installed. Safe to run while the sweep
+runs: it only reads.
+
+States: queued (no run yet; PENDING in the queue), running, stopped (on a signal: continues when
+the job is requeued or the sweep re-run), failed, finished. A run whose process was killed without
+a word still reads `running` unless the queue shows its job is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..runs.directory import RunDirectory, runs_root
+
+
+@dataclass
+class TrialStatus:
+    number: int
+    run_name: str
+    state: str
+    step: int | None = None
+    latest: float | None = None
+    best: float | None = None
+    job: str = ""
+    values: str = ""
+
+
+def sweep_trial_names(spec: dict, name: str) -> list[tuple[int, str, str, str]]:
+    """(number, run name, the trial's values as text, its array task) for every trial the sweep has or will have.
+
+    A grid or random sweep's array task N runs trial N; an Optuna study's trials note the task that asked them.
+    """
+    if spec.get("strategy") == "optuna":
+        asked = _optuna_trials(name)
+        count = max(spec["trials"], len(asked))
+        return [(n, f"sweep-{name}-{n:03d}", *asked.get(n, ("", ""))) for n in range(count)]
+    from .comparisons import sweep_trials
+
+    return [(n, f"sweep-{name}-{n:03d}", _short(values), str(n)) for n, values in enumerate(sweep_trials(spec))]
+
+
+def trial_status(number: int, run_name: str, values: str, task: str, queue: dict[str, tuple[str, str]]) -> TrialStatus:
+    run = RunDirectory(runs_root() / run_name)
+    job_id, job_state = queue.get(task, ("", ""))
+    manifest = run.read_manifest()
+    if not manifest:
+        return TrialStatus(number, run_name, "queued", job=job_id, values=values)
+    checkpoints = sorted(manifest.get("checkpoints", {}).values(), key=lambda entry: entry["step"])
+    latest = checkpoints[-1] if checkpoints else {}
+    state = manifest.get("status", "?")
+    if state == "running" and queue and not job_state:
+        state = "running (no job in the queue: killed?)"
+    return TrialStatus(
+        number, run_name, state, latest.get("step"), latest.get("value"), run.best_value(), job_id, values
+    )
+
+
+def slurm_queue(job_name: str) -> dict[str, tuple[str, str]]:
+    """Array task id -> (job id, state) of this sweep's jobs in the queue; {} without SLURM."""
+    if shutil.which("squeue") is None:
+        return {}
+    done = subprocess.run(
+        ["squeue", "--noheader", "--name", job_name, "--array", "--format", "%i %K %T"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    tasks = {}
+    for line in done.stdout.splitlines():
+        job_id, task, state = (line.split() + ["", "", ""])[:3]
+        tasks[task] = (job_id, state)
+    return tasks
+
+
+def sweep_status_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sweep-status", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path, help="the sweep file, e.g. configs/sweeps/learning-rate.yaml")
+    parser.add_argument("--top", type=int, default=3, help="how many best trials to list (default 3)")
+    args = parser.parse_args(argv)
+    if not args.file.is_file():
+        print(f"error: no sweep file {args.file}")
+        return 2
+    spec = yaml.safe_load(args.file.read_text())
+    name = spec.get("name", args.file.stem)
+    queue = slurm_queue(f"sweep-{name}")
+    rows = [trial_status(n, run, values, task, queue) for n, run, values, task in sweep_trial_names(spec, name)]
+    metric, mode = _monitor(rows)
+    print(format_table(rows, metric, bool(queue)))
+    scored = sorted((row for row in rows if row.best is not None), key=lambda r: r.best, reverse=mode != "min")
+    counts = {state: sum(row.state.startswith(state) for row in rows) for state in _STATES}
+    print("  ".join(f"{state} {count}" for state, count in counts.items() if count))
+    if scored:
+        print(f"best so far ({metric}, {mode}):")
+        for row in scored[: args.top]:
+            print(f"  trial {row.number}: {row.best:.4f}  {row.values}")
+        _plot(rows, metric, runs_root() / "sweeps" / f"{name}-status.png")
+    return 0
+
+
+_STATES = ("queued", "running", "stopped", "failed", "finished")
+
+
+def format_table(rows: list[TrialStatus], metric: str, with_jobs: bool) -> str:
+    header = ["trial", "state", "step", f"{metric} now", "best", *(["job"] if with_jobs else []), "values"]
+    lines = [header]
+    for row in rows:
+        cells = [str(row.number), row.state, _text(row.step), _text(row.latest), _text(row.best)]
+        lines.append([*cells, *([row.job] if with_jobs else []), row.values])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _monitor(rows: list[TrialStatus]) -> tuple[str, str]:
+    for row in rows:
+        monitor = RunDirectory(runs_root() / row.run_name).read_manifest().get("monitor")
+        if monitor:
+            return monitor.get("metric", "metric"), monitor.get("mode", "max")
+    return "metric", "max"
+
+
+def _optuna_trials(name: str) -> dict[int, tuple[str, str]]:
+    journal = runs_root() / "sweeps" / name / "study.journal"
+    if not journal.exists():
+        return {}
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    return {
+        trial.number: (_short(trial.params), trial.user_attrs.get("worker", "").removeprefix("array-task-"))
+        for trial in study.get_trials(deepcopy=False)
+    }
+
+
+def _short(values: dict) -> str:
+    """`learning_rate=0.004431, hidden_sizes=[64]`: the option's last name and a short value."""
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={_value(value)}" for key, value in values.items())
+
+
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _text(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _plot(rows: list[TrialStatus], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [row for row in rows if row.best is not None]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot([row.number for row in shown], [row.best for row in shown], "o")
+    axis.set(xlabel="trial", ylabel=f"best {metric}", title="sweep status")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,151 @@
+"""`sweep` with `strategy: optuna`: killed mid-search, it resumes in the same study; bad sweep files
+and a changed search space are refused with the line or the difference named."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from template_dev import run
+
+SEARCH = """\
+name: {name}
+strategy: optuna
+trials: 6
+seed: 0
+options: [--trainer.max_epochs=1]
+parameters:
+  model.init_args.learning_rate: {{low: 1.0e-4, high: 1.0e-1, log: true}}
+  model.init_args.hidden_sizes: {{choices: [[32], [64, 32]]}}
+"""
+
+
+def finished_trials(runs: Path, name: str) -> list[dict]:
+    record = runs / "sweeps" / f"{name}.json"
+    return json.loads(record.read_text())["trials"] if record.exists() else []
+
+
+def study_states(runs: Path, name: str) -> list[tuple[int, str]]:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(runs / "sweeps" / name / "study.journal")))
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [(trial.number, trial.state.name) for trial in study.get_trials(deepcopy=False)]
+
+
+def test_a_killed_search_resumes_to_six_distinct_trials_in_one_study(example_project, example_command, tmp_path):
+    project, _ = example_project
+    runs = tmp_path / "runs"
+    search = tmp_path / "search.yaml"
+    search.write_text(SEARCH.format(name="killed"))
+    command = [*example_command, "sweep", str(search)]
+    env = {"RUNS_DIR": str(runs)}
+    process = subprocess.Popen(command, cwd=project, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(finished_trials(runs, "killed")) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # in the fourth trial (or between trials)
+    process.wait()
+    assert len(finished_trials(runs, "killed")) in (3, 4), "the kill came too late to test a resume"
+    done = run(command, cwd=project, env=env)
+    assert "6 trials done" in done.stdout
+    states = study_states(runs, "killed")
+    assert [state for _, state in states] == ["COMPLETE"] * 6, states  # no trial lost, none asked twice
+    trials = finished_trials(runs, "killed")
+    assert sorted(t["run_name"] for t in trials) == [f"sweep-killed-{n:03d}" for n in range(6)]
+    for trial in trials:  # each a real run, finished
+        manifest = json.loads((runs / trial["run_name"] / "manifest.json").read_text())
+        assert manifest["status"] == "finished"
+    assert run([*example_command, "results", "killed"], cwd=project, env=env).stdout.count("sweep-killed-") == 6
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("trials: 6\n", "line 3: `trials` must be a whole number of at least 1"),
+        ("seed: 0\n", "line 4: unknown option 'sed'"),
+        ("{low: 1.0e-4, high: 1.0e-1, log: true}", "line 7: model.init_args.learning_rate: the range needs numbers"),
+        ("{choices: [[32], [64, 32]]}", "line 8: model.init_args.hidden_sizes: `choices` takes a non-empty list"),
+    ],
+    ids=["trials", "unknown option", "empty range", "empty choices"],
+)
+def test_a_bad_sweep_file_is_refused_naming_the_line(example_package, tmp_path, monkeypatch, change, message):
+    from digits_mlp.kit.analysis.comparisons import sweep_main
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    broken = {
+        "trials: 6\n": "trials: 0\n",
+        "seed: 0\n": "sed: 0\n",
+        "{low: 1.0e-4, high: 1.0e-1, log: true}": "{low: 0.1, high: 0.01}",
+        "{choices: [[32], [64, 32]]}": "{choices: []}",
+    }[change]
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text(SEARCH.format(name="bad").replace(change, broken))
+    printed = _printed(sweep_main, [str(sweep)])
+    assert printed[0] == 2 and message in printed[1], printed[1]
+    assert not (tmp_path / "runs" / "sweeps" / "bad").exists()  # refused before a study was made
+
+
+def test_a_changed_search_space_is_refused_with_the_difference(example_package, tmp_path, monkeypatch):
+    from digits_mlp.kit.analysis.comparisons import sweep_main
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    sweep = tmp_path / "search.yaml"
+    sweep.write_text(SEARCH.format(name="space").replace("trials: 6", "trials: 1"))
+    assert _printed(sweep_main, [str(sweep)])[0] == 0
+    sweep.write_text(sweep.read_text().replace("high: 1.0e-1", "high: 0.5"))
+    code, printed = _printed(sweep_main, [str(sweep)])
+    assert code == 2 and "made from another search space" in printed
+    changed = [line.strip() for line in printed.splitlines() if line[:1] in "-+" and "high:" in line]
+    assert any(line.startswith("-") and line.endswith("high: 0.1") for line in changed), printed
+    assert any(line.startswith("+") and line.endswith("high: 0.5") for line in changed), printed
+    assert study_states(tmp_path / "runs", "space") == [(0, "COMPLETE")]  # the old study is untouched
+
+
+def _printed(function, argv) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = function(argv)
+    return code, out.getvalue()
+
+
+def test_sweep_status_shows_planted_states(example_package, tmp_path, monkeypatch, capsys) -> None:
+    from digits_mlp.kit.analysis.sweep_status import sweep_status_main
+    from digits_mlp.kit.runs.directory import RunDirectory
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    sweep = tmp_path / "planted.yaml"
+    sweep.write_text("parameters:\n  model.init_args.learning_rate: [0.001, 0.002, 0.003, 0.004]\n")
+    monitor = {"metric": "val/acc", "mode": "max"}
+    for number, (status, values) in enumerate([("finished", [0.81, 0.86]), ("running", [0.7]), ("failed", [])]):
+        run = RunDirectory(tmp_path / "runs" / f"sweep-planted-{number:03d}")
+        run.start("config: planted\n", monitor)
+        for step, value in enumerate(values, start=1):
+            path = run.checkpoint_dir / f"best-{step}.ckpt"
+            path.write_bytes(b"planted")
+            run.record_checkpoint(path, {"global_step": 10 * step, "epoch": step, "monitored_value": value})
+        run.set_status(status)
+    assert sweep_status_main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in printed.splitlines()[1:5]}
+    assert rows["0"][1:5] == ["finished", "20", "0.8600", "0.8600"]
+    assert rows["1"][1:5] == ["running", "10", "0.7000", "0.7000"]
+    assert rows["2"][1:5] == ["failed", "-", "-", "-"]
+    assert rows["3"][1:5] == ["queued", "-", "-", "-"]
+    assert "queued 1  running 1  failed 1  finished 1" in printed
+    assert "trial 0: 0.8600" in printed.split("best so far")[1].splitlines()[1]
+    assert (tmp_path / "runs" / "sweeps" / "planted-status.png").stat().st_size > 0

@@ -17,6 +17,12 @@ LOGGER_FILES = {
 }
 
 
+def logger_entries(config: dict) -> list[dict]:
+    """The config's trainer.logger entries: one mapping, or a list of them."""
+    logger = config["trainer"]["logger"]
+    return logger if isinstance(logger, list) else [logger]
+
+
 def text_files(root: Path):
     for path in root.rglob("*"):
         if path.is_file() and ".git" not in path.parts:
@@ -30,7 +36,10 @@ def test_each_logger_renders_its_config_and_dependency(template_repo: Path, tmp_
     logger_class, _ = LOGGER_FILES[logger]
 
     config = yaml.safe_load((project / "configs" / "default.yaml").read_text())
-    assert config["trainer"]["logger"]["class_path"] == logger_class
+    loggers = {entry["class_path"]: entry for entry in logger_entries(config)}
+    assert logger_class in loggers
+    # CSV files always: reproduce's figures and the cards read runs/<run>/logs/metrics.csv.
+    assert "lightning.pytorch.loggers.CSVLogger" in loggers
     assert config["model"]["class_path"] == f"digits_{logger}.model.DigitsClassifier"
     pyproject = (project / "pyproject.toml").read_text()
     for other, (_, other_dependency) in LOGGER_FILES.items():
@@ -77,7 +86,8 @@ def test_wandb_is_offline_unless_the_user_opts_in(template_repo: Path, tmp_path:
     render(template_repo, tmp_path / "online", logger="wandb", wandb_online=True)
     for name, offline in (("offline", True), ("online", False)):
         config = yaml.safe_load((tmp_path / name / "configs" / "default.yaml").read_text())
-        assert config["trainer"]["logger"]["init_args"]["offline"] is offline
+        wandb = next(e for e in logger_entries(config) if e["class_path"].endswith("WandbLogger"))
+        assert wandb["init_args"]["offline"] is offline
 
 
 def test_package_name_is_derived_from_the_project_name(template_repo: Path, tmp_path: Path) -> None:

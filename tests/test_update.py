@@ -145,8 +145,10 @@ def test_without_its_migration_a_moved_file_loses_the_edit(releases: Path, tmp_p
     without = tmp_path / "no-migration"
     git(tmp_path, "clone", "-q", str(releases), str(without))
     git(without, "tag", "-d", NEW)
-    text = (without / "copier.yml").read_text()
-    (without / "copier.yml").write_text(text[: text.index("\n_migrations:")] + "\n")
+    lines = (without / "copier.yml").read_text().splitlines(keepends=True)
+    start = next(n for n, line in enumerate(lines) if line.startswith("_migrations:"))
+    end = next(n for n in range(start + 1, len(lines)) if not lines[n].startswith(" "))  # the list's end
+    (without / "copier.yml").write_text("".join(lines[:start] + lines[end:]))
     commit_all(without, "next release without its migration")
     git(without, "tag", NEW)
     project = project_at_old_release(without, tmp_path / "project")

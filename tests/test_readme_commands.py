@@ -70,6 +70,7 @@ def test_readme_has_the_future_self_sections(readme_project) -> None:
     readme = (readme_project[0] / "README.md").read_text()
     for section in (
         "Quick start",
+        "Your first day",
         "Your own model and data",
         "Data",
         "Train and evaluate",

@@ -147,3 +147,15 @@ def test_the_words_after_copy_agree_with_the_readme(
     assert sections, words
     for section in sections:
         assert f"\n## {section}\n" in readme, f"the words after copy point to a README section {section!r} it lacks"
+
+
+def test_ci_workflow_installs_torch_first_and_runs_the_readme_checks(template_repo: Path, tmp_path: Path) -> None:
+    render(template_repo, tmp_path / "p")
+    workflow = yaml.safe_load((tmp_path / "p" / ".github" / "workflows" / "tests.yml").read_text())
+    steps = [step.get("run", "") for step in workflow["jobs"]["tests"]["steps"]]
+    install = next(step for step in steps if "pip install" in step)
+    assert install.index(f"pip install {TORCH_PIN} ") < install.index('pip install -e ".[example,dev]"')
+    readme = (tmp_path / "p" / "README.md").read_text()
+    test_section = readme.split("\n## Test\n")[1].split("\n## ")[0]
+    for command in re.findall(r"^(\S.*)$", test_section.split("```bash\n")[1].split("```")[0], flags=re.M):
+        assert command in steps, f"the README's test command {command!r} is not a CI step"

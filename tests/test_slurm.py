@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from template_dev import TOP, run
+from template_dev import TOP, TORCH_PIN, run
 
 SITE = """\
 partition: gpu
@@ -180,6 +181,46 @@ def test_two_node_job_script(example_project, example_command, tmp_path: Path) -
     assert "#SBATCH --gres=gpu:4" in script and "#SBATCH --mem=4G" in script  # per node
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     assert "--trainer.devices=4" in srun and "--trainer.num_nodes=2" in srun and srun.endswith("&")
+
+
+def test_a_container_wraps_only_the_training_command(example_project, example_command, tmp_path: Path) -> None:
+    """Rendered only: `container:` in site.yaml runs the srun line in the Apptainer image, with the
+    GPUs and the working tree bound in; the signal relay and the requeue stay in the batch shell."""
+    project, _ = example_project
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE + "container: runs/containers/digits_mlp.sif\n")
+    done = run(
+        [*example_command, "submit", "--site", str(site), "--write-only", "--gpu", "full:2"],
+        cwd=project,
+        env={"RUNS_DIR": str(tmp_path / "runs")},
+    )
+    script = Path(re.search(r"Job script: (\S+)", done.stdout).group(1)).read_text()
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    image = project / "runs" / "containers" / "digits_mlp.sif"
+    assert srun.startswith(f"srun --kill-on-bad-exit=1 apptainer exec --nv --bind {project} ")
+    assert f"--env PYTHONPATH={project / 'src'} {image} python -m digits_mlp fit " in srun
+    inside = [line for line in script.splitlines() if "apptainer" in line]
+    assert inside == [srun]  # scontrol requeue and the USR1 relay run outside the image
+    assert "scontrol requeue" in script and "trap 'kill -USR1 $child" in script
+
+
+def test_the_apptainer_definition_installs_torch_first_then_the_project(example_project) -> None:
+    project, _ = example_project
+    definition = (project / "container" / "apptainer.def").read_text()
+    header = dict(line.split(": ", 1) for line in definition.splitlines()[:2])
+    assert header == {"Bootstrap": "docker", "From": "python:3.11-slim"}
+    sections = re.findall(r"^%(\w+)$", definition, flags=re.M)
+    assert sections == ["files", "post", "environment", "test"]
+    assert f"pip install --no-cache-dir {TORCH_PIN} --index-url" in definition  # torch first, pinned
+    assert '"/opt/project[example]"' in definition and "pyproject.toml /opt/project/pyproject.toml" in definition
+
+
+@pytest.mark.skipif(shutil.which("apptainer") is None, reason="apptainer is not installed here (no image to build)")
+def test_the_apptainer_image_builds(example_project, tmp_path) -> None:
+    project, _ = example_project
+    image = tmp_path / "project.sif"
+    run(["apptainer", "build", "--fakeroot", str(image), "container/apptainer.def"], cwd=project, timeout=1800)
+    assert image.stat().st_size > 0
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ from ..runs.identity import experiment
 SPEC_KEYS = {"name", "strategy", "trials", "sampler", "seed", "options", "parameters"}
 FLOAT_OR_INT_KEYS = {"low", "high", "log", "step"}
 SAMPLERS = ("tpe", "random")
+RANGE_FORM, CHOICES_FORM = "{low: L, high: H}", "{choices: [...]}"
 
 
 class SweepFileError(ValueError):
@@ -87,8 +88,8 @@ def search_distributions(spec: dict[str, Any], text: str = "") -> dict[str, Any]
                 raise SweepFileError(f"{where}{option}: {bad}") from None
         else:
             raise SweepFileError(
-                f"{where}{option}: write a range as {{low: L, high: H}} (with log: true or step: S if wanted) "
-                f"or a list of values as {{choices: [...]}}; got {form!r}"
+                f"{where}{option}: write a range as {RANGE_FORM} (with log: true or step: S if wanted) "
+                f"or a list of values as {CHOICES_FORM}; got {form!r}"
             )
     return distributions
 

@@ -59,6 +59,7 @@ def load_site(path: Path = SITE_CONFIG) -> dict:
     site.setdefault("signal_lead_seconds", 300)
     site["setup"] = site.get("setup") or ""
     site["mig_types"] = [str(t) for t in site["mig_types"] or []]
+    site["container"] = str(site.get("container") or "")
     return site
 
 
@@ -152,6 +153,17 @@ def job_script(
     return "\n".join(lines) + "\n"
 
 
+def container_python(image: str, project: Path) -> str:
+    """The Python inside the site's Apptainer image, with the GPUs (--nv) and the project's code from
+    the working tree (bound in: a code change needs no rebuild). Only the srun line runs it: the
+    job script's signal relay and `scontrol requeue` stay outside the container."""
+    image_path = Path(image) if Path(image).is_absolute() else project / image
+    return (
+        f"apptainer exec --nv --bind {shlex.quote(str(project))} "
+        f"--env PYTHONPATH={shlex.quote(str(project / 'src'))} {shlex.quote(str(image_path))} python"
+    )
+
+
 def trainer_options(request: GpuRequest) -> list[str]:
     if request.kind == "mig":
         return ["--trainer.devices=1", "--trainer.num_nodes=1"]
@@ -203,8 +215,8 @@ def submit_main(argv: list[str]) -> int:
 
 def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Path | None) -> tuple[Path, str]:
     package = __package__.split(".")[0]
-    python = shlex.quote(sys.executable)
     project = Path.cwd()
+    python = container_python(site["container"], project) if site["container"] else shlex.quote(sys.executable)
     if sweep is not None:
         from ..analysis.comparisons import sweep_size
 

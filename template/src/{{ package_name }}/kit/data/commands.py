@@ -30,7 +30,7 @@ HASH_MEMO = Path("data/.raw-file-hashes.json")
 
 def differences(recorded: dict[str, str], files: list[Path], memo: dict[str, dict] | None = None) -> list[str]:
     """Human-readable list of files that are missing, changed, or not in the manifest."""
-    from .preprocessing_cache import file_sha256
+    from .file_hashes import file_sha256
 
     problems = []
     current = {str(path): path for path in files}
@@ -79,7 +79,7 @@ def data_main(argv: list[str]) -> int:
     parser.add_argument("action", choices=["fetch", "record", "verify", "prepare"])
     args, options = parser.parse_known_args(argv)
     from ..training.lightning_cli import load_model_and_data
-    from .preprocessing_cache import file_sha256
+    from .file_hashes import file_sha256
 
     _, data = load_model_and_data(options)
     files = [Path(p) for p in data.raw_files()]

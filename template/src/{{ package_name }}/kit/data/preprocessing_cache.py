@@ -24,6 +24,7 @@ import torch
 
 from ..runs.atomic_files import atomic_write_text
 from ..runs.checkpoint_io import atomic_torch_save
+from .file_hashes import file_sha256
 
 HASH_MEMO = ".file-hashes.json"
 
@@ -34,20 +35,6 @@ class CacheResult:
     key: str
     hit: bool
     path: Path
-
-
-def file_sha256(path: Path, memo: dict[str, dict] | None = None) -> str:
-    stat = path.stat()
-    remembered = (memo or {}).get(str(path.resolve()))
-    if remembered and remembered["size"] == stat.st_size and remembered["mtime_ns"] == stat.st_mtime_ns:
-        return remembered["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    if memo is not None:
-        memo[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
-    return digest.hexdigest()
 
 
 def cache_key(

@@ -1,0 +1,280 @@
+"""`<package> doctor`: is this machine ready to run the project? Managed by the copier-lightning template.
+
+One line per check, PASS, FAIL, WARN or SKIP; every FAIL with the command that fixes it; exit code 1
+when something failed. Safe on a login node: it imports neither torch nor Lightning (the torch
+build is read from the installed package's version, `2.13.0+cpu` or `2.5.1+cu124`), starts no job
+and makes no network call. It checks:
+- Python against the project's `requires-python`;
+- every dependency of pyproject.toml installed, at a version it allows (and, when the project has a
+  `requirements*.lock` with `==` pins, at the pinned version);
+- the torch build against the GPUs `nvidia-smi` sees: a CPU build on a GPU node, or a CUDA build
+  newer than the driver supports; which GPU or MIG slice this process sees;
+- `configs/slurm/site.yaml` complete, and its partition known to `sinfo` when SLURM answers;
+- W&B, when the config logs to it: offline or online, and whether a key is there (`~/.netrc`,
+  WANDB_API_KEY), without asking the server;
+- the runs directory writable, and its free space;
+- the raw data present and matching data/raw.sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.commands import MANIFEST, differences, read_manifest
+from ..runs.directory import runs_root
+
+# The oldest NVIDIA driver each CUDA major version runs on (NVIDIA's CUDA toolkit release notes,
+# minor version compatibility): a torch build for CUDA 12 needs a driver of at least 525.60.13.
+MINIMUM_DRIVER = {11: (450, 80), 12: (525, 60), 13: (580, 65)}
+LOW_DISK_GIB = 10
+
+
+@dataclass
+class Finding:
+    check: str
+    verdict: str  # PASS, FAIL, WARN, SKIP
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"[{self.verdict}] {self.check}: {self.detail}"
+        return text + (f"\n       fix: {self.fix}" if self.fix and self.verdict in ("FAIL", "WARN") else "")
+
+
+def check_python(requires: str | None, version: str | None = None) -> Finding:
+    from packaging.specifiers import SpecifierSet
+
+    version = version or ".".join(map(str, sys.version_info[:3]))
+    if not requires:
+        return Finding("python", "SKIP", f"{version}; pyproject.toml states no requires-python")
+    if version in SpecifierSet(requires):
+        return Finding("python", "PASS", f"{version} meets {requires}")
+    return Finding(
+        "python",
+        "FAIL",
+        f"{version} does not meet the project's {requires}",
+        f"create the environment with a matching Python: python{requires.lstrip('>=~ ').split(',')[0]} -m venv .venv",
+    )
+
+
+def check_packages(requirements: list[str], pins: dict[str, str] | None = None) -> Finding:
+    """Each requirement installed at an allowed version (and at its lock pin, if a lock pins it)."""
+    from packaging.requirements import Requirement
+
+    problems = []
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"{requirement.name} is not installed")
+            continue
+        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+            problems.append(f"{requirement.name} {installed} is not {requirement.specifier}")
+        pinned = (pins or {}).get(_normal(requirement.name))
+        if pinned and installed.split("+")[0] != pinned.split("+")[0]:
+            problems.append(f"{requirement.name} {installed}, the lock pins {pinned}")
+    if problems:
+        return Finding(
+            "packages", "FAIL", "; ".join(problems), 'pip install -e ".[example,dev]" (torch first, as the README says)'
+        )
+    return Finding("packages", "PASS", f"all {len(requirements)} dependencies of pyproject.toml installed")
+
+
+def check_torch_build(torch_version: str | None, gpus: list[str], driver: str | None) -> Finding:
+    if torch_version is None:
+        return Finding(
+            "torch build", "FAIL", "torch is not installed", "pip install torch==VERSION (README, Quick start)"
+        )
+    build = torch_version.partition("+")[2]  # "cpu", "cu124", or "" (a default wheel from PyPI)
+    if not gpus:
+        return Finding("torch build", "PASS", f"torch {torch_version}; no GPU visible (nvidia-smi), CPU only")
+    if build == "cpu":
+        return Finding(
+            "torch build",
+            "FAIL",
+            f"torch {torch_version} is a CPU build on a machine with {len(gpus)} GPU(s)",
+            "pip install --force-reinstall torch==VERSION --index-url https://download.pytorch.org/whl/cu124",
+        )
+    match = re.fullmatch(r"cu(\d+?)(\d)", build)
+    if match and driver:
+        major = int(match.group(1))
+        needed = MINIMUM_DRIVER.get(major)
+        have = tuple(int(part) for part in driver.split(".")[:2])
+        if needed and have < needed:
+            return Finding(
+                "torch build",
+                "FAIL",
+                f"torch {torch_version} needs an NVIDIA driver >= {needed[0]}.{needed[1]}; this node has {driver}",
+                "install a torch build for an older CUDA (e.g. --index-url https://download.pytorch.org/whl/cu118)",
+            )
+    return Finding("torch build", "PASS", f"torch {torch_version}; driver {driver or '?'}; {', '.join(gpus)}")
+
+
+def check_site(site_path: Path, partitions: list[str] | None) -> Finding:
+    from .slurm import SlurmSetupError, load_site
+
+    if not site_path.exists():
+        return Finding("slurm site", "SKIP", f"no {site_path}: `submit` is not set up for a cluster")
+    try:
+        site = load_site(site_path)
+    except SlurmSetupError as bad:
+        return Finding("slurm site", "FAIL", str(bad), f"edit {site_path} (comments there say what each setting is)")
+    except Exception as bad:  # noqa: BLE001 - YAML errors: any parse failure is the finding
+        return Finding("slurm site", "FAIL", f"{site_path} does not parse: {bad}".splitlines()[0], f"fix {site_path}")
+    wanted = [name.strip() for name in str(site["partition"]).split(",")]
+    if partitions is None:
+        return Finding(
+            "slurm site", "PASS", f"{site_path} complete (partition not checked: SLURM does not answer here)"
+        )
+    unknown = [name for name in wanted if name not in partitions]
+    if unknown:
+        return Finding(
+            "slurm site",
+            "FAIL",
+            f"partition {', '.join(unknown)} is not one of this cluster's: {', '.join(partitions)}",
+            f"set `partition:` in {site_path} (sinfo -o '%P %G' lists them)",
+        )
+    return Finding("slurm site", "PASS", f"{site_path} complete; partition {', '.join(wanted)} exists")
+
+
+def check_wandb(config_text: str, environment: dict[str, str], home: Path) -> Finding:
+    if "WandbLogger" not in config_text:
+        return Finding("wandb", "SKIP", "the config does not log to W&B")
+    offline = environment.get("WANDB_MODE") in ("offline", "disabled") or re.search(r"offline:\s*true", config_text)
+    netrc = home / ".netrc"
+    has_key = bool(environment.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+    if offline:
+        return Finding("wandb", "PASS", "offline: runs stay on disk (`wandb sync` uploads them later)")
+    if not has_key:
+        return Finding("wandb", "FAIL", "online, but no W&B key here (~/.netrc, WANDB_API_KEY)", "wandb login")
+    return Finding("wandb", "PASS", "online, and a key is there")
+
+
+def check_runs_dir(root: Path) -> Finding:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-"):
+            pass
+    except OSError as cannot:
+        return Finding(
+            "runs directory",
+            "FAIL",
+            f"cannot write to {root}: {cannot.strerror or cannot}",
+            "set RUNS_DIR to a writable directory (a scratch filesystem on a cluster)",
+        )
+    free_gib = shutil.disk_usage(root).free / 1024**3
+    if free_gib < LOW_DISK_GIB:
+        return Finding("runs directory", "WARN", f"{root}: only {free_gib:.1f} GiB free", "free space or set RUNS_DIR")
+    return Finding("runs directory", "PASS", f"{root} writable, {free_gib:.0f} GiB free")
+
+
+def check_raw_data(manifest: Path, console_script: str) -> Finding:
+    if not manifest.exists():
+        return Finding("raw data", "SKIP", f"no {manifest} (nothing recorded yet: `{console_script} data record`)")
+    recorded = read_manifest(manifest)
+    problems = differences(recorded, [Path(name) for name in recorded])
+    if problems:
+        return Finding(
+            "raw data",
+            "FAIL",
+            "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""),
+            f"{console_script} data fetch (missing files); put the recorded files back, or record the change: "
+            f"{console_script} data record",
+        )
+    return Finding("raw data", "PASS", f"{len(recorded)} file(s) match {manifest}")
+
+
+# -- what the checks read from this machine ------------------------------------------------------
+def visible_gpus() -> tuple[list[str], str | None]:
+    """GPU (or MIG slice) names and the driver version, from nvidia-smi; ([], None) without it."""
+    if shutil.which("nvidia-smi") is None:
+        return [], None
+    done = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    rows = [line.split(", ") for line in done.splitlines() if line.strip()]
+    gpus = [row[0] for row in rows]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if visible.startswith("MIG-"):
+        gpus = [f"MIG slice {visible}"]
+    return gpus, (rows[0][1] if rows and len(rows[0]) > 1 else None)
+
+
+def slurm_partitions() -> list[str] | None:
+    if shutil.which("sinfo") is None:
+        return None
+    names = _run(["sinfo", "--noheader", "--format=%P"], timeout=3)  # a controller that is down: no long wait
+    return [name.rstrip("*") for name in names.split()] or None
+
+
+def installed_torch() -> str | None:
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def lock_pins(project: Path) -> dict[str, str]:
+    pins = {}
+    for lock in sorted(project.glob("requirements*.lock")):
+        for line in lock.read_text().splitlines():
+            match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line.strip())
+            if match:
+                pins[_normal(match.group(1))] = match.group(2)
+    return pins
+
+
+def project_metadata(project: Path) -> tuple[str | None, list[str]]:
+    """requires-python and the dependencies, from pyproject.toml."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    data = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    return data.get("requires-python"), list(data.get("dependencies", []))
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _run(command: list[str], timeout: float = 10) -> str:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def doctor_main(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="doctor", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    console_script = __package__.split(".")[0]
+    project = Path.cwd()
+    requires, dependencies = project_metadata(project)
+    gpus, driver = visible_gpus()
+    config = project / "configs" / "default.yaml"
+    checks: list[Callable[[], Finding]] = [
+        lambda: check_python(requires),
+        lambda: check_packages(dependencies, lock_pins(project)),
+        lambda: check_torch_build(installed_torch(), gpus, driver),
+        lambda: check_site(project / "configs" / "slurm" / "site.yaml", slurm_partitions()),
+        lambda: check_wandb(config.read_text() if config.exists() else "", dict(os.environ), Path.home()),
+        lambda: check_runs_dir(runs_root()),
+        lambda: check_raw_data(MANIFEST, console_script),
+    ]
+    findings = [check() for check in checks]
+    for finding in findings:
+        print(finding.line())
+    failed = [finding for finding in findings if finding.verdict == "FAIL"]
+    print(f"{len(findings) - len(failed)} of {len(findings)} checks passed, warned or did not apply.")
+    return 1 if failed else 0

@@ -105,12 +105,20 @@ def test_intervals_match_scipy_on_fixed_numbers(example_package) -> None:
     scipy_paired = stats.ttest_rel(b, a).confidence_interval(0.95)
     assert paired["method"] == "paired" and paired["ci95"] == pytest.approx([scipy_paired.low, scipy_paired.high])
     assert "paired by seed" in paired["summary"] and "exceeds seed noise" in paired["summary"]
+    # The bootstrap check of the same difference: scipy's BCa interval of the per-seed differences.
+    import numpy as np
+
+    differences = np.array(b) - np.array(a)
+    expected = stats.bootstrap((differences,), np.mean, method="BCa", rng=np.random.default_rng(0)).confidence_interval
+    assert paired["bootstrap_ci95"] == pytest.approx([expected.low, expected.high])
+    assert 0 < paired["bootstrap_ci95"][0] < paired["bootstrap_ci95"][1] <= max(differences)
+    assert "Bootstrap 95 % interval" in paired["summary"]
     # Unpaired, the same numbers are within the noise: pairing is the stronger design here.
     unpaired = compare_groups("a", seeds_a, "b", dict(zip("56789", b, strict=True)))
     assert unpaired["method"] == "welch" and unpaired["ci95"] == pytest.approx([welch.low, welch.high])
     assert "within seed noise" in unpaired["summary"]
     few = compare_groups("a", {"0": 0.9, "1": 0.91}, "b", {"0": 0.92, "1": 0.925})
-    assert "fewer than 3 seeds" in few["summary"]
+    assert "fewer than 3 seeds" in few["summary"] and few["bootstrap_ci95"] is None  # too few to resample
 
 
 def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:

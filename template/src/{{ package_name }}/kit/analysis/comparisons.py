@@ -10,7 +10,8 @@
   a paired t interval for the mean difference when both groups ran the same seeds (the usual case:
   `seeds` runs 0..n-1, and a seed fixes the initialisation and the batch order, so pairing removes
   that shared part of the noise), Welch's t interval for the difference of means otherwise.
-Quantiles of Student's t come from scipy.stats (exact for any degrees of freedom).
+Quantiles of Student's t come from scipy.stats (exact for any degrees of freedom); from
+BOOTSTRAP_MIN_SEEDS seeds per group a bootstrap interval of the same difference is shown beside it.
 Records go to runs/sweeps/ and runs/seeds/.
 """
 
@@ -35,6 +36,8 @@ from ..runs.directory import RunDirectory, runs_root
 # Below this many seeds per group an interval is so wide (t at 1 degree of freedom is 12.7) that
 # it tells little; the output says so.
 FEW_SEEDS = 3
+# A bootstrap interval needs a few values to resample from; below this it is not shown.
+BOOTSTRAP_MIN_SEEDS = 5
 
 
 def t_critical(degrees_of_freedom: float) -> float:
@@ -263,6 +266,12 @@ def compare_groups(label_a: str, a: dict[str, float], label_b: str, b: dict[str,
     else:
         verdict = "the difference is within seed noise: do not call it a gain"
     summary = f"{label_b} - {label_a} = {difference:+.4f}, 95 % interval [{low:+.4f}, {high:+.4f}], {method}: {verdict}"
+    bootstrap = bootstrap_interval(a, b, paired)
+    if bootstrap is not None:
+        summary += (
+            f"\nBootstrap 95 % interval (no normal model assumed): [{bootstrap[0]:+.4f}, {bootstrap[1]:+.4f}]"
+            + ("" if (bootstrap[0] > 0 or bootstrap[1] < 0) == (low > 0 or high < 0) else "; it disagrees with t")
+        )
     if min(len(a), len(b)) < FEW_SEEDS:
         summary += f"\nNote: with fewer than {FEW_SEEDS} seeds per group the interval tells little; run more (--n 5)."
     return {
@@ -273,8 +282,31 @@ def compare_groups(label_a: str, a: dict[str, float], label_b: str, b: dict[str,
         "ci95": [low, high],
         "degrees_of_freedom": freedom,
         "verdict": verdict,
+        "bootstrap_ci95": list(bootstrap) if bootstrap is not None else None,
         "summary": summary,
     }
+
+
+def bootstrap_interval(a: dict[str, float], b: dict[str, float], paired: bool) -> tuple[float, float] | None:
+    """A 95 % bootstrap interval of the same difference (scipy.stats.bootstrap, seeded): a check on
+    the t interval where the normal model is doubtful. None below BOOTSTRAP_MIN_SEEDS per group."""
+    if min(len(a), len(b)) < BOOTSTRAP_MIN_SEEDS:
+        return None
+    import numpy as np
+    from scipy import stats
+
+    if paired:
+        seeds = sorted(a, key=_seed_order)
+        samples = (np.array([b[s] - a[s] for s in seeds]),)
+        statistic, method = np.mean, "BCa"
+    else:
+        samples = (np.array(list(b.values())), np.array(list(a.values())))
+        statistic, method = (lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis)), "percentile"
+    if all(np.ptp(sample) == 0 for sample in samples):
+        return None  # no spread to resample
+    result = stats.bootstrap(samples, statistic, confidence_level=0.95, method=method, rng=np.random.default_rng(0))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return None if math.isnan(low) or math.isnan(high) else (low, high)
 
 
 def _seed_order(seed: str) -> tuple[int, str]:

@@ -213,3 +213,27 @@ def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, e
     assert (
         max_abs_difference(final_weights(project, "ddp-signalled"), final_weights(project, "ddp-signal-reference")) == 0
     )
+
+
+def test_a_signal_that_arrives_during_an_agreement_counts_at_the_next(example_package, tmp_path, monkeypatch) -> None:
+    """The processes agree on the stop flag in a collective; a signal handled while this process waits
+    in it must not be overwritten by the agreed 'no' (that lost a USR1 once in five CI runs)."""
+    from digits_mlp.kit.training import rolling_checkpoint
+
+    callback = rolling_checkpoint.RollingCheckpoint(tmp_path)
+
+    class Trainer:
+        global_step, is_global_zero = 10, True
+
+    def agree_while_a_signal_arrives(trainer, *values):
+        callback.signal_received = True  # the handler runs while this process waits for the others
+        return list(values)  # the maximum over processes of what each passed: nobody had a signal yet
+
+    monkeypatch.setattr(rolling_checkpoint, "agree_max", agree_while_a_signal_arrives)
+    callback._agree_on_signal_and_time(Trainer())
+    assert callback.stop_agreed is False  # every process acts on the agreed value: no stop yet
+    assert callback.signal_received is True  # ... and the signal is not forgotten
+    monkeypatch.setattr(rolling_checkpoint, "agree_max", lambda trainer, *values: list(values))
+    Trainer.global_step = 11
+    callback._agree_on_signal_and_time(Trainer())
+    assert callback.stop_agreed is True  # the next agreement stops every process

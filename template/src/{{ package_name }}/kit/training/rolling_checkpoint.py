@@ -63,7 +63,8 @@ class RollingCheckpoint(pl.Callback):
         self._last_save_time = time.monotonic()
         self._last_saved_step = -1
         self.stop_signals = stop_signals
-        self.signal_received = False
+        self.signal_received = False  # set by the signal handler, in this process
+        self.stop_agreed = False  # what all processes agreed on at the last agreement
         self.signal_name: str | None = None
         self.stopped_by_signal = False
         self.wrote_final = False
@@ -144,7 +145,7 @@ class RollingCheckpoint(pl.Callback):
         # take it into a save that the others do not join.
         agreed = not is_distributed() or trainer.global_step >= self._next_agreement_step
         time_due = self._agree_on_signal_and_time(trainer) if agreed else False
-        if agreed and self.signal_received:
+        if agreed and self.stop_agreed:
             self._stop_for_signal(trainer)
         elif step_due or time_due:
             self.save_last(trainer)
@@ -166,7 +167,9 @@ class RollingCheckpoint(pl.Callback):
         signal_received, time_due, steps_until_next = agree_max(
             trainer, self.signal_received, time_due, steps_until_next
         )
-        self.signal_received = bool(signal_received)
+        # Every process acts on the agreed value; its own flag is left as the handler set it, so a
+        # signal that arrived during the collective counts at the next agreement, not never.
+        self.stop_agreed = bool(signal_received)
         self._next_agreement_step = step + steps_until_next
         return bool(time_due)
 
@@ -174,8 +177,8 @@ class RollingCheckpoint(pl.Callback):
         if not self._saving_allowed(trainer):
             return
         (signal_received,) = agree_max(trainer, self.signal_received)
-        self.signal_received = bool(signal_received)
-        if self.signal_received and not self.stopped_by_signal:
+        self.stop_agreed = bool(signal_received)  # the agreed value; the own flag stays (see above)
+        if self.stop_agreed and not self.stopped_by_signal:
             self._stop_for_signal(trainer)
         else:
             self.save_last(trainer)

@@ -68,20 +68,10 @@ def count_default_fit(epochs: int) -> None:
 
 
 def count_bare_trainer(epochs: int) -> None:
-    from digits_mlp.kit.training.no_profiler import NoProfiler
-    from overhead import model_and_plain_loader
+    from overhead import bare_trainer, model_and_plain_loader
 
     model, loader = model_and_plain_loader([])
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        profiler=NoProfiler(),
-        callbacks=[CallCounter("bare")],
-    )
+    trainer = bare_trainer(epochs, CallCounter("bare"))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         trainer.fit(model, train_dataloaders=loader)
 

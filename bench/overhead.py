@@ -77,15 +77,13 @@ def raw_pytorch_epoch_times(model_args: list[str], epochs: int) -> list[tuple[fl
     return times
 
 
-def bare_trainer_epoch_times(model_args: list[str], epochs: int, label: str) -> list[tuple[float, int]]:
-    """Lightning without the kit: the same model and a plain shuffled DataLoader, nothing else."""
+def bare_trainer(epochs: int, measuring_callback):
+    """Lightning's Trainer with nothing of the kit: no logger, checkpointing, progress, summary or
+    callbacks besides the one that measures; NoProfiler, as the default fit has."""
     import lightning.pytorch as pl
-    import step_timer
     from digits_mlp.kit.training.no_profiler import NoProfiler
 
-    model, loader = model_and_plain_loader(model_args)
-    step_timer.EPOCH_TIMES.pop(label, None)
-    trainer = pl.Trainer(
+    return pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         logger=False,
@@ -93,8 +91,17 @@ def bare_trainer_epoch_times(model_args: list[str], epochs: int, label: str) -> 
         enable_progress_bar=False,
         enable_model_summary=False,
         profiler=NoProfiler(),
-        callbacks=[step_timer.StepTimer(label)],
+        callbacks=[measuring_callback],
     )
+
+
+def bare_trainer_epoch_times(model_args: list[str], epochs: int, label: str) -> list[tuple[float, int]]:
+    """Lightning without the kit: the same model and a plain shuffled DataLoader, nothing else."""
+    import step_timer
+
+    model, loader = model_and_plain_loader(model_args)
+    step_timer.EPOCH_TIMES.pop(label, None)
+    trainer = bare_trainer(epochs, step_timer.StepTimer(label))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         trainer.fit(model, train_dataloaders=loader)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # the Trainer resets it

@@ -29,7 +29,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     install_requirements(session)
-    session.run("pytest", "tests", *session.posargs)
+    session.run("pytest", "tests", "-n", "2", "--dist", "loadfile", *session.posargs)
 
 
 @nox.session(default=False)

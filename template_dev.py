@@ -16,6 +16,8 @@ TOP = Path(__file__).resolve().parent  # the template repository
 EXAMPLE_ANSWERS: dict = yaml.safe_load((TOP / "example-answers.yml").read_text())
 TORCH_PIN = (TOP / "torch-pin.txt").read_text().strip()  # the one place the pin is written
 TORCH_SPEC = os.environ.get("TORCH_SPEC", TORCH_PIN)
+# The generated README's install from the lock (its test checks the README says exactly this).
+LOCK_INSTALL = ["pip", "install", "--require-hashes", "--no-deps", "-r", "locks/cpu.txt"]
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Template Tests",
     "GIT_AUTHOR_EMAIL": "tests@example.org",
@@ -90,6 +92,9 @@ class ProjectVenv:
     def python(self) -> Path:
         return self.path / "bin" / "python"
 
+    def site_packages(self) -> Path:
+        return _site_packages(self.python)
+
     def script(self, name: str) -> Path:
         """A console script of the venv, or of the interpreter whose packages it borrows."""
         own = self.path / "bin" / name
@@ -101,27 +106,36 @@ class ProjectVenv:
         return {"PATH": os.pathsep.join([str(self.path / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])}
 
 
-def make_project_venv(project: Path, standalone: bool = True) -> ProjectVenv:
+def _site_packages(python: Path) -> Path:
+    done = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=python.parent)
+    return Path(done.stdout.strip())
+
+
+def make_project_venv(project: Path, standalone: bool = True, borrow_from: ProjectVenv | None = None) -> ProjectVenv:
     """Install `project` the way its README says, in `project/.venv`.
 
-    standalone: a full install, torch first and pinned, then `pip install -e ".[example,dev]"`.
-    Otherwise the venv borrows the packages of the interpreter running this code (a .pth file
-    pointing at its site-packages), so only the project itself is installed: fast, for tests
-    that render many projects.
+    standalone: a full install from the project's lock, `locks/cpu.txt` (every package at its
+    pinned version and hash, torch's CPU build included), then the project itself.
+    Otherwise the venv borrows the packages of another environment (a .pth file pointing at its
+    site-packages): those of `borrow_from` (e.g. a project venv installed from the lock), else
+    those of the interpreter running this code; only the project itself is installed: fast, for
+    tests that render many projects.
     """
     venv = project / ".venv"
     run([sys.executable, "-m", "venv", str(venv)], cwd=project)
     python = venv / "bin" / "python"
     log = []
     if standalone:
-        log.append(run([str(python), "-m", "pip", "install", "-q", TORCH_SPEC], cwd=project).stdout)
+        # PIP_RETRIES=0: the lock names PyTorch's CPU index, which this machine cannot reach (the
+        # wheel comes from pip's find-links here); without it pip retries that index for seconds.
+        done = run([str(python), "-m", *LOCK_INSTALL], cwd=project, env={"PIP_RETRIES": "0"})
+        log.append(done.stdout + done.stderr)
+        installed = run([str(python), "-m", "pip", "install", "--no-deps", "-e", "."], cwd=project)
     else:
-        site_packages = run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=project
-        )
-        Path(site_packages.stdout.strip(), "borrowed-test-packages.pth").write_text(
-            sysconfig.get_paths()["purelib"] + "\n"
-        )
-    installed = run([str(python), "-m", "pip", "install", "-e", ".[example,dev]"], cwd=project)
+        borrowed = borrow_from.site_packages() if borrow_from else Path(sysconfig.get_paths()["purelib"])
+        _site_packages(python).joinpath("borrowed-test-packages.pth").write_text(f"{borrowed}\n")
+        # From a project venv: exactly its packages (pip would not see a .pth'd folder's as installed).
+        project_only = ["--no-deps", "-e", "."] if borrow_from else ["-e", ".[example,dev]"]
+        installed = run([str(python), "-m", "pip", "install", *project_only], cwd=project)
     log.append(installed.stdout + installed.stderr)
     return ProjectVenv(venv, "\n".join(log))

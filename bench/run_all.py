@@ -4,7 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["overhead.py", "kit_calls.py", "ddp_overhead.py", "hook_calls.py", "checkpointing.py", "copier_speed.py"]
+BENCHMARKS = [
+    "overhead.py",
+    "kit_calls.py",
+    "ddp_overhead.py",
+    "hook_calls.py",
+    "checkpointing.py",
+    "copier_speed.py",
+    "inference.py",
+]
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent

@@ -8,4 +8,7 @@ if [ "$(id -u)" = 0 ]; then
     echo "test.sh: the Slurm tests will install slurm-wlm and munge if missing, write /etc/slurm and /etc/munge," \
          "and run munged, slurmctld and slurmd as root while they last (scripts/start-slurm.sh, stop-slurm.sh)."
 fi
-exec .venv/bin/python -m pytest tests "$@"
+# Two workers, each test file on one of them (--dist loadfile): a file's module fixtures (the Slurm
+# cluster, a rendered project) are made once, and the DDP and Slurm tests of one file never race
+# each other. TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

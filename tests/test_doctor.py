@@ -26,8 +26,27 @@ def test_missing_or_mismatched_packages(doctor) -> None:
     missing = doctor.check_packages(["pyyaml>=5", "no-such-package-here>=1", "pyyaml>=999"])
     assert missing.verdict == "FAIL" and "pip install -e" in missing.fix
     assert "no-such-package-here is not installed" in missing.detail and "is not >=999" in missing.detail
-    pinned = doctor.check_packages(["pyyaml>=5"], pins={"pyyaml": "0.1.0"})
-    assert pinned.verdict == "FAIL" and "the lock pins 0.1.0" in pinned.detail
+
+
+def test_installed_packages_against_the_lock(doctor, example_package, tmp_path) -> None:
+    lock = tmp_path / "cpu.txt"
+    lock.write_text("# variant: cpu\n# inputs-sha256: abc\npyyaml==6.0.2 \\\n    --hash=sha256:00\ntorch==2.13.0+cpu\n")
+    installed = {"pyyaml": "6.0.2", "torch": "2.13.0+cpu", "digits-mlp": "0.1.0"}
+    assert doctor.check_lock(lock, "abc", installed, "digits_mlp", "2.13.0+cpu").verdict == "PASS"
+    differs = doctor.check_lock(lock, "abc", {**installed, "pyyaml": "5.4"}, "digits_mlp", "2.13.0+cpu")
+    assert differs.verdict == "FAIL" and "pyyaml 5.4 (the lock pins 6.0.2)" in differs.detail
+    assert differs.fix == f"pip install --require-hashes --no-deps -r {lock}"
+    missing = doctor.check_lock(lock, "abc", {"torch": "2.13.0+cpu"}, "digits_mlp", "2.13.0+cpu")
+    assert missing.verdict == "FAIL" and "pyyaml missing" in missing.detail
+    stale = doctor.check_lock(lock, "another pyproject", installed, "digits_mlp", "2.13.0+cpu")
+    assert stale.verdict == "FAIL" and "made from another pyproject.toml" in stale.detail
+    assert stale.fix.startswith("digits_mlp lock")
+    none = doctor.check_lock(None, "abc", installed, "digits_mlp", "2.13.0+cu126")
+    assert none.verdict == "WARN" and "(cu126)" in none.detail and "digits_mlp lock" in none.fix
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "cpu.txt").write_text("")
+    assert doctor.lock_for_torch("2.13.0+cpu", tmp_path / "locks") == tmp_path / "locks" / "cpu.txt"
+    assert doctor.lock_for_torch("2.13.0", tmp_path / "locks") is None  # PyPI's build: locks/cuda.txt
 
 
 def test_torch_build_against_the_gpus_and_driver(doctor) -> None:
@@ -38,6 +57,10 @@ def test_torch_build_against_the_gpus_and_driver(doctor) -> None:
     assert too_new.verdict == "FAIL" and "needs an NVIDIA driver >= 525.60" in too_new.detail
     assert doctor.check_torch_build("2.5.1+cu124", ["NVIDIA A100-SXM4-40GB"], "550.54.15").verdict == "PASS"
     assert doctor.check_torch_build(None, [], None).verdict == "FAIL"
+    # PyPI's torch has no local tag: the CUDA version comes from torch's own files
+    untagged = doctor.check_torch_build("2.13.0", ["NVIDIA H100 80GB HBM3"], "550.54.15", cuda_version="13.0")
+    assert untagged.verdict == "FAIL" and "needs an NVIDIA driver >= 580.65" in untagged.detail
+    assert doctor.check_torch_build("2.13.0", ["NVIDIA H100"], "580.82.07", cuda_version="13.0").verdict == "PASS"
 
 
 def test_slurm_site(doctor, example_package, tmp_path) -> None:
@@ -104,3 +127,5 @@ def test_doctor_imports_neither_torch_nor_lightning(example_project, example_com
     )
     assert done.returncode in (0, 1), done.stderr  # 1: raw data not fetched in this project yet
     assert "[PASS] python" in done.stdout and "AssertionError" not in done.stderr, done.stdout + done.stderr
+    # installed from locks/cpu.txt (template_dev.make_project_venv): every pinned version is there
+    assert "[PASS] lock: all " in done.stdout and "packages at the versions locks/cpu.txt pins" in done.stdout

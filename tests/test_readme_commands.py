@@ -1,10 +1,13 @@
 """Every command in the generated README's code blocks runs, in order, in a fresh example project.
 
 Commands that would change the machine are dry-run instead: `python -m venv` checks that the
-interpreter exists, `pip install` runs with --dry-run, `copier update` with --pretend; activating
-the virtualenv is done by putting its bin/ first on PATH. The project's venv borrows the test
-environment's packages but not their console scripts, so dev tools run as `python -m TOOL`.
-Everything else runs as written.
+interpreter exists, `pip install` runs with --dry-run (but the install from the lock, which
+downloads every locked package to check its hash: the example_project fixture's venv is made by
+that very command, template_dev.make_project_venv; here the lock file must exist), `copier update` runs
+with --pretend; activating the virtualenv is done by putting its bin/ first on PATH. The
+project's venv has exactly the packages of a venv installed from its lock (locks/cpu.txt, as the
+README says: the example_project fixture), so the project's own tests (`pytest`, in the Test
+section) pass in the locked environment. Everything else runs as written.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from template_dev import EXAMPLE_ANSWERS, commit_all, make_project_venv, render, run
+from template_dev import EXAMPLE_ANSWERS, LOCK_INSTALL, commit_all, make_project_venv, render, run
 
 
 def readme_commands(readme: str) -> list[str]:
@@ -51,6 +54,8 @@ def as_run(command: str) -> str | None:
         return None  # the venv's bin/ is first on PATH already
     if len(words) >= 3 and words[1:3] == ["-m", "venv"]:
         return f"{words[0]} --version"
+    if words[:2] == ["pip", "install"] and "--require-hashes" in words:
+        return f"test -s {words[-1]}"
     if words[:2] == ["pip", "install"]:
         return "pip install --dry-run " + shlex.join(words[2:])
     if words[:4] == ["python", "-m", "copier", "update"]:
@@ -59,15 +64,17 @@ def as_run(command: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def readme_project(template_repo, tmp_path_factory):
+def readme_project(template_repo, example_project, tmp_path_factory):
     project = tmp_path_factory.mktemp("readme") / "digits-mlp"
     render(template_repo, project)
     commit_all(project, "Start from copier-lightning")
-    return project, make_project_venv(project, standalone=False)
+    # The packages of example_project's venv, which was installed from locks/cpu.txt as the README says.
+    return project, make_project_venv(project, standalone=False, borrow_from=example_project[1])
 
 
 def test_readme_has_the_future_self_sections(readme_project) -> None:
     readme = (readme_project[0] / "README.md").read_text()
+    assert shlex.join(LOCK_INSTALL) in readme  # the command the example_project fixture runs for real
     for section in (
         "Quick start",
         "Your first day",
@@ -97,8 +104,8 @@ def test_every_readme_command_runs(readme_project) -> None:
             run(["git", "add", "-A"], cwd=project)
             run(["git", "commit", "-q", "-m", "before updating"], cwd=project, env=env)
         to_run = as_run(command)
-        if to_run is None:
-            continue
+        if to_run is None or to_run in ran:
+            continue  # run already, and nothing since changes its outcome (`copier update` is a --pretend here)
         done = run(["bash", "-c", to_run], cwd=project, env=env, check=False, timeout=600)
         assert done.returncode == 0, f"README command failed: {to_run}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         if to_run.startswith(package):  # the project's own commands leave Lightning's chatter out

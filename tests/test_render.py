@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
-from template_dev import EXAMPLE_ANSWERS, TORCH_PIN, render
+from template_dev import EXAMPLE_ANSWERS, LOCK_INSTALL, TORCH_PIN, render
 
 LOGGER_FILES = {
     "csv": ("lightning.pytorch.loggers.CSVLogger", None),
@@ -141,20 +142,30 @@ def test_the_words_after_copy_agree_with_the_readme(
     run_copy(str(template_repo), tmp_path / "p", data=EXAMPLE_ANSWERS, defaults=True, quiet=False, unsafe=False)
     words = capsys.readouterr().err
     readme = (tmp_path / "p" / "README.md").read_text()
-    # torch pinned as torch-pin.txt says, in both (a bare `pip install torch` pulls a multi-GB CUDA build).
-    assert f"pip install {TORCH_PIN} " in words and f"pip install {TORCH_PIN}\n" in readme
+    # The same install in both: from the lock (Python 3.11), else torch first and pinned as torch-pin.txt
+    # says (a bare `pip install torch` pulls a multi-GB CUDA build).
+    assert f"{shlex.join(LOCK_INSTALL)} && pip install --no-deps -e ." in words
+    assert f"{shlex.join(LOCK_INSTALL)}\npip install --no-deps -e .\n" in readme
+    assert f"pip install {TORCH_PIN}\n" in readme  # the way without a lock
     sections = re.findall(r'README.md, "([^"]+)"', words)
     assert sections, words
     for section in sections:
         assert f"\n## {section}\n" in readme, f"the words after copy point to a README section {section!r} it lacks"
 
 
-def test_ci_workflow_installs_torch_first_and_runs_the_readme_checks(template_repo: Path, tmp_path: Path) -> None:
-    render(template_repo, tmp_path / "p")
+@pytest.mark.parametrize("python", ["3.11", "3.12"])
+def test_ci_workflow_installs_the_lock_and_runs_the_readme_checks(template_repo: Path, tmp_path: Path, python) -> None:
+    """From the lock where the template ships one (Python 3.11); otherwise torch first, pinned."""
+    render(template_repo, tmp_path / "p", python_version=python)
     workflow = yaml.safe_load((tmp_path / "p" / ".github" / "workflows" / "tests.yml").read_text())
     steps = [step.get("run", "") for step in workflow["jobs"]["tests"]["steps"]]
     install = next(step for step in steps if "pip install" in step)
-    assert install.index(f"pip install {TORCH_PIN} ") < install.index('pip install -e ".[example,dev]"')
+    if python == "3.11":
+        assert f"{shlex.join(LOCK_INSTALL)}\npip install --no-deps -e ." in install
+        assert "digits_mlp lock --check" in steps and (tmp_path / "p" / "locks" / "cpu.txt").is_file()
+    else:
+        assert install.index(f"pip install {TORCH_PIN} ") < install.index('pip install -e ".[example,dev]"')
+        assert not list((tmp_path / "p").glob("locks/*"))  # no lock resolved for this Python yet
     readme = (tmp_path / "p" / "README.md").read_text()
     test_section = readme.split("\n## Test\n")[1].split("\n## ")[0]
     for command in re.findall(r"^(\S.*)$", test_section.split("```bash\n")[1].split("```")[0], flags=re.M):

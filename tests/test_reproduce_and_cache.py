@@ -4,6 +4,7 @@ misses when it should, and run records and cards are complete."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib
 import json
 import re
@@ -225,6 +226,8 @@ def test_run_record_and_cards_are_complete(artifact_project) -> None:
         carried = torch.load(project / "runs" / "example" / "checkpoints" / name, weights_only=False)["monitored_value"]
         assert manifest["checkpoints"][name]["value"] == pytest.approx(carried) and carried > 0.5
     assert "torch==" in (project / "runs" / "example" / "packages-1.txt").read_text()
+    lock = project / "locks" / "cpu.txt"  # the lock's hash, so that the record names the environment meant
+    assert start["lock_file_sha256"]["locks/cpu.txt"] == hashlib.sha256(lock.read_bytes()).hexdigest()
 
     dataset = (project / "artifacts" / "cards" / "dataset.md").read_text()
     assert "| train | 1258 |" in dataset and "UCI ML hand-written digits" in dataset

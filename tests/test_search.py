@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -31,14 +32,17 @@ def finished_trials(runs: Path, name: str) -> list[dict]:
     return json.loads(record.read_text())["trials"] if record.exists() else []
 
 
-def study_states(runs: Path, name: str) -> list[tuple[int, str]]:
+def study_trials(runs: Path, name: str) -> list:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(str(runs / "sweeps" / name / "study.journal")))
-    study = optuna.load_study(study_name=name, storage=storage)
-    return [(trial.number, trial.state.name) for trial in study.get_trials(deepcopy=False)]
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def study_states(runs: Path, name: str) -> list[tuple[int, str]]:
+    return [(trial.number, trial.state.name) for trial in study_trials(runs, name)]
 
 
 def test_a_killed_search_resumes_to_six_distinct_trials_in_one_study(example_project, example_command, tmp_path):
@@ -59,12 +63,58 @@ def test_a_killed_search_resumes_to_six_distinct_trials_in_one_study(example_pro
     assert "6 trials done" in done.stdout
     states = study_states(runs, "killed")
     assert [state for _, state in states] == ["COMPLETE"] * 6, states  # no trial lost, none asked twice
+    assert not any(trial.intermediate_values for trial in study_trials(runs, "killed"))  # no pruner: no reports
     trials = finished_trials(runs, "killed")
     assert sorted(t["run_name"] for t in trials) == [f"sweep-killed-{n:03d}" for n in range(6)]
     for trial in trials:  # each a real run, finished
         manifest = json.loads((runs / trial["run_name"] / "manifest.json").read_text())
         assert manifest["status"] == "finished"
     assert run([*example_command, "results", "killed"], cwd=project, env=env).stdout.count("sweep-killed-") == 6
+
+
+PRUNED_SEARCH = """\
+name: pruned
+strategy: optuna
+trials: 6
+sampler: random
+seed: 3
+pruner: median
+options: [--trainer.max_epochs=3]
+parameters:
+  model.init_args.learning_rate: {low: 1.0e-6, high: 1.0e-1, log: true}
+"""
+
+
+def final_checkpoint(runs: Path, number: int) -> dict:
+    manifest = json.loads((runs / f"sweep-pruned-{number:03d}" / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    return manifest["checkpoints"]["final.ckpt"]
+
+
+def test_a_pruner_stops_a_trial_that_falls_behind(example_project, example_command, tmp_path):
+    """`pruner: median`: a trial worse than the median of the earlier trials at the same epoch stops
+    there (its run ends early, with a final checkpoint); the study marks it PRUNED."""
+    project, _ = example_project
+    runs = tmp_path / "runs"
+    search = tmp_path / "pruned.yaml"
+    search.write_text(PRUNED_SEARCH)
+    env = {"RUNS_DIR": str(runs)}
+    done = run([*example_command, "sweep", str(search)], cwd=project, env=env)
+    assert "6 trials done" in done.stdout
+    trials = study_trials(runs, "pruned")
+    pruned = [trial for trial in trials if trial.state.name == "PRUNED"]
+    assert pruned and len(trials) == 6 and {t.state.name for t in trials} == {"COMPLETE", "PRUNED"}, trials
+    for trial in pruned:
+        epoch = max(trial.intermediate_values)
+        assert epoch >= 1  # no pruning in the warm-up epoch
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        earlier = [t.intermediate_values[epoch] for t in complete if t.number < trial.number]
+        assert len(earlier) >= 3 and trial.intermediate_values[epoch] < statistics.median(earlier)
+        final = final_checkpoint(runs, trial.number)
+        assert final["step"] == final_checkpoint(runs, 0)["step"] * (epoch + 1) // 3  # ended after that epoch
+        assert f"sweep pruned: trial {trial.number} pruned" in done.stdout
+    status = run([*example_command, "sweep-status", str(search)], cwd=project, env=env).stdout
+    assert status.count("stopped early (pruned)") == len(pruned)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_runs import resume_test_config
 
 from template_dev import TOP, TORCH_PIN, run
 
@@ -204,15 +205,18 @@ def test_a_container_wraps_only_the_training_command(example_project, example_co
     assert "scontrol requeue" in script and "trap 'kill -USR1 $child" in script
 
 
-def test_the_apptainer_definition_installs_torch_first_then_the_project(example_project) -> None:
+def test_the_apptainer_definition_installs_the_cuda_lock(example_project) -> None:
     project, _ = example_project
     definition = (project / "container" / "apptainer.def").read_text()
     header = dict(line.split(": ", 1) for line in definition.splitlines()[:2])
     assert header == {"Bootstrap": "docker", "From": "python:3.11-slim"}
     sections = re.findall(r"^%(\w+)$", definition, flags=re.M)
     assert sections == ["files", "post", "environment", "test"]
-    assert f"pip install --no-cache-dir {TORCH_PIN} --index-url" in definition  # torch first, pinned
-    assert '"/opt/project[example]"' in definition and "pyproject.toml /opt/project/pyproject.toml" in definition
+    files = definition.split("%files\n")[1].split("\n\n")[0].split()
+    assert files == ["locks", "/opt/project/locks"]
+    install = re.search(r"^\s+pip install .*-r /opt/project/(locks/\S+)$", definition, flags=re.M)
+    assert install and "--require-hashes --no-deps" in install.group(0), definition
+    assert TORCH_PIN in (project / install.group(1)).read_text()  # the lock it names exists, with the pinned torch
 
 
 @pytest.mark.skipif(shutil.which("apptainer") is None, reason="apptainer is not installed here (no image to build)")
@@ -270,30 +274,50 @@ def test_sweep_as_a_job_array_runs_every_trial(cluster_project, tmp_path: Path) 
         assert '"status": "finished"' in manifest
 
 
-def test_optuna_search_as_a_job_array_asks_the_study_for_each_trial(cluster_project, tmp_path: Path) -> None:
+def test_optuna_search_as_a_job_array_resumes_a_killed_task_in_the_same_study(cluster_project, tmp_path: Path) -> None:
+    """Each array task asks the study for a trial; the task SIGKILLed mid-trial leaves it RUNNING, and
+    the same search submitted again trains that trial on from its checkpoint: 3 trials, one study."""
     project, *_, runs = cluster_project
+    kill = resume_test_config(tmp_path / "kill.json", tmp_path / "batches.jsonl", {"global_step": 5}, tmp_path / "k")
     search = tmp_path / "search.yaml"
     search.write_text(
         "strategy: optuna\ntrials: 3\nseed: 0\n"
-        "options: [--trainer.max_epochs=1, --trainer.accelerator=cpu]\n"
+        f"options: [--config={kill}, --trainer.max_epochs=1, --trainer.accelerator=cpu, "
+        "--checkpointing.every_n_steps=3, --checkpointing.every_n_minutes=null]\n"
         "parameters:\n  model.init_args.learning_rate: {low: 1.0e-4, high: 1.0e-1, log: true}\n"
     )
-    job = submit(cluster_project, "--sweep", str(search), "--gpu", "mig:1g.10gb")
+    first = submit(cluster_project, "--sweep", str(search), "--gpu", "mig:1g.10gb")
     script = (runs / "sweeps" / "search.sbatch").read_text()
     assert "#SBATCH --array=0-2" in script and "sweep --trial $SLURM_ARRAY_TASK_ID" in script
-    record = runs / "sweeps" / "search.json"
-    wait_for(
-        lambda: record.exists() and len(json.loads(record.read_text())["trials"]) == 3,
-        300,
-        f"three finished trials in the study (array job {job})",
-    )
+    wait_for(lambda: not queued(first), 300, f"array job {first} to end")
+    trials = study_trials(runs / "sweeps" / "search" / "study.journal", "search")
+    killed = [t.number for t in trials if t.state.name == "RUNNING"]  # one; two if two tasks reached step 5 at once
+    assert killed and all(t.state.name == "COMPLETE" for t in trials if t.number not in killed), log_of(runs, first)
+
+    second = submit(cluster_project, "--sweep", str(search), "--gpu", "mig:1g.10gb")
+    wait_for(lambda: not queued(second), 300, f"array job {second} to end")
+    trials = study_trials(runs / "sweeps" / "search" / "study.journal", "search")
+    assert sorted((t.number, t.state.name) for t in trials) == [(n, "COMPLETE") for n in range(3)]
+    assert sorted(t.user_attrs["worker"] for t in trials) == [f"array-task-{n}" for n in range(3)]  # one each
+    assert len(json.loads((runs / "sweeps" / "search.json").read_text())["trials"]) == 3
+    for number in range(3):
+        assert '"status": "finished"' in (runs / f"sweep-search-00{number}" / "manifest.json").read_text()
+    logs = "".join(path.read_text() for path in (runs / "slurm-logs").glob(f"*{second}*"))
+    for number in killed:  # went on in its own run, from its checkpoint: two starts, one run
+        assert len(json.loads((runs / f"sweep-search-00{number}" / "record.json").read_text())["starts"]) == 2
+        assert f"Run 'sweep-search-00{number}': resuming from last.ckpt" in logs, logs[-3000:]
+
+
+def queued(job: int) -> bool:
+    """Whether any task of `job` is still in the queue."""
+    listed = subprocess.run(["squeue", "--noheader", "--jobs", str(job)], capture_output=True, text=True)
+    return bool(listed.stdout.strip())
+
+
+def study_trials(journal: Path, name: str) -> list:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(str(runs / "sweeps" / "search" / "study.journal")))
-    trials = optuna.load_study(study_name="search", storage=storage).get_trials(deepcopy=False)
-    assert sorted((t.number, t.state.name) for t in trials) == [(n, "COMPLETE") for n in range(3)]
-    assert sorted(t.user_attrs["worker"] for t in trials) == [f"array-task-{n}" for n in range(3)]  # one each
-    for number in range(3):
-        assert '"status": "finished"' in (runs / f"sweep-search-00{number}" / "manifest.json").read_text()
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)

@@ -43,6 +43,7 @@ PUBLIC = {
     "evaluate_checkpoint": "analysis.evaluation",
     "dataset_card": "reporting.cards",
     "model_card": "reporting.cards",
+    "export_run": "deployment.export",
     # for configs (class_path) and your own tests
     "ProgressLines": "training.progress",
     "KillAt": "training.resume_testing",

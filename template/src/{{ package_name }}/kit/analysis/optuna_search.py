@@ -15,8 +15,9 @@ A sweep file:
 
     name: lr-search                 # default: the file name
     strategy: optuna
-    trials: 20                      # how many finished trials the search ends with
+    trials: 20                      # how many trials the search ends with (finished or pruned)
     sampler: tpe                    # tpe (default) or random
+    pruner: none                    # none (default), median or hyperband: stop trials that fall behind
     seed: 0                         # the sampler's seed
     options: [--trainer.max_epochs=10]   # given to every trial's `fit`
     parameters:
@@ -27,10 +28,17 @@ A sweep file:
 
 The objective is each trial's best monitored value (`checkpointing.monitor`, maximised or minimised
 as `checkpointing.mode` says in the configs the trials use).
+
+Pruning (off unless `pruner:` says otherwise): each trial reports its monitored value after every
+validation, and a trial that falls behind stops early (kit/analysis/trial_pruning.py). `median`
+stops a trial whose value is worse than the median of the earlier trials at the same epoch, once 3
+trials have finished and from the second epoch on; `hyperband` is Optuna's Hyperband over epochs.
+A pruned trial counts toward `trials`; `sweep-status` shows it as "stopped early (pruned)".
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 from collections.abc import Callable
@@ -43,9 +51,10 @@ from ..runs.atomic_files import atomic_write_text
 from ..runs.directory import RunDirectory, runs_root
 from ..runs.identity import experiment
 
-SPEC_KEYS = {"name", "strategy", "trials", "sampler", "seed", "options", "parameters"}
+SPEC_KEYS = {"name", "strategy", "trials", "sampler", "pruner", "seed", "options", "parameters"}
 FLOAT_OR_INT_KEYS = {"low", "high", "log", "step"}
 SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median", "hyperband")
 RANGE_FORM, CHOICES_FORM = "{low: L, high: H}", "{choices: [...]}"
 
 
@@ -64,6 +73,8 @@ def search_distributions(spec: dict[str, Any], text: str = "") -> dict[str, Any]
         )
     if spec.get("sampler", "tpe") not in SAMPLERS:
         raise SweepFileError(f"{_where(text, 'sampler')}sampler {spec['sampler']!r}: use one of {', '.join(SAMPLERS)}")
+    if spec.get("pruner", "none") not in PRUNERS:
+        raise SweepFileError(f"{_where(text, 'pruner')}pruner {spec['pruner']!r}: use one of {', '.join(PRUNERS)}")
     if not isinstance(spec.get("trials"), int) or spec["trials"] < 1:
         raise SweepFileError(f"{_where(text, 'trials')}`trials` must be a whole number of at least 1")
     parameters = spec.get("parameters")
@@ -98,8 +109,10 @@ def run_search(
     spec: dict[str, Any], text: str, name: str, extra_options: list[str], fit: Callable[[list[str]], int],
     array_task: int | None = None,
 ) -> int:  # fmt: skip
-    """Run trials until the study holds `trials` finished ones (an array task: one trial)."""
+    """Run trials until the study holds `trials` finished or pruned ones (an array task: one trial)."""
     import optuna
+
+    from .trial_pruning import pruning_trial
 
     distributions = search_distributions(spec, text)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -111,31 +124,35 @@ def run_search(
     while True:
         trials = study.get_trials(deepcopy=False)
         own = [t for t in trials if t.state == running and t.user_attrs.get("worker") == worker]
-        finished = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
         others_running = sum(t.state == running for t in trials) - len(own)
         if own:
-            number, params = own[0].number, own[0].params
-            print(f"sweep {name}: trial {number} continues {params}", flush=True)
-        elif finished + others_running < spec["trials"]:
+            trial = optuna.trial.Trial(study, own[0]._trial_id)  # the trial this worker had when it stopped
+            print(f"sweep {name}: trial {trial.number} continues {trial.params}", flush=True)
+        elif done + others_running < spec["trials"]:
             trial = study.ask(distributions)
             trial.set_user_attr("worker", worker)
-            number, params = trial.number, trial.params
-            print(f"sweep {name}: trial {number} ({finished + 1}/{spec['trials']}) {params}", flush=True)
+            print(f"sweep {name}: trial {trial.number} ({done + 1}/{spec['trials']}) {trial.params}", flush=True)
         else:
             break
+        number = trial.number
         run_name = f"sweep-{name}-{number:03d}"
-        options = [*spec.get("options", []), *_options(params), *extra_options]
-        code = fit([*options, "--run_name", run_name])
+        options = [*spec.get("options", []), *_options(trial.params), *extra_options]
+        with pruning_trial(trial) if spec.get("pruner", "none") != "none" else contextlib.nullcontext() as pruning:
+            code = fit([*options, "--run_name", run_name])
         if code != 0:
             # Left RUNNING: the next `sweep` (or the requeued array task) trains this trial on.
             print(f"sweep {name}: trial {number} stopped with exit code {code}; re-run the sweep to continue it")
             return code
-        value = RunDirectory(runs_root() / run_name).best_value()
-        study.tell(number, value)
+        if pruning is not None and pruning.pruned:
+            study.tell(number, state=optuna.trial.TrialState.PRUNED)
+            print(f"sweep {name}: trial {number} pruned (stopped early: behind the other trials)", flush=True)
+        else:
+            study.tell(number, RunDirectory(runs_root() / run_name).best_value())
         _write_record(study, spec, name)
         if array_task is not None:
             return 0  # one trial per array task
-    best = study.best_trial
+    best = study.best_trial  # pruned trials have no value: the best is a finished one
     values = _decoded(best.params)
     print(f"sweep {name}: {spec['trials']} trials done; best trial {best.number}: {best.value:.4f} {values}")
     print(f"Gather them with `results {name}`.")
@@ -156,10 +173,16 @@ def _open_study(spec: dict[str, Any], name: str, directory: Path, extra_options:
         if spec.get("sampler") == "random"
         else optuna.samplers.TPESampler(seed=seed)
     )
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+        "none": optuna.pruners.NopPruner,
+    }
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         sampler=sampler,
+        pruner=pruners[spec.get("pruner", "none")](),
         direction="minimize" if mode == "min" else "maximize",
         load_if_exists=True,
     )

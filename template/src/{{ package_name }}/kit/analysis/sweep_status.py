@@ -37,21 +37,24 @@ class TrialStatus:
     values: str = ""
 
 
-def sweep_trial_names(spec: dict, name: str) -> list[tuple[int, str, str, str]]:
-    """(number, run name, the trial's values as text, its array task) for every trial the sweep has or will have.
+def sweep_trial_names(spec: dict, name: str) -> list[tuple[int, str, str, str, str]]:
+    """(number, run name, the trial's values as text, its array task, its state in the Optuna study or "")
+    for every trial the sweep has or will have.
 
     A grid or random sweep's array task N runs trial N; an Optuna study's trials note the task that asked them.
     """
     if spec.get("strategy") == "optuna":
         asked = _optuna_trials(name)
         count = max(spec["trials"], len(asked))
-        return [(n, f"sweep-{name}-{n:03d}", *asked.get(n, ("", ""))) for n in range(count)]
+        return [(n, f"sweep-{name}-{n:03d}", *asked.get(n, ("", "", ""))) for n in range(count)]
     from .comparisons import sweep_trials
 
-    return [(n, f"sweep-{name}-{n:03d}", _short(values), str(n)) for n, values in enumerate(sweep_trials(spec))]
+    return [(n, f"sweep-{name}-{n:03d}", _short(values), str(n), "") for n, values in enumerate(sweep_trials(spec))]
 
 
-def trial_status(number: int, run_name: str, values: str, task: str, queue: dict[str, tuple[str, str]]) -> TrialStatus:
+def trial_status(
+    number: int, run_name: str, values: str, task: str, queue: dict[str, tuple[str, str]], study_state: str = ""
+) -> TrialStatus:
     run = RunDirectory(runs_root() / run_name)
     job_id, job_state = queue.get(task, ("", ""))
     manifest = run.read_manifest()
@@ -60,7 +63,9 @@ def trial_status(number: int, run_name: str, values: str, task: str, queue: dict
     checkpoints = sorted(manifest.get("checkpoints", {}).values(), key=lambda entry: entry["step"])
     latest = checkpoints[-1] if checkpoints else {}
     state = manifest.get("status", "?")
-    if state == "running" and queue and not job_state:
+    if study_state == "PRUNED":
+        state = "stopped early (pruned)"
+    elif state == "running" and queue and not job_state:
         state = "running (no job in the queue: killed?)"
     return TrialStatus(
         number, run_name, state, latest.get("step"), latest.get("value"), run.best_value(), job_id, values
@@ -95,7 +100,10 @@ def sweep_status_main(argv: list[str]) -> int:
     spec = yaml.safe_load(args.file.read_text())
     name = spec.get("name", args.file.stem)
     queue = slurm_queue(f"sweep-{name}")
-    rows = [trial_status(n, run, values, task, queue) for n, run, values, task in sweep_trial_names(spec, name)]
+    rows = [
+        trial_status(number, run_name, values, task, queue, study_state)
+        for number, run_name, values, task, study_state in sweep_trial_names(spec, name)
+    ]
     metric, mode = _monitor(rows)
     print(format_table(rows, metric, bool(queue)))
     scored = sorted((row for row in rows if row.best is not None), key=lambda r: r.best, reverse=mode != "min")
@@ -109,7 +117,7 @@ def sweep_status_main(argv: list[str]) -> int:
     return 0
 
 
-_STATES = ("queued", "running", "stopped", "failed", "finished")
+_STATES = ("queued", "running", "stopped", "failed", "finished")  # "stopped early (pruned)" counts as stopped
 
 
 def format_table(rows: list[TrialStatus], metric: str, with_jobs: bool) -> str:
@@ -143,7 +151,11 @@ def _optuna_trials(name: str) -> dict[int, tuple[str, str]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
     return {
-        trial.number: (_short(trial.params), trial.user_attrs.get("worker", "").removeprefix("array-task-"))
+        trial.number: (
+            _short(trial.params),
+            trial.user_attrs.get("worker", "").removeprefix("array-task-"),
+            trial.state.name,
+        )
         for trial in study.get_trials(deepcopy=False)
     }
 

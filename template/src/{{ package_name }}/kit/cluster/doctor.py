@@ -5,10 +5,12 @@ when something failed. Safe on a login node: it imports neither torch nor Lightn
 build is read from the installed package's version, `2.13.0+cpu` or `2.5.1+cu124`), starts no job
 and makes no network call. It checks:
 - Python against the project's `requires-python`;
-- every dependency of pyproject.toml installed, at a version it allows (and, when the project has a
-  `requirements*.lock` with `==` pins, at the pinned version);
+- every dependency of pyproject.toml installed, at a version it allows;
+- the lock (`locks/<build>.txt` for the installed torch build, kit/cluster/environment_lock.py):
+  made from the current pyproject.toml, and every package it pins installed at that version;
 - the torch build against the GPUs `nvidia-smi` sees: a CPU build on a GPU node, or a CUDA build
-  newer than the driver supports; which GPU or MIG slice this process sees;
+  newer than the driver supports (the build's CUDA version is read from torch's files, so PyPI's
+  untagged builds are checked too); which GPU or MIG slice this process sees;
 - `configs/slurm/site.yaml` complete, and its partition known to `sinfo` when SLURM answers;
 - W&B, when the config logs to it: offline or online, and whether a key is there (`~/.netrc`,
   WANDB_API_KEY), without asking the server;
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from ..data.commands import MANIFEST, differences, read_manifest
 from ..runs.directory import runs_root
+from .environment_lock import LOCKS, inputs_sha256, lock_for_torch, lock_header_field, pins
 
 # The oldest NVIDIA driver each CUDA major version runs on (NVIDIA's CUDA toolkit release notes,
 # minor version compatibility): a torch build for CUDA 12 needs a driver of at least 525.60.13.
@@ -67,8 +70,8 @@ def check_python(requires: str | None, version: str | None = None) -> Finding:
     )
 
 
-def check_packages(requirements: list[str], pins: dict[str, str] | None = None) -> Finding:
-    """Each requirement installed at an allowed version (and at its lock pin, if a lock pins it)."""
+def check_packages(requirements: list[str]) -> Finding:
+    """Each requirement of pyproject.toml installed at a version it allows."""
     from packaging.requirements import Requirement
 
     problems = []
@@ -83,9 +86,6 @@ def check_packages(requirements: list[str], pins: dict[str, str] | None = None) 
             continue
         if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
             problems.append(f"{requirement.name} {installed} is not {requirement.specifier}")
-        pinned = (pins or {}).get(_normal(requirement.name))
-        if pinned and installed.split("+")[0] != pinned.split("+")[0]:
-            problems.append(f"{requirement.name} {installed}, the lock pins {pinned}")
     if problems:
         return Finding(
             "packages", "FAIL", "; ".join(problems), 'pip install -e ".[example,dev]" (torch first, as the README says)'
@@ -93,7 +93,46 @@ def check_packages(requirements: list[str], pins: dict[str, str] | None = None) 
     return Finding("packages", "PASS", f"all {len(requirements)} dependencies of pyproject.toml installed")
 
 
-def check_torch_build(torch_version: str | None, gpus: list[str], driver: str | None) -> Finding:
+def check_lock(
+    lock: Path | None, current_inputs: str, installed: dict[str, str], console_script: str, torch_version: str | None
+) -> Finding:
+    """The lock for the installed torch build: made from today's pyproject.toml, and what is installed."""
+    if lock is None:
+        build = (torch_version or "").partition("+")[2] or "PyPI's (cuda)"
+        return Finding(
+            "lock",
+            "WARN",
+            f"no lock in {LOCKS}/ for the installed torch build ({build}): versions are not pinned",
+            f"{console_script} lock (then commit {LOCKS}/)",
+        )
+    text = lock.read_text()
+    if lock_header_field(text, "inputs-sha256") != current_inputs:
+        return Finding(
+            "lock",
+            "FAIL",
+            f"{lock} was made from another pyproject.toml (its dependencies changed since)",
+            f"{console_script} lock, then commit {LOCKS}/",
+        )
+    wrong = []
+    for name, version in sorted(pins(text).items()):
+        have = installed.get(name)
+        if have is None:
+            wrong.append(f"{name} missing (the lock pins {version})")
+        elif have != version and have.split("+")[0] != version:
+            wrong.append(f"{name} {have} (the lock pins {version})")
+    if wrong:
+        return Finding(
+            "lock",
+            "FAIL",
+            f"{len(wrong)} package(s) differ from {lock}: " + "; ".join(wrong[:4]) + ("; ..." * (len(wrong) > 4)),
+            f"pip install --require-hashes --no-deps -r {lock}",
+        )
+    return Finding("lock", "PASS", f"all {len(pins(text))} packages at the versions {lock} pins")
+
+
+def check_torch_build(
+    torch_version: str | None, gpus: list[str], driver: str | None, cuda_version: str | None = None
+) -> Finding:
     if torch_version is None:
         return Finding(
             "torch build", "FAIL", "torch is not installed", "pip install torch==VERSION (README, Quick start)"
@@ -106,11 +145,12 @@ def check_torch_build(torch_version: str | None, gpus: list[str], driver: str | 
             "torch build",
             "FAIL",
             f"torch {torch_version} is a CPU build on a machine with {len(gpus)} GPU(s)",
-            "pip install --force-reinstall torch==VERSION --index-url https://download.pytorch.org/whl/cu124",
+            f"pip install --require-hashes --no-deps -r {LOCKS}/cuda.txt (or {LOCKS}/cu126.txt for an older "
+            "driver), or: pip install --force-reinstall torch==VERSION --index-url https://download.pytorch.org/whl/cu126",
         )
-    match = re.fullmatch(r"cu(\d+?)(\d)", build)
-    if match and driver:
-        major = int(match.group(1))
+    tagged = re.fullmatch(r"cu(\d+?)(\d)", build)
+    major = int(tagged.group(1)) if tagged else int(cuda_version.split(".")[0]) if cuda_version else None
+    if major and driver:
         needed = MINIMUM_DRIVER.get(major)
         have = tuple(int(part) for part in driver.split(".")[:2])
         if needed and have < needed:
@@ -225,14 +265,18 @@ def installed_torch() -> str | None:
         return None
 
 
-def lock_pins(project: Path) -> dict[str, str]:
-    pins = {}
-    for lock in sorted(project.glob("requirements*.lock")):
-        for line in lock.read_text().splitlines():
-            match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line.strip())
-            if match:
-                pins[_normal(match.group(1))] = match.group(2)
-    return pins
+def torch_cuda_version() -> str | None:
+    """The CUDA version the installed torch was built for ('12.4'; None for a CPU build), from its files."""
+    try:
+        version_file = importlib.metadata.distribution("torch").locate_file("torch/version.py")
+        match = re.search(r"^cuda\b[^=]*=\s*'([\d.]+)'", Path(str(version_file)).read_text(), flags=re.MULTILINE)
+    except (importlib.metadata.PackageNotFoundError, OSError):
+        return None
+    return match.group(1) if match else None
+
+
+def installed_versions() -> dict[str, str]:
+    return {_normal(d.metadata["Name"] or "?"): d.version for d in importlib.metadata.distributions()}
 
 
 def project_metadata(project: Path) -> tuple[str | None, list[str]]:
@@ -262,11 +306,19 @@ def doctor_main(argv: list[str]) -> int:
     project = Path.cwd()
     requires, dependencies = project_metadata(project)
     gpus, driver = visible_gpus()
+    torch = installed_torch()
     config = project / "configs" / "default.yaml"
     checks: list[Callable[[], Finding]] = [
         lambda: check_python(requires),
-        lambda: check_packages(dependencies, lock_pins(project)),
-        lambda: check_torch_build(installed_torch(), gpus, driver),
+        lambda: check_packages(dependencies),
+        lambda: check_lock(
+            lock_for_torch(torch),  # relative to the project root, where doctor runs
+            inputs_sha256(project / "pyproject.toml"),
+            installed_versions(),
+            console_script,
+            torch,
+        ),
+        lambda: check_torch_build(torch, gpus, driver, torch_cuda_version()),
         lambda: check_site(project / "configs" / "slurm" / "site.yaml", slurm_partitions()),
         lambda: check_wandb(config.read_text() if config.exists() else "", dict(os.environ), Path.home()),
         lambda: check_runs_dir(runs_root()),

@@ -76,6 +76,23 @@ def dataset_card(data, path: Path, transform=None) -> None:
     path.write_text("\n".join(lines))
 
 
+def _shipping(export_dir: Path) -> list[str]:
+    """The export's parity and the budget table, when `export` and `budget` ran for this run."""
+    lines = []
+    if (export_dir / "export.json").exists():
+        record = json.loads((export_dir / "export.json").read_text())
+        parity = record["parity"]
+        lines += [
+            f"**Exported** as {', '.join(record['files'])} (ONNX opset {record['opset']}): outputs within "
+            f"{parity['max_abs_difference']:.1e} of PyTorch's on {parity['examples']} validation examples; "
+            f"serving preprocessing `{record.get('preprocessing')}`.",
+            "",
+        ]
+    if (export_dir / "budget.md").exists():
+        lines += ["**Inference budget** (`budget`).", "", (export_dir / "budget.md").read_text().rstrip(), ""]
+    return lines
+
+
 def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) -> None:
     """Write the card of the model a run trained, compared with a previous run if given."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -111,6 +128,7 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
     ]
     if evaluation.exists():
         lines += ["**Test evaluation.**", "", evaluation.read_text().rstrip(), ""]
+    lines += _shipping(run_dir / "export")
     if previous_run_dir is not None:
         previous_start = json.loads((previous_run_dir / "record.json").read_text())["starts"][-1]
         before, after = previous_start.get("data_fingerprint"), start.get("data_fingerprint")

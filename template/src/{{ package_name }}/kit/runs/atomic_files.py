@@ -30,6 +30,9 @@ def atomic_output(path: str | os.PathLike, before_replace: Callable[[], None] | 
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); a plain open() would have honoured the umask, so
+        # that teammates on a shared cluster can read runs, checkpoints and lock files.
+        os.chmod(descriptor, 0o666 & ~_umask())
         with os.fdopen(descriptor, "wb") as stream:
             yield stream
             stream.flush()
@@ -46,6 +49,12 @@ def atomic_output(path: str | os.PathLike, before_replace: Callable[[], None] | 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_output(path) as stream:
         stream.write(text.encode())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:

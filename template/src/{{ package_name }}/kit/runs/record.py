@@ -2,10 +2,10 @@
 
 `runs/<run>/record.json` holds one entry per start (a resumed or requeued run has several): the
 git commit, whether the work tree was dirty (and the uncommitted diff, in git-diff-<n>.patch), the
-installed packages (packages-<n>.txt, with their hash and the lock file's hash if the project has
-one), Python/torch/Lightning/CUDA versions, the GPU or MIG slice, SLURM job and array ids, where the
-processes ran (accelerator, devices, nodes, strategy, process count), the seed,
-the data fingerprint, the start time; at the end, the end time, how it ended (a status in the
+installed packages (packages-<n>.txt, with their hash and the hashes of the project's lock files,
+locks/*.txt), Python/torch/Lightning/CUDA versions, the NVIDIA driver, the GPU or MIG slice, SLURM
+job and array ids, where the processes ran (accelerator, devices, nodes, strategy, process count),
+the seed, the data fingerprint, the start time; at the end, the end time, how it ended (a status in the
 manifest's words) and the final metrics. The kit decides nothing from this file: the run's state
 is manifest.json's (kit/runs/directory.py).
 """
@@ -24,7 +24,8 @@ from typing import Any
 from .atomic_files import atomic_write_text
 from .directory import RUN_STATUSES, git_state, run_git, timestamp
 
-LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
+# The project's own locks (locks/*.txt, kit/cluster/environment_lock.py) and other tools' lock files.
+OTHER_LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
 SLURM_VARIABLES = (
     "SLURM_JOB_ID",
     "SLURM_ARRAY_JOB_ID",
@@ -39,6 +40,10 @@ def installed_packages() -> list[str]:
     return [f"{name}=={version}" for name, version in sorted(names.items())]
 
 
+def lock_files() -> list[Path]:
+    return sorted(Path("locks").glob("*.txt")) + [Path(name) for name in OTHER_LOCK_FILES if Path(name).exists()]
+
+
 def accelerator_description() -> dict[str, Any]:
     import torch
 
@@ -46,6 +51,9 @@ def accelerator_description() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 1024**3, 1)
+        from ..cluster.doctor import visible_gpus
+
+        info["nvidia_driver"] = visible_gpus()[1]  # nvidia-smi's answer; torch does not say
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if visible.startswith("MIG-"):
         info["mig_device"] = visible
@@ -74,9 +82,7 @@ def start_record(
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "packages_sha256": hashlib.sha256("\n".join(packages).encode()).hexdigest(),
-        "lock_file_sha256": {
-            name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in LOCK_FILES if Path(name).exists()
-        },
+        "lock_file_sha256": {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in lock_files()},
         "seed": seed,
         "data_fingerprint": data_fingerprint,
         "placement": placement or {},

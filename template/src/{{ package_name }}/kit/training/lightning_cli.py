@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from ..analysis.trial_pruning import active_trial_pruning
 from ..data.commands import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
 from ..runs.checkpoint_files import newest_checkpoint, set_aside_damaged
 from ..runs.checkpoint_io import AtomicCheckpointIO
@@ -220,6 +221,9 @@ class ProjectCLI(LightningCLI):
                     monitor=policy.monitor, mode=policy.mode, patience=stopping.patience, min_delta=stopping.min_delta
                 ),
             )
+        pruning = active_trial_pruning(policy.monitor)  # only while an Optuna search with a pruner trains a trial
+        if pruning is not None:
+            callbacks.append(pruning)
         plugins = _as_list(trainer_config.get("plugins"))
         plugins.append(AtomicCheckpointIO(ledger=self.run, keep_replaced_as={LAST_CHECKPOINT: PREVIOUS_CHECKPOINT}))
         if SLURMEnvironment.detect():

@@ -1,0 +1,6 @@
+"""Shipping a trained model: `export` (ONNX and a torch.export program, checked against PyTorch),
+`budget` (latency, throughput and memory against the budget written before training) and
+`predict-files` (batch inference over files, resumable, with the training preprocessing).
+
+Managed by the copier-lightning template. onnx and onnxruntime come with the `export` extra.
+"""

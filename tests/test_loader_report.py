@@ -1,0 +1,47 @@
+"""`loader` names the bottleneck: a planted slow `__getitem__` is input-bound, a heavy model compute-bound."""
+
+from __future__ import annotations
+
+import time
+
+from template_dev import run
+
+
+def test_a_slow_dataset_is_input_bound_and_the_knobs_are_named(example_package, monkeypatch) -> None:
+    from digits_mlp.kit import load_model_and_data
+    from digits_mlp.kit.analysis.loader_report import measure
+    from torch.utils.data import DataLoader, Dataset
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")  # the CPUs of the job, not the node's count
+    model, data = load_model_and_data([])
+    data.setup("fit")
+
+    class SlowItems(Dataset):
+        """Each example costs 2 ms to fetch, like a small file opened and decoded from a network disk."""
+
+        def __init__(self, examples) -> None:
+            self.examples = examples
+
+        def __len__(self) -> int:
+            return len(self.examples)
+
+        def __getitem__(self, index: int):
+            time.sleep(0.002)
+            return self.examples[index]
+
+    report = measure(model, DataLoader(SlowItems(data.splits["train"]), batch_size=64), max_batches=8)
+    assert report.input_bound and report.waiting_share > 0.5, report
+    assert report.model_steps_per_second > 3 * report.steps_per_second  # the model alone is much faster
+    verdict = report.verdict()
+    assert verdict.startswith("input-bound") and "num_workers is 0; this job may use 8 CPUs: try 7" in verdict
+    assert "pinned memory" in verdict and "shard" in verdict
+
+
+def test_a_heavy_model_is_compute_bound(example_project, example_command) -> None:
+    project, _ = example_project
+    heavy = ["--model.init_args.hidden_sizes=[2048, 2048, 2048]", "--data.init_args.batch_size=256"]
+    done = run([*example_command, "loader", *heavy], cwd=project)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("loader alone:") and lines[1].startswith("model alone:") and lines[2].startswith("both:")
+    assert lines[-1].startswith("compute-bound: the loader keeps up"), done.stdout

@@ -1,0 +1,103 @@
+"""Packed shards (kit/data/shards.py): exact round trip, storage-level filtering, damaged shards refused,
+and the resumable order over them (0 and 2 data-loading workers), on many small generated files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def packed(example_package, tmp_path_factory):
+    from digits_mlp.kit.data.many_files_example import pack_sample_files, write_sample_files
+
+    work = tmp_path_factory.mktemp("shards")
+    files = write_sample_files(work / "files", 5000, seed=1)
+    manifest = pack_sample_files(files, work / "shards", rows_per_shard=1000)
+    return files, work / "shards", manifest
+
+
+def test_every_sample_comes_back_exactly(packed) -> None:
+    from digits_mlp.kit.data.many_files_example import OneFilePerSample
+    from digits_mlp.kit.data.shards import ShardDataset
+
+    files, directory, manifest = packed
+    assert manifest["rows"] == 5000 and len(manifest["shards"]) == 5
+    assert len(list(directory.glob("shard-*.npy"))) == 10  # inputs and targets per shard: 10 files for 5,000 samples
+    shards, originals = ShardDataset(directory), OneFilePerSample(files)
+    assert len(shards) == len(originals) == 5000
+    for index in range(5000):
+        (image, label), (raw_image, raw_label) = shards[index], originals[index]
+        assert torch.equal(image, raw_image) and int(label) == int(raw_label)
+
+
+def test_a_filter_reads_only_the_rows_and_shards_it_needs(packed) -> None:
+    from digits_mlp.kit.data.many_files_example import label_of, split_of
+    from digits_mlp.kit.data.shards import ShardDataset, ShardError
+
+    files, directory, _ = packed
+    threes = ShardDataset(directory, where={"label": 3})
+    expected = [index for index, path in enumerate(files) if label_of(path) == 3]
+    assert list(threes.rows) == expected and all(int(threes[i][1]) == 3 for i in range(len(threes)))
+    assert threes.rows_read == len(expected)
+    # Samples arrive day by day (a `day` column): two days live in the first shard, and only it is read.
+    two_days = ShardDataset(directory, where={"day": [0, 1]})
+    assert two_days.shards_needed() == ["shard-00000"] and len(two_days) == 1000
+    assert all(split_of(int(row)) in (0, 1, 2) for row in two_days.rows)
+    for index in range(len(two_days)):
+        two_days[index]
+    assert two_days.shards_opened == {"shard-00000"} and two_days.rows_read == 1000  # 1 of 5 shards mapped
+    with pytest.raises(ShardError, match="selects no rows"):
+        ShardDataset(directory, where={"label": 11})
+    with pytest.raises(ShardError, match="no column 'date'"):
+        ShardDataset(directory, where={"date": 2024})
+
+
+def test_a_damaged_or_truncated_shard_is_refused_naming_it(packed, tmp_path) -> None:
+    import shutil
+
+    from digits_mlp.kit.data.shards import ShardDataset, ShardError
+
+    _, directory, _ = packed
+    copy = tmp_path / "shards"
+    shutil.copytree(directory, copy)
+    damaged = copy / "shard-00003.inputs.npy"
+    data = bytearray(damaged.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte, same size
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="shard .*shard-00003.inputs.npy is damaged or truncated"):
+        ShardDataset(copy)
+    assert len(ShardDataset(copy, where={"day": [0, 1]})) == 1000  # a filter that never reads shard 3 still works
+    truncated = copy / "shard-00001.targets.npy"
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    with pytest.raises(ShardError, match="shard-00001.targets.npy is damaged or truncated"):
+        ShardDataset(copy, where={"split": 2})
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["format"] == "numpy-shards/1"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_resumable_order_survives_a_restart_on_shards(packed, workers) -> None:
+    from digits_mlp.kit import ResumableDataLoader
+    from digits_mlp.kit.data.shards import ShardDataset
+
+    _, directory, _ = packed
+    dataset = ShardDataset(directory, where={"split": 0})
+
+    def loader():
+        return ResumableDataLoader(dataset, batch_size=128, seed=7, num_workers=workers)
+
+    whole = [batch[1].tolist() for batch in loader()]
+    interrupted = loader()
+    seen = []
+    for batch in interrupted:
+        seen.append(batch[1].tolist())
+        if len(seen) == 9:
+            break
+    state = interrupted.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    seen += [batch[1].tolist() for batch in resumed]
+    assert seen == whole and len(whole) == -(-len(dataset) // 128)

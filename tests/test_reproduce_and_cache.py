@@ -17,7 +17,7 @@ import torch
 from template_dev import EXAMPLE_ANSWERS, commit_all, make_project_venv, render, run
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
-ALL = {"example-model", "learning-curves", "final-metrics", "dataset-card", "model-card"}
+ALL = {"example-model", "learning-curves", "final-metrics", "dataset-card", "exported-model", "model-card"}
 
 
 # -- the preprocessing cache, in process -------------------------------------------------------
@@ -127,7 +127,7 @@ def test_reproduce_rebuilds_exactly_what_is_stale(artifact_project) -> None:
     command("data", "fetch")
     assert rebuilt(command("reproduce", "--all").stdout) == ALL
     assert rebuilt(command("reproduce", "--all").stdout) == set()  # nothing changed: nothing rebuilt
-    assert command("reproduce", "--list").stdout.count("up to date") == 5
+    assert command("reproduce", "--list").stdout.count("up to date") == len(ALL)
 
     artifacts = project / "src" / PACKAGE / "artifacts.py"
     edit(artifacts, '"metrics": ["train/loss", "val/loss", "val/acc"]', '"metrics": ["val/loss", "val/acc"]')
@@ -151,13 +151,13 @@ def test_reproduce_rebuilds_exactly_what_is_stale(artifact_project) -> None:
         path.write_text(path.read_text() + "# a comment\n")
     kit_module = project / "src" / PACKAGE / "kit" / "reporting" / "cards.py"
     kit_module.write_text(kit_module.read_text() + "\nprint_width = 100  # the kit changed\n")
-    assert command("reproduce", "--list").stdout.count("up to date") == 5
+    assert command("reproduce", "--list").stdout.count("up to date") == len(ALL)
 
     default = project / "configs" / "default.yaml"
     edit(default, "max_epochs: 30", "max_epochs: 31")  # the trained model's own config: stale
     assert "example-model    checkpoint  stale" in command("reproduce", "--list").stdout
     edit(default, "max_epochs: 31", "max_epochs: 30")
-    assert command("reproduce", "--list").stdout.count("up to date") == 5
+    assert command("reproduce", "--list").stdout.count("up to date") == len(ALL)
 
     model.write_text(model.read_text() + "\nSCALE = 1.0\n")  # a code change
     assert rebuilt(command("reproduce", "dataset-card").stdout) == {"dataset-card"}  # code is a dependency

@@ -79,7 +79,8 @@ def test_the_budget_passes_on_the_example_and_fails_on_a_slow_model(
     card = (tmp_path / "card.md").read_text()
     assert "**Exported** as model.onnx, model.pt2" in card and "**Inference budget**" in card and "| onnx |" in card
 
-    slow = ["--model.init_args.hidden_sizes=[4096, 4096]", "--run_name", "slow"]  # 45 ms p50 at batch 256 here: over twice the budget
+    # 45 ms p50 at batch 256 here: over twice the budget
+    slow = ["--model.init_args.hidden_sizes=[4096, 4096]", "--run_name", "slow"]
     run([*example_command, "fit", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", *slow], cwd=project,
         env=env)  # fmt: skip
     run([*example_command, "export", *slow], cwd=project, env=env)

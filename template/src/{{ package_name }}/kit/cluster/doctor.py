@@ -34,7 +34,15 @@ from pathlib import Path
 
 from ..data.commands import MANIFEST, differences, read_manifest
 from ..runs.directory import runs_root
-from .environment_lock import LOCKS, inputs_sha256, lock_for_torch, lock_header_field, pins
+from .environment_lock import (
+    LOCKS,
+    inputs_sha256,
+    lock_for_torch,
+    lock_header_field,
+    normal_name,
+    pins,
+    read_pyproject,
+)
 
 # The oldest NVIDIA driver each CUDA major version runs on (NVIDIA's CUDA toolkit release notes,
 # minor version compatibility): a torch build for CUDA 12 needs a driver of at least 525.60.13.
@@ -276,21 +284,13 @@ def torch_cuda_version() -> str | None:
 
 
 def installed_versions() -> dict[str, str]:
-    return {_normal(d.metadata["Name"] or "?"): d.version for d in importlib.metadata.distributions()}
+    return {normal_name(d.metadata["Name"] or "?"): d.version for d in importlib.metadata.distributions()}
 
 
 def project_metadata(project: Path) -> tuple[str | None, list[str]]:
     """requires-python and the dependencies, from pyproject.toml."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    data = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    data = read_pyproject(project / "pyproject.toml")["project"]
     return data.get("requires-python"), list(data.get("dependencies", []))
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _run(command: list[str], timeout: float = 10) -> str:

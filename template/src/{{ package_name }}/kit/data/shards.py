@@ -26,7 +26,6 @@ the checksums and the filtering, a few dozen lines.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..runs.atomic_files import atomic_write_text
+from ..runs.atomic_files import atomic_write_text, current_umask
+from .file_hashes import file_sha256
 
 FORMAT = "numpy-shards/1"
 MANIFEST = "manifest.json"
@@ -102,32 +102,18 @@ def _write_shard(directory: Path, number: int, fields: dict[str, np.ndarray]) ->
     for field, values in fields.items():
         path = directory / f"{name}.{field}.npy"
         np.save(path, np.ascontiguousarray(values))
-        files[field] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[field] = {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     return {"name": name, "rows": len(next(iter(fields.values()))), "files": files}
 
 
 def _replace_directory(staging: Path, directory: Path) -> None:
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the team should read the data
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the team should read the data
     old = directory.with_name(f".{directory.name}.old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
         directory.rename(old)
     staging.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ShardDataset(Dataset):
@@ -180,7 +166,7 @@ class ShardDataset(Dataset):
         for field in self.fields:
             entry = self.manifest["shards"][number]["files"][field]
             path = self.directory / entry["file"]
-            if not path.exists() or path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+            if not path.exists() or path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
                 raise ShardError(
                     f"shard {path} is damaged or truncated (its checksum differs from {MANIFEST}'s): nothing "
                     "trains on it; pack the data again or restore the file"

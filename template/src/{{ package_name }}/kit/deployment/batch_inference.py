@@ -99,11 +99,15 @@ def batches(
 
 def predict_files(
     files: list[Path], output: Path, preprocess: Callable, predict: Callable, batch_size: int,
-    progress: Callable[[int, int], None] = lambda done, total: None,
+    progress: Callable[[int, int, int], None] = lambda done, file_number, files: None,
 ) -> int:  # fmt: skip
-    """Predict every sample not yet in `output`; returns how many were predicted now."""
+    """Predict every sample not yet in `output`; returns how many were predicted now.
+
+    progress(samples in the output, number of the file being read, number of files): each file is
+    read once, so the sample count of the files ahead is not known.
+    """
     done = done_rows(output)
-    total = sum(len(read_samples(path)) for path in files)
+    file_numbers = {str(path): number for number, path in enumerate(files, start=1)}
     new_file = not output.exists() or output.stat().st_size == 0
     output.parent.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -119,7 +123,7 @@ def predict_files(
             stream.flush()
             os.fsync(stream.fileno())  # a batch is on disk before the next one starts
             written += len(keys)
-            progress(len(done) + written, total)
+            progress(len(done) + written, file_numbers[keys[-1][0]], len(files))
     return written
 
 
@@ -170,8 +174,8 @@ def predict_files_main(argv: list[str]) -> int:
             with torch.inference_mode():
                 return model(inputs).float()
 
-    def progress(done: int, total: int) -> None:
-        print(f"\rpredicted {done}/{total}", end="", flush=True)
+    def progress(done: int, file_number: int, files: int) -> None:
+        print(f"\rpredicted {done} (file {file_number} of {files})", end="", flush=True)
 
     try:
         written = predict_files(files, args.output, preprocess, predict, args.batch_size, progress)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
@@ -35,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..data.file_hashes import file_sha256
 from ..runs.atomic_files import atomic_output, atomic_write_text
 from .onnx_runtime import onnx_session
 
@@ -151,7 +151,7 @@ def export_model(model, data, checkpoint: Path, directory: Path) -> dict[str, An
     record = {
         "checkpoint": str(checkpoint),
         "checkpoint_fingerprint": checkpoint_fingerprint(checkpoint),
-        "files": {path.name: _sha256(path) for path in (onnx_path, program_path)},
+        "files": {path.name: file_sha256(path) for path in (onnx_path, program_path)},
         "opset": next(entry.version for entry in onnx.load(str(onnx_path)).opset_import if entry.domain == ""),
         "input_shape": ["batch", *inputs.shape[1:]],
         "input_dtype": str(inputs.dtype).removeprefix("torch."),
@@ -171,9 +171,8 @@ def is_current(directory: Path, checkpoint: Path) -> bool:
         record = json.loads((directory / "export.json").read_text())
     except (OSError, ValueError):
         return False
-    files_intact = all(
-        (directory / name).exists() and _sha256(directory / name) == digest for name, digest in record["files"].items()
-    )
+    files = {directory / name: digest for name, digest in record["files"].items()}
+    files_intact = all(path.exists() and file_sha256(path) == digest for path, digest in files.items())
     return files_intact and record.get("checkpoint_fingerprint") == checkpoint_fingerprint(checkpoint)
 
 
@@ -217,10 +216,6 @@ def export_main(argv: list[str]) -> int:
         print(f"Serving applies {record['preprocessing']} to raw inputs, as training does.")
     print(f"Record: {Path(record['checkpoint']).parent.parent / EXPORT_DIR / 'export.json'}")
     return 0
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _version(name: str) -> str | None:

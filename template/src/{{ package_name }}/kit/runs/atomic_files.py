@@ -32,7 +32,7 @@ def atomic_output(path: str | os.PathLike, before_replace: Callable[[], None] | 
     try:
         # mkstemp makes the file private (0600); a plain open() would have honoured the umask, so
         # that teammates on a shared cluster can read runs, checkpoints and lock files.
-        os.chmod(descriptor, 0o666 & ~_umask())
+        os.chmod(descriptor, 0o666 & ~current_umask())
         with os.fdopen(descriptor, "wb") as stream:
             yield stream
             stream.flush()
@@ -51,7 +51,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         stream.write(text.encode())
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; set it straight back
     os.umask(mask)
     return mask

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..data.file_hashes import file_sha256
 from .atomic_files import atomic_write_text
 from .directory import RUN_STATUSES, git_state, run_git, timestamp
 
@@ -82,7 +83,7 @@ def start_record(
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "packages_sha256": hashlib.sha256("\n".join(packages).encode()).hexdigest(),
-        "lock_file_sha256": {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in lock_files()},
+        "lock_file_sha256": {str(path): file_sha256(path) for path in lock_files()},
         "seed": seed,
         "data_fingerprint": data_fingerprint,
         "placement": placement or {},

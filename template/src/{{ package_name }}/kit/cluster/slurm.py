@@ -31,6 +31,12 @@ from ..runs.identity import RunNameError, run_name
 
 SITE_CONFIG = Path("configs/slurm/site.yaml")
 REQUIRED_SITE_KEYS = ("partition", "time", "cpus_per_gpu", "mem_per_gpu", "full_gpu_gres", "mig_types")
+# How long srun lets the other tasks finish once one task has ended. The processes of a run stopped
+# for requeue all exit with code 3, but not at the same instant (rank 0 writes the run's records; a
+# GPU process can take seconds to tear down): with --kill-on-bad-exit the first exit 3 would cancel
+# the others, srun would report 143 and the job would end instead of requeueing. A process that
+# died still ends the step in bounded time: this long, or distributed.timeout_minutes if sooner.
+TASK_EXIT_GRACE_SECONDS = 120
 
 
 class SlurmSetupError(ValueError):
@@ -136,7 +142,9 @@ def job_script(
         'echo "job ${SLURM_JOB_ID} on $(hostname) at $(date -Is), restart ${SLURM_RESTART_COUNT:-0}"',
         "",
         "# USR1 reaches this shell; pass it on to the training processes, which checkpoint and exit with 3.",
-        f"srun --kill-on-bad-exit=1 {command} &",
+        f"# The step ends at most {TASK_EXIT_GRACE_SECONDS} s after its first task, whatever its exit code",
+        "# (all exit with 3 on USR1, a moment apart: --kill-on-bad-exit would cancel the later ones).",
+        f"srun --kill-on-bad-exit=0 --wait={TASK_EXIT_GRACE_SECONDS} {command} &",
         "child=$!",
         "trap 'kill -USR1 $child 2>/dev/null' USR1",
         "status=0",

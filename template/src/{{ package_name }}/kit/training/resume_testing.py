@@ -9,6 +9,8 @@ Add them to a config (trainer.callbacks) to test resumption on your own model:
   process of the group, data-loading workers included, as a terminal's Ctrl-C does.
 * `DistinctRankRandomness` gives each DDP process its own random stream (as per-rank augmentation
   does), so that a resume test notices a process that gets another's random states back.
+* `LateExit` keeps one DDP process some seconds longer at the end of `fit`, as a slow GPU teardown
+  does, so that a test sees whether a job script mistakes the order the processes end in for a failure.
 * `RecordBatches` appends one JSON line per training batch: epoch, batch index, global step and a
   fingerprint of every example in the batch, so a test can check that each example is seen exactly
   once per epoch across a crash and a resume.
@@ -16,10 +18,12 @@ Add them to a config (trainer.callbacks) to test resumption on your own model:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -91,6 +95,22 @@ class KillAt(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._maybe_kill(trainer, "train_epoch_end")
+
+
+class LateExit(pl.Callback):
+    """The process of global rank `rank` takes `seconds` longer to exit, once `fit` is over.
+
+    The wait is at interpreter exit (atexit), where a GPU process tears down its CUDA context: past
+    the training's signal handlers, so a SIGTERM then ends it as it would end a real one.
+    """
+
+    def __init__(self, rank: int = 1, seconds: float = 5.0) -> None:
+        self.rank = rank
+        self.seconds = seconds
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        if stage == "fit" and trainer.global_rank == self.rank:
+            atexit.register(time.sleep, self.seconds)
 
 
 class DistinctRankRandomness(pl.Callback):

@@ -3,8 +3,9 @@
 `.venv/bin/python bench/loader_formats.py [COUNT]` (default 100,000). Generates COUNT synthetic 8x8
 samples as one .npy file each (kit/data/many_files_example.py), packs them into shards of 16,384
 rows (kit/data/shards.py), and times a shuffled DataLoader (batch size 256) drawing SAMPLES_PER_ROUND
-samples from each of: one file per sample, the shards (memory-mapped), and an in-memory tensor
-data set, at 0 and 2 data-loading workers. Rounds are interleaved (every loader once per round) so
+samples from each of: one file per sample, the shards read row by row, the shards read a batch at a
+time (`ShardDataset.__getitems__`, what training uses), and an in-memory tensor data set, at 0 and 2
+data-loading workers. Rounds are interleaved (every loader once per round) so
 the machine's noise hits all alike; the figure is the median over rounds. The files sit on local
 disk in the page cache: on a network filesystem, one file per sample is slower still.
 Figures: docs/benchmarks.md.
@@ -24,6 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from example_project import use_rendered_example  # noqa: E402
 
 BATCH_SIZE, SAMPLES_PER_ROUND, ROUNDS = 256, 25_600, 5
+
+
+class RowByRow:
+    """The shards without their batched read (`__getitems__`): one `__getitem__` per sample, as before."""
+
+    def __init__(self, shards) -> None:
+        self.shards = shards
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, index: int):
+        return self.shards[index]
 
 
 def samples_per_second(loader) -> float:
@@ -55,7 +69,12 @@ def main() -> None:
     samples = [shards[i] for i in range(len(shards))]
     images, labels = (torch.stack([sample[field] for sample in samples]) for field in (0, 1))
     in_memory = TensorDataset(images, labels)
-    datasets = {"one file per sample": OneFilePerSample(files), "packed shards": shards, "in memory": in_memory}
+    datasets = {
+        "one file per sample": OneFilePerSample(files),
+        "shards, row by row": RowByRow(shards),
+        "packed shards": shards,
+        "in memory": in_memory,
+    }
     print(f"{count:,} samples: wrote {count:,} files in {written:.1f} s, packed them into "
           f"{len(shards.manifest['shards'])} shards in {packed:.1f} s")  # fmt: skip
     for workers in (0, 2):

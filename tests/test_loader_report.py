@@ -45,3 +45,22 @@ def test_a_heavy_model_is_compute_bound(example_project, example_command) -> Non
     lines = done.stdout.splitlines()
     assert lines[0].startswith("loader alone:") and lines[1].startswith("model alone:") and lines[2].startswith("both:")
     assert lines[-1].startswith("compute-bound: the loader keeps up"), done.stdout
+
+
+def test_the_advice_fits_the_loader(example_package, monkeypatch) -> None:
+    """Shards already: no advice to pack; workers that take the training's CPUs: fewer workers, not more."""
+    from digits_mlp.kit.analysis.loader_report import LoaderReport
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    figures = {"samples_per_second": 1e5, "gpu_busy_share": None, "batch_size": 256, "pin_memory": False}
+    waiting = LoaderReport(**figures, model_steps_per_second=190, steps_per_second=130, waiting_share=0.3,
+                           num_workers=0, from_shards=True)  # fmt: skip
+    assert waiting.verdict().startswith("input-bound") and "shard" not in waiting.verdict()
+    assert "try 1" in waiting.verdict()
+    crowded = LoaderReport(**figures, model_steps_per_second=190, steps_per_second=60, waiting_share=0.1,
+                           num_workers=1, from_shards=True)  # fmt: skip
+    assert crowded.verdict().startswith("slowed by its workers") and "3.2x as long" in crowded.verdict()
+    assert "fewer workers" in crowded.verdict() and "this job's 2 CPUs" in crowded.verdict()
+    heavy = LoaderReport(**figures, model_steps_per_second=20, steps_per_second=19, waiting_share=0.05,
+                         num_workers=1, from_shards=True)  # fmt: skip
+    assert heavy.verdict().startswith("compute-bound")

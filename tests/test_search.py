@@ -162,6 +162,26 @@ def test_a_changed_search_space_is_refused_with_the_difference(example_package, 
     assert study_states(tmp_path / "runs", "space") == [(0, "COMPLETE")]  # the old study is untouched
 
 
+def test_a_trial_left_without_its_worker_is_trained_not_lost(example_package, tmp_path, monkeypatch):
+    """A search killed between asking the study for a trial and naming its worker (two journal entries)
+    leaves that trial RUNNING and unowned: the next `sweep` trains it instead of ending without it."""
+    import yaml
+    from digits_mlp.kit.analysis.comparisons import sweep_main
+    from digits_mlp.kit.analysis.optuna_search import _open_study, search_distributions
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    text = SEARCH.format(name="unowned").replace("trials: 6", "trials: 2")
+    (sweep := tmp_path / "search.yaml").write_text(text)
+    spec = yaml.safe_load(text)
+    (directory := tmp_path / "runs" / "sweeps" / "unowned").mkdir(parents=True)
+    study = _open_study(spec, "unowned", directory, [])
+    study.ask(search_distributions(spec, text))  # ... and the search was killed here
+    code, printed = _printed(sweep_main, [str(sweep)])
+    assert code == 0 and "trial 0 continues" in printed and "2 trials done" in printed, printed
+    assert study_states(tmp_path / "runs", "unowned") == [(0, "COMPLETE"), (1, "COMPLETE")]
+
+
 def _printed(function, argv) -> tuple[int, str]:
     import contextlib
     import io

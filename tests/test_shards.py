@@ -33,6 +33,24 @@ def test_every_sample_comes_back_exactly(packed) -> None:
         assert torch.equal(image, raw_image) and int(label) == int(raw_label)
 
 
+def test_a_batch_read_at_once_equals_the_samples_read_one_by_one(packed) -> None:
+    """`__getitems__` (what a DataLoader calls for a batch): one gather per shard, samples in the order asked."""
+    import numpy as np
+    from digits_mlp.kit.data.shards import ShardDataset
+    from torch.utils.data import default_collate
+
+    _, directory, _ = packed
+    shards = ShardDataset(directory, where={"split": [0, 2]})
+    order = [int(i) for i in np.random.default_rng(3).permutation(len(shards))[:300]]  # rows from every shard
+    batch = shards.__getitems__(order)
+    assert shards.rows_read == 300 and len(shards.shards_opened) == 5
+    one_by_one = [shards[i] for i in order]
+    for (image, label), (expected_image, expected_label) in zip(batch, one_by_one, strict=True):
+        assert torch.equal(image, expected_image) and torch.equal(label, expected_label)
+    images, labels = default_collate(batch)
+    assert images.shape == (300, 8, 8) and labels.dtype == torch.int64
+
+
 def test_a_filter_reads_only_the_rows_and_shards_it_needs(packed) -> None:
     from digits_mlp.kit.data.many_files_example import label_of, split_of
     from digits_mlp.kit.data.shards import ShardDataset, ShardError

@@ -13,7 +13,8 @@ The rooms, one concern each (docs/layout.md has the table):
   runs/       a run on disk: its directory, manifest and record, checkpoint files, atomic writes
   training/   what runs inside `fit`: the LightningCLI, resumable loader, random states, rolling
               checkpoints, DDP agreement, progress lines, the resume-testing callbacks
-  data/       raw-data checksums (`data` command) and the preprocessing cache
+  data/       raw-data checksums (`data` command), the preprocessing cache, packed shards and
+              the data module over them, loader settings
   analysis/   sanity checks, LR and batch-size finders, evaluation, sweeps, seeds and comparisons
   reporting/  reproduce (artifacts on doit), README table, dataset and model cards
   cluster/    SLURM jobs, the memory profile for MIG slices, supervise
@@ -36,6 +37,12 @@ PUBLIC = {
     "CacheResult": "data.preprocessing_cache",
     "cached_features": "data.preprocessing_cache",
     "remembered_cache_key": "data.preprocessing_cache",
+    "cached_directory": "data.preprocessing_cache",
+    "ShardedDataModule": "data.sharded_data_module",
+    "LoaderSettings": "data.loader_settings",
+    "pack_shards": "data.shards",
+    "ShardDataset": "data.shards",
+    "ManyFilesDataModule": "data.many_files_example",
     # for artifacts.py
     "Artifact": "reporting.reproduce",
     "runs_root": "runs.directory",

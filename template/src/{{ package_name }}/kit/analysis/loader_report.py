@@ -9,14 +9,15 @@ Three measurements of the configured model and training loader, on this machine:
 A run that waits for data INPUT_BOUND_SHARE of the time or more is input-bound: the report names
 the knobs (data-loading workers, pinned memory, packed shards instead of many small files, batch
 size), with the CPUs this job may use (SLURM's allocation, not the node's count). Otherwise the
-loader keeps up and speed comes from the model side. On a GPU it also reports the GPU's busy share
-(the model's time in CUDA events over the wall time).
+loader keeps up and speed comes from the model side, unless the steps run much slower than the
+model alone although they hardly wait: then the data-loading workers take the training's CPUs (seen
+on a 2-CPU machine: 1 worker made the shard example's steps 1.9-3.2x slower than 0 workers). On a
+GPU it also reports the GPU's busy share (the model's time in CUDA events over the wall time).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,19 +26,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from ..data.loader_settings import available_cpus
+from ..data.shards import ShardDataset
+
 INPUT_BOUND_SHARE = 0.2
+SLOWED_SHARE = 0.6  # with loading, fewer than this share of the model-alone steps per second: slowed
 MAX_BATCHES, MAX_SECONDS = 30, 10.0
-
-
-def available_cpus() -> int:
-    """The CPUs this process may use: SLURM's allocation, else this process's affinity, not the node's count."""
-    for variable in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
-        if os.environ.get(variable, "").isdigit():
-            return int(os.environ[variable])
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -50,24 +44,40 @@ class LoaderReport:
     batch_size: int
     num_workers: int
     pin_memory: bool
+    from_shards: bool = False  # the loader reads packed shards already
 
     @property
     def input_bound(self) -> bool:
         return self.waiting_share >= INPUT_BOUND_SHARE
 
+    @property
+    def slowed_by_workers(self) -> bool:
+        """Not waiting, yet much slower than the model alone: the workers take the training's CPUs."""
+        return self.num_workers > 0 and self.steps_per_second < SLOWED_SHARE * self.model_steps_per_second
+
     def verdict(self) -> str:
+        cpus = available_cpus()
         if self.input_bound:
-            cpus = available_cpus()
             knobs = [
                 f"more data-loading workers (num_workers is {self.num_workers}; this job may use {cpus} CPUs: "
-                f"try {max(1, cpus - 1)})",
+                f"try {max(1, cpus - 1)})"
+                if self.num_workers < cpus - 1
+                else None,
                 "pinned memory (pin_memory=True) when training on a GPU" if not self.pin_memory else None,
-                "data packed into a few large shard files instead of many small ones",
+                "data packed into a few large shard files instead of many small ones" if not self.from_shards else None,
                 "decoding and augmentation done once in `data prepare` rather than per step",
                 f"a larger batch (now {self.batch_size}) if the model allows",
             ]
             return f"input-bound: training waits for data {self.waiting_share:.0%} of the time. Turn: " + "; ".join(
                 knob for knob in knobs if knob
+            )
+        if self.slowed_by_workers:
+            slower = self.model_steps_per_second / self.steps_per_second
+            return (
+                f"slowed by its workers: training waits for data only {self.waiting_share:.0%} of the time, yet a "
+                f"step takes {slower:.1f}x as long as on a batch kept in memory: the {self.num_workers} data-loading "
+                f"worker(s) compete with training for this job's {cpus} CPUs. Turn: fewer workers (num_workers 0 "
+                "reads packed shards in the training process), or more CPUs for the job"
             )
         return (
             f"compute-bound: the loader keeps up (waiting {self.waiting_share:.0%} of the time); speed comes from "
@@ -162,6 +172,7 @@ def measure(model, loader, max_batches: int = MAX_BATCHES) -> LoaderReport:
         batch_size=getattr(loader, "batch_size", None) or 0,
         num_workers=getattr(loader, "num_workers", 0),
         pin_memory=bool(getattr(loader, "pin_memory", False)),
+        from_shards=isinstance(getattr(loader, "dataset", None), ShardDataset),
     )
 
 

@@ -39,6 +39,7 @@ A pruned trial counts toward `trials`; `sweep-status` shows it as "stopped early
 from __future__ import annotations
 
 import contextlib
+import datetime
 import difflib
 import json
 from collections.abc import Callable
@@ -55,6 +56,7 @@ SPEC_KEYS = {"name", "strategy", "trials", "sampler", "pruner", "seed", "options
 FLOAT_OR_INT_KEYS = {"low", "high", "log", "step"}
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
+UNOWNED_AFTER_SECONDS = 60
 RANGE_FORM, CHOICES_FORM = "{low: L, high: H}", "{choices: [...]}"
 
 
@@ -124,6 +126,8 @@ def run_search(
     while True:
         trials = study.get_trials(deepcopy=False)
         own = [t for t in trials if t.state == running and t.user_attrs.get("worker") == worker]
+        if not own:
+            own = _claim_unowned_trial(study, trials, worker, local=array_task is None)
         done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
         others_running = sum(t.state == running for t in trials) - len(own)
         if own:
@@ -154,9 +158,39 @@ def run_search(
             return 0  # one trial per array task
     best = study.best_trial  # pruned trials have no value: the best is a finished one
     values = _decoded(best.params)
-    print(f"sweep {name}: {spec['trials']} trials done; best trial {best.number}: {best.value:.4f} {values}")
+    if others_running:
+        print(f"sweep {name}: {done} trials done, {others_running} still running elsewhere (array tasks)")
+    else:
+        print(f"sweep {name}: {spec['trials']} trials done", end="")
+    print(f"; best trial {best.number}: {best.value:.4f} {values}")
     print(f"Gather them with `results {name}`.")
     return 0
+
+
+def _claim_unowned_trial(study, trials: list, worker: str, local: bool) -> list:
+    """A RUNNING trial that no worker owns, now this one's ([] if none).
+
+    `study.ask` and the `worker` attribute are two journal entries: a search killed between them
+    leaves a trial that no worker continues, and the search would end with it RUNNING for ever. The
+    local search (one at a time) takes it at once. An array task takes it only once it is
+    UNOWNED_AFTER_SECONDS old (a live task writes the attribute within milliseconds of asking), then
+    reads the study again and keeps it only if its own name is the one that stuck: of two tasks
+    claiming it at the same moment, the later write wins and the other one moves on.
+    """
+    import optuna
+
+    now = datetime.datetime.now()
+    for trial in trials:
+        if trial.state != optuna.trial.TrialState.RUNNING or "worker" in trial.user_attrs:
+            continue
+        started = trial.datetime_start or now
+        if not local and (now - started).total_seconds() < UNOWNED_AFTER_SECONDS:
+            continue
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr("worker", worker)
+        claimed = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        if claimed.user_attrs.get("worker") == worker:
+            return [claimed]
+    return []
 
 
 def _open_study(spec: dict[str, Any], name: str, directory: Path, extra_options: list[str]):

@@ -59,8 +59,13 @@ def raw_data_differences(data) -> list[str]:
         data.fetch_raw()
     from .preprocessing_cache import remembered_hashes
 
+    files, recorded = [Path(p) for p in data.raw_files()], read_manifest()
+    if not any(str(path) in recorded for path in files):
+        # The manifest records another data module's files (an experiment that trains on other data,
+        # such as the many-files example): nothing of this data to compare; `data record` records it.
+        return []
     with remembered_hashes(HASH_MEMO) as memo:
-        return differences(read_manifest(), [Path(p) for p in data.raw_files()], memo)
+        return differences(recorded, files, memo)
 
 
 def refuse_changed_raw_data(problems: list[str], console_script: str) -> None:
@@ -82,10 +87,14 @@ def data_main(argv: list[str]) -> int:
     from .file_hashes import file_sha256
 
     _, data = load_model_and_data(options)
+    if args.action == "fetch":
+        data.fetch_raw()  # first: a data module that writes its raw files has none to list before
     files = [Path(p) for p in data.raw_files()]
     if args.action == "fetch":
-        data.fetch_raw()
-        print("\n".join(f"present: {path}" for path in files))
+        lines = [f"present: {path}" for path in files]
+        if len(lines) > 20:  # a data set of many small files: the first few, the last, and the count
+            lines = [*lines[:3], f"  ... and {len(lines) - 4:,} more", lines[-1]]
+        print("\n".join(lines))
     elif args.action == "record":
         MANIFEST.parent.mkdir(parents=True, exist_ok=True)
         MANIFEST.write_text("".join(f"{file_sha256(path)}  {path}\n" for path in files))

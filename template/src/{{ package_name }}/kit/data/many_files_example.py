@@ -6,10 +6,16 @@ collections often arrive. `OneFilePerSample` reads them the slow way (a file ope
 `pack_sample_files` packs them once into shards (kit/data/shards.py) with `label`, `split` and
 `day` columns to filter on (`day`: the samples arrived over ten days, in file order, so a few days
 live in a few shards). bench/loader_formats.py compares the three ways of feeding a model on it.
+
+`ManyFilesDataModule` trains the example model on it the fast way: `fetch_raw` writes the files
+into data/raw/many-files-<count>/ (offline, seeded), `data prepare` packs them once into shards
+(kit/data/sharded_data_module.py), and training reads the shards memory-mapped:
+`<package> fit --config configs/experiments/many-files.yaml`.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .loader_settings import LoaderSettings
+from .sharded_data_module import ShardedDataModule
 from .shards import pack_shards
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -77,3 +85,49 @@ def pack_sample_files(files: list[Path], directory: Path, rows_per_shard: int = 
         "day": np.arange(len(files)) * 10 // max(len(files), 1),  # the samples arrived over ten days, in order
     }
     return pack_shards(directory, batches(), columns, rows_per_shard)
+
+
+class ManyFilesDataModule(ShardedDataModule):
+    """`count` generated 8x8 samples of ten classes, stored one file each, trained on from packed shards."""
+
+    def __init__(
+        self,
+        count: int = 100_000,
+        rows_per_shard: int = 16_384,
+        seed: int = 0,
+        batch_size: int = 256,
+        loader: LoaderSettings | None = None,
+        where: dict | None = None,
+        shuffle_seed: int | None = None,
+        data_dir: str = "data",
+    ) -> None:
+        """count, seed: the generated data set; rows_per_shard: samples per shard; the rest as in
+        ShardedDataModule (where: e.g. {"day": [0, 1, 2]}, the first three days' samples only)."""
+        if count < 10:
+            raise ValueError(f"count must be at least 10 (a tenth goes to validation and to test), got {count}")
+        if rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
+        super().__init__(batch_size, loader, where, shuffle_seed, data_dir)
+        self.count, self.rows_per_shard, self.seed = count, rows_per_shard, seed
+
+    def _raw_directory(self) -> Path:
+        return self.data_dir / "raw" / f"many-files-{self.count}-seed{self.seed}"
+
+    def raw_files(self) -> list[Path]:
+        return sorted(self._raw_directory().glob("*.npy"))
+
+    def fetch_raw(self) -> None:
+        """Write the files when they are not all there (into a staging folder renamed into place)."""
+        target = self._raw_directory()
+        if target.is_dir():
+            return
+        staging = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        write_sample_files(staging, self.count, self.seed)
+        staging.rename(target)
+
+    def pack(self, raw_files: list[Path], directory: Path, rows_per_shard: int) -> None:
+        pack_sample_files(raw_files, directory, rows_per_shard)
+
+    def pack_params(self) -> dict:
+        return {"rows_per_shard": self.rows_per_shard}

@@ -7,6 +7,11 @@ any of them and the key changes (a miss, recomputed); change none and the stored
 (a hit). Results are written atomically, so an interrupted write never leaves an entry that a later
 run would load. File hashes are remembered by (size, modification time) so that an unchanged large
 raw file is not read again.
+
+`cached_directory(build, raw_files, params, cache_dir)` is the same for a result too large to hold
+in memory (packed shards, kit/data/shards.py): `build(raw_files, directory, **params)` writes the
+directory `cache_dir/<build>-<key>/` (atomically: staged beside it and renamed, as `pack_shards`
+does), and a later call with the same inputs returns its path without building it again.
 """
 
 from __future__ import annotations
@@ -82,3 +87,15 @@ def cached_features(
     value = transform(raw_files, **params)
     atomic_torch_save(value, path)
     return CacheResult(value, key, False, path)
+
+
+def cached_directory(
+    build: Callable[..., Any], raw_files: list[Path], params: dict[str, Any], cache_dir: Path
+) -> CacheResult:
+    """`build(raw_files, directory, **params)` once per key; value and path: the directory it wrote."""
+    key = remembered_cache_key(build, raw_files, params, cache_dir)
+    directory = cache_dir / f"{build.__name__}-{key}"
+    if directory.is_dir():  # builders rename a complete directory into place: present means complete
+        return CacheResult(directory, key, True, directory)
+    build(raw_files, directory, **params)
+    return CacheResult(directory, key, False, directory)

@@ -25,6 +25,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from ..analysis.trial_pruning import active_trial_pruning
 from ..data.commands import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
+from ..data.shards import ShardError
 from ..runs.checkpoint_files import newest_checkpoint, set_aside_damaged
 from ..runs.checkpoint_io import AtomicCheckpointIO
 from ..runs.directory import (
@@ -499,6 +500,7 @@ def run_lightning_cli(args: list[str]) -> int:
         BadSettingError,
         RawDataChangedError,
         MissingDataError,
+        ShardError,
         MissingMonitoredMetric,
     ) as refused:
         print(f"error: {refused}", file=sys.stderr)

@@ -16,7 +16,8 @@ import pytest
 from training_runs import effective_batches, final_weights, max_abs_difference, read_records, records_by_rank, train
 
 COUNT, ROWS_PER_SHARD, BATCH_SIZE = 2_000, 500, 128  # 1,600 training samples in 4 shards: 13 batches per epoch
-SHARDED_RUN = ["--trainer.max_epochs=3", "--checkpointing.every_n_steps=3", "--checkpointing.every_n_minutes=null"]
+# Two epochs: the kill lands mid-way through the second, so the resumed run must continue mid-epoch.
+SHARDED_RUN = ["--trainer.max_epochs=2", "--checkpointing.every_n_steps=3", "--checkpointing.every_n_minutes=null"]
 ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]
 TWO_PROCESSES = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
 MID_EPOCH = {"one process": 17, "two processes": 10}  # epoch 1 either way (13 and 7 steps per epoch)
@@ -108,19 +109,35 @@ def test_loader_settings_follow_the_cpus_slurm_gives(example_package, monkeypatc
         LoaderSettings(num_workers=-1)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(example_project, example_command, data_dir, tmp_path_factory):
+    """One uninterrupted run per placement, with no data-loading workers: what every killed run must
+    match, with 0 workers and with 2 (workers change where a batch is read, not which one)."""
+    project, _ = example_project
+    made: dict[str, tuple[str, Path]] = {}
+
+    def reference(processes: str) -> tuple[str, Path]:
+        if processes not in made:
+            work, name = tmp_path_factory.mktemp("reference"), f"shards-reference-{len(made)}"
+            config = sharded_config(work / "r.json", data_dir, 0, work / "records.jsonl")
+            placement = ONE_PROCESS if processes == "one process" else TWO_PROCESSES
+            done = train(example_command, project, config, name, *SHARDED_RUN, *placement)
+            assert done.returncode == 0, done.stderr[-3000:]
+            made[processes] = name, work / "records.jsonl"
+        return made[processes]
+
+    return reference
+
+
 @pytest.mark.parametrize("processes", ["one process", "two processes"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_killed_run_on_shards_resumes_to_identical_weights(
-    example_project, example_command, data_dir, tmp_path, workers, processes
+    example_project, example_command, data_dir, uninterrupted, tmp_path, workers, processes
 ) -> None:
     project, _ = example_project
     placement = ONE_PROCESS if processes == "one process" else TWO_PROCESSES
     tag = f"w{workers}-{'ddp' if processes == 'two processes' else 'single'}"
-
-    reference_records = tmp_path / "reference.jsonl"
-    reference_config = sharded_config(tmp_path / "r.json", data_dir, workers, reference_records)
-    reference = train(example_command, project, reference_config, f"shards-reference-{tag}", *SHARDED_RUN, *placement)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    reference_name, reference_records = uninterrupted(processes)
 
     records, marker = tmp_path / "killed.jsonl", tmp_path / "killed.marker"
     kill = {"marker_file": str(marker), "hook": "train_batch_end", "global_step": MID_EPOCH[processes]}
@@ -131,7 +148,7 @@ def test_a_killed_run_on_shards_resumes_to_identical_weights(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.count(f"Run 'shards-killed-{tag}': resuming from") == 1
 
-    weights = final_weights(project, f"shards-killed-{tag}"), final_weights(project, f"shards-reference-{tag}")
+    weights = final_weights(project, f"shards-killed-{tag}"), final_weights(project, reference_name)
     assert max_abs_difference(*weights) == 0.0
     expected, seen = records_by_rank(read_records(reference_records)), records_by_rank(read_records(records))
     assert sorted(seen) == sorted(expected) == ([0] if processes == "one process" else [0, 1])

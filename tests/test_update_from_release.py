@@ -102,6 +102,7 @@ def test_a_project_from_the_last_release_updates_keeps_its_edits_and_passes_its_
     # New template files arrive with the update: the cluster container, the project's CI, the locks.
     assert (project / "container" / "apptainer.def").is_file() and (project / ".github/workflows/tests.yml").is_file()
     assert "torch==" in (project / "locks" / "cpu.txt").read_text() and (project / "locks" / "cuda.txt").is_file()
+    assert "ManyFilesDataModule" in (project / "configs" / "experiments" / "many-files.yaml").read_text()
     commit_all(project, "update to the working tree")
     assert git(project, "ls-files", f"src/{PACKAGE}/kit/runs/directory.py").strip(), "kit/runs/ must be in git"
 

@@ -5,10 +5,13 @@ Shared by test_resume.py (one process) and test_distributed.py (two DDP processe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -50,15 +53,28 @@ def resume_test_config(
 
 
 def train(command: list[str], project: Path, config: Path, run_name: str, *extra: str, env: dict | None = None):
-    """`fit` with `config` under `run_name`; `extra` options follow (the run length, the process count)."""
-    return subprocess.run(
-        [*command, "fit", "--config", str(config), "--run_name", run_name, *extra],
-        env={**os.environ, **(env or {})},
-        start_new_session=True,  # its own process group: a test may signal the group, as a terminal does
-        cwd=project,
-        capture_output=True,
-        text=True,
-    )
+    """`fit` with `config` under `run_name`; `extra` options follow (the run length, the process count).
+
+    Output goes to files, not pipes, and whatever the run leaves in its process group is killed once
+    the command has ended: a data-loading worker whose parent was SIGKILLed while the worker was
+    starting takes init as its parent before torch's watchdog notes the parent, never notices it
+    died, and would hold a pipe open for ever (seen in CI: the test waited 20 minutes).
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            [*command, "fit", "--config", str(config), "--run_name", run_name, *extra],
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group: a test may signal the group, as a terminal does
+            cwd=project,
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
+        returncode = process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # stragglers only: the command itself has ended
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(process.args, returncode, out.read(), err.read())
 
 
 def read_records(path: Path) -> list[dict]:

@@ -12,6 +12,7 @@ BENCHMARKS = [
     "checkpointing.py",
     "copier_speed.py",
     "inference.py",
+    "run_integrity.py",
 ]
 
 if __name__ == "__main__":

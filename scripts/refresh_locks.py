@@ -1,13 +1,21 @@
-"""Re-resolve the lock files the template ships (template/locks/resolved/), one per logger and torch build.
+"""Re-resolve the lock files the template ships (template/locks/resolved/), per Python, logger and torch build.
 
-Run after changing the generated project's dependencies (template/pyproject.toml.jinja):
+Run after changing the generated project's dependencies (template/pyproject.toml.jinja) or the list
+of compromised releases (compromised-releases.yml):
 
-    .venv/bin/python scripts/refresh_locks.py [--torch-wheels DIR]
+    .venv/bin/python scripts/refresh_locks.py [--torch-wheels DIR] [--python 3.12 ...]
 
-It renders the template once per logger (Python 3.11, the default), runs the project's own
-`lock` subcommand in the render, and keeps what it wrote. The template's tests check that the
-shipped locks still match the rendered pyproject.toml (`lock --check`), so a forgotten refresh fails
-CI. --torch-wheels: a folder holding the CPU torch wheel, where PyTorch's index cannot be reached.
+It renders the template once per Python version that `copier copy` offers and per logger, runs the
+project's own `lock` subcommand in the render (uv keeps the versions the previous lock pinned where
+they still fit), and keeps what it wrote as `<python>-<logger>-<variant>.txt`. The template's tests
+check that every offered Python gets its locks and that the shipped locks still match the rendered
+pyproject.toml (`lock --check`), so a forgotten refresh fails CI.
+
+Variants: `cuda` (PyPI's torch, the CUDA build) for every Python; `cpu` (PyTorch's CPU index) for
+the Pythons in CPU_LOCK_PYTHONS. A CPU lock needs the CPU wheels' hashes from
+download.pytorch.org/whl/cpu, or a folder holding those wheels (--torch-wheels); the machine these
+locks were made on reaches neither for other Pythons than 3.11, which is why only 3.11 ships one
+(the README of a project on another Python says how to make it: `<package> lock cpu`).
 """
 
 from __future__ import annotations
@@ -23,28 +31,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from template_dev import EXAMPLE_ANSWERS, TOP, render, run, snapshot_template  # noqa: E402
 
 LOGGERS = ("csv", "tensorboard", "wandb")
+# The Pythons the python_version question offers (copier.yml), and those that get a CPU lock too.
+PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+CPU_LOCK_PYTHONS = ("3.11",)
 RESOLVED = TOP / "template" / "locks" / "resolved"
+
+
+def variants(python: str) -> list[str]:
+    return ["cpu", "cuda"] if python in CPU_LOCK_PYTHONS else ["cuda"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-wheels", help="folder with the CPU torch wheel (instead of PyTorch's index)")
+    parser.add_argument("--python", action="append", choices=PYTHONS, help="only these Pythons (default: all)")
     args = parser.parse_args()
     extra = ["--torch-wheels", args.torch_wheels] if args.torch_wheels else []
     package = EXAMPLE_ANSWERS["package_name"]
-    for logger in LOGGERS:  # the template renders only when each file it includes exists
-        for variant in ("cpu", "cuda"):
-            (RESOLVED / f"{logger}-{variant}.txt").touch()
+    pythons = args.python or PYTHONS
+    for python in PYTHONS:  # the template renders only when each file it includes exists
+        for logger in LOGGERS:
+            for variant in variants(python):
+                (RESOLVED / f"{python}-{logger}-{variant}.txt").touch()
     with tempfile.TemporaryDirectory() as scratch:
         template = snapshot_template(Path(scratch, "template"))
-        for logger in LOGGERS:
-            project = Path(scratch, logger)
-            render(template, project, logger=logger)
-            env = {**os.environ, "PYTHONPATH": str(project / "src")}
-            run([sys.executable, "-m", package, "lock", "cpu", "cuda", *extra], cwd=project, env=env)
-            for lock in sorted((project / "locks").glob("*.txt")):
-                shutil.copyfile(lock, RESOLVED / f"{logger}-{lock.name}")
-                print(f"refresh-locks: {logger}-{lock.name}")
+        for python in pythons:
+            for logger in LOGGERS:
+                project = Path(scratch, f"{python}-{logger}")
+                render(template, project, logger=logger, python_version=python)
+                env = {**os.environ, "PYTHONPATH": str(project / "src")}
+                run([sys.executable, "-m", package, "lock", *variants(python), *extra], cwd=project, env=env)
+                for lock in sorted((project / "locks").glob("*.txt")):
+                    shutil.copyfile(lock, RESOLVED / f"{python}-{logger}-{lock.name}")
+                    print(f"refresh-locks: {python}-{logger}-{lock.name}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
-from template_dev import EXAMPLE_ANSWERS, TOP, ProjectVenv, commit_all, make_project_venv, render, snapshot_template
+from template_dev import (
+    EXAMPLE_ANSWERS,
+    TOP,
+    ProjectVenv,
+    commit_all,
+    copy_working_tree,
+    git,
+    make_project_venv,
+    render,
+    snapshot_template,
+)
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -30,6 +42,19 @@ def example_project(template_repo: Path, tmp_path_factory: pytest.TempPathFactor
     return project, make_project_venv(project, standalone=True)
 
 
+def copy_of_example_project(example_project, destination: Path) -> tuple[Path, list[str]]:
+    """A git clone of the example project with its own venv (borrowing the example's packages).
+
+    For tests that edit the project's code: the example project itself is shared by tests running
+    at the same time in the other test process.
+    """
+    original, venv = example_project
+    git(original.parent, "clone", "-q", str(original), str(destination))
+    commit_all(destination, "clone")
+    own_venv = make_project_venv(destination, standalone=False, borrow_from=venv)
+    return destination, [str(own_venv.script(EXAMPLE_ANSWERS["package_name"]))]
+
+
 @pytest.fixture(scope="session")
 def example_command(example_project) -> list[str]:
     _, venv = example_project
@@ -44,6 +69,30 @@ def example_package(example_project) -> Path:
     sys.path.insert(0, str(project / "src"))
     yield project
     sys.path.remove(str(project / "src"))
+
+
+# The release before the kit moved, and its commit (for a clone made without tags).
+LAST_RELEASE, LAST_RELEASE_COMMIT = "0.2.0", "bb76cd1153aa540ca801cd40eb6986c69995e56f"
+
+
+@pytest.fixture(scope="session")
+def template_with_history(tmp_path_factory) -> tuple[Path, str]:
+    """This repository's history with its tags, plus the working tree as the newest release."""
+    template = tmp_path_factory.mktemp("history") / "copier-lightning"
+    git(TOP, "clone", "-q", "--no-hardlinks", str(TOP), str(template))
+    if LAST_RELEASE not in git(template, "tag").split():
+        git(template, "tag", LAST_RELEASE, LAST_RELEASE_COMMIT)
+    git(template, "rm", "-rq", "--cached", ".")
+    for path in template.iterdir():
+        if path.name != ".git":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    copy_working_tree(template)
+    git(template, "add", "-A")
+    git(template, "commit", "-q", "--allow-empty", "-m", "working tree")
+    newest = max(Version(tag) for tag in git(template, "tag").split())
+    working_tree_version = f"{newest.major + 1}.0.0"  # above every real release, so every migration runs
+    git(template, "tag", working_tree_version)
+    return template, working_tree_version
 
 
 @pytest.fixture(autouse=True)

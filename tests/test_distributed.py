@@ -237,3 +237,55 @@ def test_a_signal_that_arrives_during_an_agreement_counts_at_the_next(example_pa
     Trainer.global_step = 11
     callback._agree_on_signal_and_time(Trainer())
     assert callback.stop_agreed is True  # the next agreement stops every process
+
+
+LAST_STEP = EPOCHS * STEPS_PER_EPOCH
+AT_THE_END = {
+    "sigterm-on-the-last-batch": {"hook": "train_batch_end", "global_step": LAST_STEP, "signal": "SIGTERM"},
+    "usr1-at-the-last-epoch-end": {"hook": "train_epoch_end", "epoch": EPOCHS - 1, "signal": "SIGUSR1"},
+    "kill-after-the-last-epochs-checkpoint": {"hook": "train_end", "global_step": LAST_STEP, "signal": "SIGKILL"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(AT_THE_END))
+def test_two_processes_stopped_at_the_very_end_finish_on_the_rerun(
+    example_project, example_command, reference, tmp_path, case
+) -> None:
+    project, _ = example_project
+    run_name = f"ddp-at-the-end-{case}"
+    records = tmp_path / "records.jsonl"
+    config = resume_test_config(
+        tmp_path / "c.json", records, AT_THE_END[case], tmp_path / "stopped", distinct_ranks=True
+    )
+    run = project / "runs" / run_name
+
+    stopped = fit_two(example_command, project, config, run_name)
+    assert stopped.returncode != 0 and not (run / "checkpoints" / "final.ckpt").exists()
+    if AT_THE_END[case]["signal"] != "SIGKILL":
+        assert stopped.returncode == 3, stopped.stderr[-3000:]
+
+    resumed = fit_two(example_command, project, config, run_name)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert resumed.stdout.count(f"Run '{run_name}' finished") == 1
+    assert '"status": "finished"' in (run / "manifest.json").read_text()
+    assert max_abs_difference(final_weights(project, run_name), reference[0]) == 0.0
+
+
+def test_two_diverging_processes_stop_together_and_keep_finite_checkpoints(
+    example_project, example_command, tmp_path
+) -> None:
+    project, _ = example_project
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", None, tmp_path / "unused")
+    diverging = ["--model.init_args.learning_rate=1e8", "--checkpointing.every_n_steps=1"]
+    run = project / "runs" / "ddp-diverged"
+
+    for _ in range(2):  # the re-run resumes the last finite checkpoint and diverges again
+        done = fit_two(example_command, project, config, "ddp-diverged", *diverging)
+        assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-3000:]
+        assert done.stderr.count("error: training diverged") == 1 and "Traceback" not in done.stderr
+        assert '"status": "failed"' in (run / "manifest.json").read_text()
+        checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
+        assert checkpoints and not (run / "checkpoints" / "final.ckpt").exists()
+        for path in checkpoints:
+            weights = torch.load(path, weights_only=True)["state_dict"]
+            assert all(torch.isfinite(value).all() for value in weights.values()), path.name

@@ -11,13 +11,16 @@ project's tests pass in an environment installed from locks/cpu.txt is shown by 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from pathlib import Path
 
 import pytest
+import tomllib
+import yaml
 
-from template_dev import TORCH_PIN, render, run
+from template_dev import TOP, TORCH_PIN, render, run
 
 PACKAGE = "digits_mlp"
 TORCH_WHEELS = Path("/opt/wheels")  # this machine's folder of local wheels (pip's find-links)
@@ -83,3 +86,75 @@ def test_lock_resolves_a_new_dependency_into_every_variant(template_repo, tmp_pa
         assert "\ntqdm==" in lock.read_text()
         assert stat.S_IMODE(lock.stat().st_mode) == 0o644  # readable by the team, like any file git checks out
     assert lock_command(project, "--check").stdout.startswith("lock: 2 lock file(s) up to date and consistent")
+
+
+def offered_pythons() -> list[str]:
+    """The Pythons the python_version question accepts (its validator in copier.yml)."""
+    validator = yaml.safe_load((TOP / "copier.yml").read_text())["python_version"]["validator"]
+    return re.findall(r"'(3\.\d+)'", validator.split("not in", 1)[1].split("]", 1)[0])
+
+
+@pytest.mark.parametrize("python", offered_pythons())
+def test_every_offered_python_gets_its_locks(template_repo, tmp_path, python) -> None:
+    """locks/cuda.txt for every Python; locks/cpu.txt where the CPU wheels' hashes could be had (3.11)."""
+    project = tmp_path / python
+    render(template_repo, project, python_version=python, logger="wandb")
+    locks = sorted(path.name for path in (project / "locks").glob("*.txt"))
+    assert locks == (["cpu.txt", "cuda.txt"] if python == "3.11" else ["cuda.txt"])
+    for name in locks:
+        assert f"python: {python}   platform:" in (project / "locks" / name).read_text()
+    done = lock_command(project, "--check", check=False)
+    assert done.returncode == 0, f"run scripts/refresh_locks.py:\n{done.stdout}{done.stderr}"
+
+
+def compromised() -> dict[str, list[str]]:
+    listed = yaml.safe_load((TOP / "compromised-releases.yml").read_text())
+    return {package: [str(release["version"]) for release in releases] for package, releases in listed.items()}
+
+
+def test_no_range_or_lock_admits_a_compromised_release(template_repo, tmp_path) -> None:
+    from packaging.requirements import Requirement
+
+    listed = compromised()
+    assert listed["lightning"] == ["2.6.2", "2.6.3"]  # GHSA-w37p-236h-pfx3
+    ranges = [line.split("#")[0].strip() for line in (TOP / "requirements-test.txt").read_text().splitlines()]
+    for logger in ("csv", "tensorboard", "wandb"):
+        render(template_repo, tmp_path / logger, logger=logger)
+        project = tomllib.loads((tmp_path / logger / "pyproject.toml").read_text())["project"]
+        ranges += project["dependencies"] + [
+            item for extra in project["optional-dependencies"].values() for item in extra
+        ]
+        copied = tmp_path / logger / "src" / PACKAGE / "kit" / "cluster" / "compromised_releases.yml"
+        assert yaml.safe_load(copied.read_text()) == yaml.safe_load((TOP / "compromised-releases.yml").read_text())
+    checked = 0
+    for text in filter(None, ranges):
+        requirement = Requirement(text)
+        for version in listed.get(requirement.name.lower(), []):
+            assert not requirement.specifier.contains(version, prereleases=True), f"{text} admits {version}"
+            checked += 1
+    assert checked >= 8  # lightning in requirements-test.txt and in each logger's pyproject.toml, twice each
+    for lock in (TOP / "template" / "locks" / "resolved").glob("*.txt"):
+        text = lock.read_text()
+        for package, versions in listed.items():
+            for version in versions:
+                assert f"\n{package}=={version} " not in text, f"{lock.name} pins {package} {version}"
+
+
+def test_doctor_fails_on_an_installed_compromised_release(example_package) -> None:
+    from digits_mlp.kit.cluster.doctor import check_compromised
+
+    assert check_compromised({"lightning": "2.6.6", "torch": "2.13.0+cpu"}, PACKAGE).verdict == "PASS"
+    found = check_compromised({"lightning": "2.6.3"}, PACKAGE)
+    assert found.verdict == "FAIL" and "lightning 2.6.3 (GHSA-w37p-236h-pfx3: a credential stealer" in found.detail
+    assert "install it again from the lock" in found.fix and "rotate them" in found.fix
+
+
+def test_doctor_names_a_lock_made_for_another_python(example_package, tmp_path) -> None:
+    from digits_mlp.kit.cluster.doctor import check_lock
+
+    lock = tmp_path / "cuda.txt"
+    lock.write_text("# variant: cuda   torch: torch==2.13.0   python: 3.12   platform: x\n# inputs-sha256: abc\n")
+    other = check_lock(lock, "abc", {}, PACKAGE, "2.13.0")
+    running = "{}.{}".format(*sys.version_info[:2])
+    assert other.verdict == "FAIL" and f"is for Python 3.12, this is Python {running}" in other.detail
+    assert "python3.12 -m venv" in other.fix and "digits_mlp lock" in other.fix

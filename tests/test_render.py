@@ -155,7 +155,7 @@ def test_the_words_after_copy_agree_with_the_readme(
 
 @pytest.mark.parametrize("python", ["3.11", "3.12"])
 def test_ci_workflow_installs_the_lock_and_runs_the_readme_checks(template_repo: Path, tmp_path: Path, python) -> None:
-    """From the lock where the template ships one (Python 3.11); otherwise torch first, pinned."""
+    """From the CPU lock where the template ships one (Python 3.11); otherwise torch first, pinned."""
     render(template_repo, tmp_path / "p", python_version=python)
     workflow = yaml.safe_load((tmp_path / "p" / ".github" / "workflows" / "tests.yml").read_text())
     steps = [step.get("run", "") for step in workflow["jobs"]["tests"]["steps"]]
@@ -165,7 +165,8 @@ def test_ci_workflow_installs_the_lock_and_runs_the_readme_checks(template_repo:
         assert "digits_mlp lock --check" in steps and (tmp_path / "p" / "locks" / "cpu.txt").is_file()
     else:
         assert install.index(f"pip install {TORCH_PIN} ") < install.index('pip install -e ".[example,dev]"')
-        assert not list((tmp_path / "p").glob("locks/*"))  # no lock resolved for this Python yet
+        assert sorted(path.name for path in (tmp_path / "p").glob("locks/*")) == ["cuda.txt"]  # the GPU build's
+        assert "digits_mlp lock --check" in steps
     readme = (tmp_path / "p" / "README.md").read_text()
     test_section = readme.split("\n## Test\n")[1].split("\n## ")[0]
     for command in re.findall(r"^(\S.*)$", test_section.split("```bash\n")[1].split("```")[0], flags=re.M):

@@ -218,3 +218,94 @@ def test_supervise_restarts_a_crashed_run_until_it_finishes(example_project, exa
     assert "command exited with -9; restart 1 of 2" in done.stderr
     assert "Run 'supervised': resuming from" in done.stdout and "Run 'supervised' finished" in done.stdout
     assert max_abs_difference(final_weights(project, "supervised"), reference_runs[0][0]) == 0.0
+
+
+# A stop or a kill at a run's very end (Lightning then skips its whole fit loop on the resume): the
+# re-run must finish the run, exit 0 and end with the uninterrupted run's weights. (signal, where).
+LAST_STEP = EPOCHS * STEPS_PER_EPOCH
+AT_THE_END = {
+    "sigterm-on-the-last-batch": {"hook": "train_batch_end", "global_step": LAST_STEP, "signal": "SIGTERM"},
+    "usr1-at-the-last-epoch-end": {"hook": "train_epoch_end", "epoch": EPOCHS - 1, "signal": "SIGUSR1"},
+    "kill-after-the-last-epochs-checkpoint": {"hook": "train_end", "global_step": LAST_STEP, "signal": "SIGKILL"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(AT_THE_END))
+def test_a_run_stopped_at_its_very_end_finishes_on_the_rerun(
+    example_project, example_command, reference_runs, tmp_path, case
+) -> None:
+    project, _ = example_project
+    run_name = f"at-the-end-{case}"
+    kill = AT_THE_END[case]
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", kill, tmp_path / "stopped", 0)
+    run = project / "runs" / run_name
+
+    stopped = train(example_command, project, config, run_name)
+    assert stopped.returncode == (-9 if kill["signal"] == "SIGKILL" else 3), stopped.stderr[-3000:]
+    assert not (run / "checkpoints" / "final.ckpt").exists()
+    assert json.loads((run / "manifest.json").read_text())["status"] != "finished"
+
+    resumed = train(example_command, project, config, run_name)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert f"Run '{run_name}': resuming from" in resumed.stdout
+    assert f"Run '{run_name}' finished" in resumed.stdout
+    assert json.loads((run / "manifest.json").read_text())["status"] == "finished"
+    assert max_abs_difference(final_weights(project, run_name), reference_runs[0][0]) == 0.0
+
+    again = train(example_command, project, config, run_name)
+    assert again.returncode == 0 and f"Run '{run_name}' is complete" in again.stdout
+
+
+def test_a_kill_right_after_early_stopping_finishes_without_training_on(
+    example_project, example_command, tmp_path
+) -> None:
+    """Early stopping decided at epoch 1 of 3; a kill before final.ckpt must not train epoch 2 on the re-run."""
+    project, _ = example_project
+    stop_early = ["--early_stopping.patience=1", "--early_stopping.min_delta=0.2"]
+    reference_config = resume_test_config(tmp_path / "ref.json", tmp_path / "ref.jsonl", None, tmp_path / "unused", 0)
+    reference = train(example_command, project, reference_config, "early-stop-reference", *stop_early)
+    assert "Stopped early at epoch 1" in reference.stdout, reference.stdout[-2000:]
+    kill = {"hook": "train_end", "global_step": 2 * STEPS_PER_EPOCH}
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", kill, tmp_path / "killed", 0)
+    assert train(example_command, project, config, "early-stop-killed", *stop_early).returncode == -9
+
+    resumed = train(example_command, project, config, "early-stop-killed", *stop_early)
+
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Stopped early at epoch 1" in resumed.stdout and "epoch 2/" not in resumed.stdout
+    reference_weights = final_weights(project, "early-stop-reference")
+    assert max_abs_difference(final_weights(project, "early-stop-killed"), reference_weights) == 0.0
+
+
+DIVERGING = ["--model.init_args.learning_rate=1e8", "--checkpointing.every_n_steps=1"]
+
+
+def assert_diverged(done, run: Path) -> None:
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "training diverged" in errors[0] and "learning rate" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "finished" not in done.stdout
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "TrainingDiverged" in manifest["error"]
+    checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert checkpoints and not (run / "checkpoints" / "final.ckpt").exists()
+    for path in checkpoints:  # the last finite state is kept; nothing non-finite was ever written
+        weights = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(value).all() for value in weights.values()), path.name
+
+
+def test_a_diverged_run_stops_keeps_its_finite_checkpoints_and_never_finishes(
+    example_project, example_command, tmp_path
+) -> None:
+    project, _ = example_project
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", None, tmp_path / "unused", 0)
+    run = project / "runs" / "diverged"
+
+    first = train(example_command, project, config, "diverged", *DIVERGING)
+    assert_diverged(first, run)
+    steps = {torch.load(p, weights_only=True)["global_step"] for p in (run / "checkpoints").glob("*.ckpt")}
+
+    again = train(example_command, project, config, "diverged", *DIVERGING)  # resumes the finite state, diverges again
+    assert "Run 'diverged': resuming from last.ckpt" in again.stdout
+    assert_diverged(again, run)
+    assert max(steps) < LAST_STEP

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LAST_RELEASE, copy_of_example_project
+from copier import run_update
 from training_runs import resume_test_config
 
-from template_dev import TOP, TORCH_PIN, run
+from template_dev import EXAMPLE_ANSWERS, TOP, TORCH_PIN, commit_all, git, make_project_venv, render, run
+
+PACKAGE = EXAMPLE_ANSWERS["package_name"]
 
 SITE = """\
 partition: gpu
@@ -100,34 +104,96 @@ def test_job_script_trains_the_example(cluster_project, gpu: str) -> None:
     assert (runs / run_name / "checkpoints" / "final.ckpt").exists()
 
 
-def test_usr1_checkpoints_requeues_and_resumes_to_identical_weights(cluster_project) -> None:
-    project, command, _, env, runs = cluster_project
-    # Long enough that USR1 (sent at the first checkpoint, about epoch 2) lands well before the end.
-    options = ["--trainer.max_epochs=60", *CPU_RUN]
-    job = submit(cluster_project, "--gpu", "full:1", *options, "--run_name", "requeued")
-    checkpoints = runs / "requeued" / "checkpoints"
-    wait_for(lambda: job_state(job) == "RUNNING" and (checkpoints / "last.ckpt").exists(), 120, "a first checkpoint")
-    run(["scancel", "--signal=USR1", "--batch", str(job)], cwd=project)
+# An edit made after submit, which changes what is trained: a job running it would not match the reference.
+EDIT_AFTER_SUBMIT = """
+print("model.py edited after submit", flush=True)
+DigitsClassifier.forward = lambda self, images: 2.0 * self.network(images.flatten(start_dim=1))
+"""
+
+
+def requeue_now(job: int, runs: Path) -> None:
+    """USR1 to the job's batch shell: the run checkpoints, the script requeues the job; start it again at once."""
+    run(["scancel", "--signal=USR1", "--batch", str(job)], cwd=runs)
     wait_for(lambda: "requeueing" in log_of(runs, job), 60, "the job to checkpoint and requeue itself")
     # A requeued job waits out a back-off (BeginTime, ~2 min) once its first run has ended; skip the wait.
     wait_for(lambda: job_state(job) == "PENDING", 60, "the requeued job to be pending")
     time.sleep(2)  # started any earlier, slurmd may still be revoking the first run's credential
+
+
+def start_now(job: int) -> None:
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+
+
+def test_usr1_requeues_and_the_job_resumes_exactly_on_the_code_it_was_submitted_with(
+    cluster_project, example_project, tmp_path
+) -> None:
+    """model.py is edited right after submit; the job's first start and its requeue train the submitted code."""
+    example, command, site, env, runs = cluster_project
+    project, copy_command = copy_of_example_project(example_project, tmp_path / "project")
+    # Long enough that USR1 (sent at the first checkpoint, about epoch 2) lands well before the end.
+    options = ["--trainer.max_epochs=60", *CPU_RUN]
+    submitted = run(
+        [*copy_command, "submit", "--site", str(site), "--gpu", "full:1", *options, "--run_name", "requeued"],
+        cwd=project,
+        env=env,
+    )
+    job = int(re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1))
+    commit = git(project, "rev-parse", "HEAD").strip()
+    model = project / "src" / PACKAGE / "model.py"
+    model.write_text(model.read_text() + EDIT_AFTER_SUBMIT)
+    checkpoints = runs / "requeued" / "checkpoints"
+    wait_for(lambda: job_state(job) == "RUNNING" and (checkpoints / "last.ckpt").exists(), 120, "a first checkpoint")
+    requeue_now(job, runs)
+    start_now(job)
     assert wait_until_done(job, timeout=300) == "COMPLETED", log_of(runs, job)
 
     log = log_of(runs, job)
-    assert "restart 0" in log and "restart 1" in log
+    assert "restart 0" in log and "restart 1" in log and "edited after submit" not in log
     assert "Run 'requeued' stopped on SIGUSR1" in log and "Run 'requeued': resuming from last.ckpt" in log
     assert "Run 'requeued' finished" in log
+    starts = json.loads((runs / "requeued" / "record.json").read_text())["starts"]
+    assert [(start["git_sha"], start["code_snapshot"]) for start in starts] == [
+        (commit, str(runs / "requeued" / "code"))
+    ] * 2
 
-    reference = run(
+    reference = run(  # the submitted code, uninterrupted, in the unedited example project
         [*command, "fit", *options, "--trainer.devices=1", "--trainer.num_nodes=1", "--run_name", "uninterrupted"],
-        cwd=project,
+        cwd=example,
         env=env,
     )
     assert "Run 'uninterrupted' finished" in reference.stdout
     final = {name: final_weights(runs, name) for name in ("requeued", "uninterrupted")}
     assert max((final["requeued"][k] - final["uninterrupted"][k]).abs().max().item() for k in final["requeued"]) == 0
+
+
+def test_a_job_requeued_across_a_template_update_continues_its_run(
+    cluster_project, template_with_history, tmp_path
+) -> None:
+    """Submitted at 0.2.0 with the W&B logger; requeued; the project updated meanwhile; the requeue finishes it.
+
+    Slurm keeps the script it was given, so the requeue runs 0.2.0's job script on the updated code.
+    """
+    _, _, site, env, runs = cluster_project
+    template, _ = template_with_history
+    project = tmp_path / "project"
+    render(template, project, vcs_ref=LAST_RELEASE, logger="wandb")
+    commit_all(project, f"Start from copier-lightning {LAST_RELEASE}")
+    console = str(make_project_venv(project, standalone=False).script(PACKAGE))
+    options = ["--trainer.max_epochs=60", *CPU_RUN, "--run_name", "across-update"]
+    submitted = run([console, "submit", "--site", str(site), "--gpu", "full:1", *options], cwd=project, env=env)
+    job = int(re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1))
+    checkpoints = runs / "across-update" / "checkpoints"
+    wait_for(lambda: job_state(job) == "RUNNING" and (checkpoints / "last.ckpt").exists(), 120, "a first checkpoint")
+    requeue_now(job, runs)
+
+    run_update(str(project), overwrite=True, defaults=True, unsafe=True, quiet=True)
+    commit_all(project, "update to the working tree")
+    start_now(job)
+    assert wait_until_done(job, timeout=300) == "COMPLETED", log_of(runs, job)
+
+    log = log_of(runs, job)
+    assert "Run 'across-update': resuming from last.ckpt" in log and "Run 'across-update' finished" in log
+    assert "different config" not in log
 
 
 def final_weights(runs: Path, name: str) -> dict:
@@ -193,7 +259,8 @@ def test_two_node_job_script(example_project, example_command, tmp_path: Path) -
 
 def test_a_container_wraps_only_the_training_command(example_project, example_command, tmp_path: Path) -> None:
     """Rendered only: `container:` in site.yaml runs the srun line in the Apptainer image, with the
-    GPUs and the working tree bound in; the signal relay and the requeue stay in the batch shell."""
+    GPUs, the project and the job's code snapshot bound in; the signal relay and the requeue stay in
+    the batch shell."""
     project, _ = example_project
     site = tmp_path / "site.yaml"
     site.write_text(SITE + "container: runs/containers/digits_mlp.sif\n")
@@ -205,8 +272,9 @@ def test_a_container_wraps_only_the_training_command(example_project, example_co
     script = Path(re.search(r"Job script: (\S+)", done.stdout).group(1)).read_text()
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     image = project / "runs" / "containers" / "digits_mlp.sif"
-    assert srun.startswith(f"srun --kill-on-bad-exit=0 --wait=120 apptainer exec --nv --bind {project} ")
-    assert f"--env PYTHONPATH={project / 'src'} {image} python -m digits_mlp fit " in srun
+    code = Path(re.search(r"Code frozen for the job: (\S+)", done.stdout).group(1))
+    assert srun.startswith(f"srun --kill-on-bad-exit=0 --wait=120 apptainer exec --nv --bind {project},{code} ")
+    assert f"--env PYTHONPATH={code / 'src'} {image} python -m digits_mlp fit " in srun
     inside = [line for line in script.splitlines() if "apptainer" in line]
     assert inside == [srun]  # scontrol requeue and the USR1 relay run outside the image
     assert "scontrol requeue" in script and "trap 'kill -USR1 $child" in script

@@ -9,19 +9,16 @@ migration (migrations/kit_rooms.py), keep every edit, and pass its own tests aft
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import LAST_RELEASE
 from copier import run_update
-from packaging.version import Version
 
-from template_dev import EXAMPLE_ANSWERS, TOP, commit_all, copy_working_tree, git, make_project_venv, render, run
+from template_dev import EXAMPLE_ANSWERS, TOP, commit_all, git, make_project_venv, render, run
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
-# The release before the kit moved, and its commit (for a clone made without tags).
-LAST_RELEASE, LAST_RELEASE_COMMIT = "0.2.0", "bb76cd1153aa540ca801cd40eb6986c69995e56f"
 OWN_MODULE = f'''"""My own helpers, written against the 0.2.0 kit."""
 
 from {PACKAGE}.kit.resumable_loader import ResumableDataLoader
@@ -37,26 +34,6 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{old!r} not in {path}"
     path.write_text(text.replace(old, new, 1))
-
-
-@pytest.fixture(scope="module")
-def template_with_history(tmp_path_factory) -> tuple[Path, str]:
-    """This repository's history with its tags, plus the working tree as the newest release."""
-    template = tmp_path_factory.mktemp("history") / "copier-lightning"
-    git(TOP, "clone", "-q", "--no-hardlinks", str(TOP), str(template))
-    if LAST_RELEASE not in git(template, "tag").split():
-        git(template, "tag", LAST_RELEASE, LAST_RELEASE_COMMIT)
-    git(template, "rm", "-rq", "--cached", ".")
-    for path in template.iterdir():
-        if path.name != ".git":
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    copy_working_tree(template)
-    git(template, "add", "-A")
-    git(template, "commit", "-q", "--allow-empty", "-m", "working tree")
-    newest = max(Version(tag) for tag in git(template, "tag").split())
-    working_tree_version = f"{newest.major + 1}.0.0"  # above every real release, so every migration runs
-    git(template, "tag", working_tree_version)
-    return template, working_tree_version
 
 
 def test_a_project_from_the_last_release_updates_keeps_its_edits_and_passes_its_tests(
@@ -142,3 +119,36 @@ def test_the_migration_rewrites_each_old_kit_path_once(before: str) -> None:
     after = kit_rooms.rewrite(before, public)
     assert after == REWRITES[before]
     assert kit_rooms.rewrite(after, public) == after
+
+
+STOP_AT_STEP_15 = """\
+trainer:
+  callbacks:
+    - class_path: {package}.kit.resume_testing.KillAt
+      init_args: {{marker_file: {marker}, hook: train_batch_end, global_step: 15, signal: SIGTERM}}
+"""
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb"])
+def test_a_run_stopped_before_the_update_finishes_after_it(template_with_history, tmp_path, logger) -> None:
+    """The update adds a CSV logger beside the chosen one (and more display settings): not a different run."""
+    template, _ = template_with_history
+    project = tmp_path / "project"
+    render(template, project, vcs_ref=LAST_RELEASE, logger=logger)
+    stop = project / "configs" / "experiments" / "stop-at-step-15.yaml"  # the migration rewrites its class path
+    stop.write_text(STOP_AT_STEP_15.format(package=PACKAGE, marker=tmp_path / "stopped"))
+    commit_all(project, f"Start from copier-lightning {LAST_RELEASE}")
+    venv = make_project_venv(project, standalone=False)
+    env = {"RUNS_DIR": str(tmp_path / "runs"), "WANDB_MODE": "offline"}
+    fit = [str(venv.script(PACKAGE)), "fit", "--config", str(stop), "--run_name", "old-run", "--trainer.max_epochs=3"]
+    stopped = run(fit, cwd=project, env=env, check=False)
+    assert stopped.returncode == 3, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+
+    run_update(str(project), overwrite=True, defaults=True, unsafe=True, quiet=True)
+    commit_all(project, "update to the working tree")
+    assert "CSVLogger" in (project / "configs" / "default.yaml").read_text()
+
+    finished = run(fit, cwd=project, env=env, check=False)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
+    assert "Run 'old-run': resuming from last.ckpt (epoch 1, step 15)" in finished.stdout
+    assert "Run 'old-run' finished" in finished.stdout

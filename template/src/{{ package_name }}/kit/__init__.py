@@ -43,6 +43,7 @@ PUBLIC = {
     "pack_shards": "data.shards",
     "ShardDataset": "data.shards",
     "ManyFilesDataModule": "data.many_files_example",
+    "end_with_parent": "data.worker_processes",
     # for artifacts.py
     "Artifact": "reporting.reproduce",
     "runs_root": "runs.directory",

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from ..runs.directory import RunDirectory, runs_root
+from ..runs.identity import plain_name_part, sweep_name
 
 # Below this many seeds per group an interval is so wide (t at 1 degree of freedom is 12.7) that
 # it tells little; the output says so.
@@ -111,7 +112,7 @@ def sweep_main(argv: list[str]) -> int:
     args, extra_options = parser.parse_known_args(argv)
     text = args.file.read_text()
     spec = yaml.safe_load(text)
-    name = spec.get("name", args.file.stem)
+    name = sweep_name(spec, args.file)
     if spec.get("strategy") == "optuna":
         from .optuna_search import SweepFileError, run_search
 
@@ -208,7 +209,8 @@ def seeds_main(argv: list[str]) -> int:
     args, options = parser.parse_known_args(argv)
     if args.n < 2:
         parser.error("--n must be at least 2 to estimate seed noise")
-    label = args.label or next((Path(o).stem for o in reversed(options) if o.endswith(".yaml")), "default")
+    config_name = next((Path(o).stem for o in reversed(options) if o.endswith(".yaml")), "default")
+    label = plain_name_part(args.label or config_name)
     values = {}
     for seed in range(args.n):
         run_name = f"seeds-{label}-{seed}"

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from ..runs.directory import RunDirectory, runs_root
+from ..runs.identity import sweep_name
 
 
 @dataclass
@@ -98,7 +99,7 @@ def sweep_status_main(argv: list[str]) -> int:
         print(f"error: no sweep file {args.file}")
         return 2
     spec = yaml.safe_load(args.file.read_text())
-    name = spec.get("name", args.file.stem)
+    name = sweep_name(spec, args.file)
     queue = slurm_queue(f"sweep-{name}")
     rows = [
         trial_status(number, run_name, values, task, queue, study_state)

@@ -6,8 +6,9 @@ build is read from the installed package's version, `2.13.0+cpu` or `2.5.1+cu124
 and makes no network call. It checks:
 - Python against the project's `requires-python`;
 - every dependency of pyproject.toml installed, at a version it allows;
+- no release published with malware installed (kit/cluster/compromised_releases.py);
 - the lock (`locks/<build>.txt` for the installed torch build, kit/cluster/environment_lock.py):
-  made from the current pyproject.toml, and every package it pins installed at that version;
+  made for this Python, from the current pyproject.toml, and every package it pins installed at that version;
 - the torch build against the GPUs `nvidia-smi` sees: a CPU build on a GPU node, or a CUDA build
   newer than the driver supports (the build's CUDA version is read from torch's files, so PyPI's
   untagged builds are checked too); which GPU or MIG slice this process sees;
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from ..data.commands import MANIFEST, differences, read_manifest
 from ..runs.directory import runs_root
+from .compromised_releases import installed_compromised
 from .environment_lock import (
     LOCKS,
     inputs_sha256,
@@ -101,6 +103,21 @@ def check_packages(requirements: list[str]) -> Finding:
     return Finding("packages", "PASS", f"all {len(requirements)} dependencies of pyproject.toml installed")
 
 
+def check_compromised(installed: dict[str, str], console_script: str) -> Finding:
+    """No installed release is on the list of compromised ones."""
+    found = installed_compromised(installed)
+    if not found:
+        return Finding("compromised releases", "PASS", "none of the listed compromised releases is installed")
+    return Finding(
+        "compromised releases",
+        "FAIL",
+        f"installed: {'; '.join(found)}",
+        f"its code has already run on this machine: remove the environment and install it again from the lock "
+        f"(README.md, 'Quick start'; `{console_script} lock` never pins a listed release), then follow the "
+        f"advisory: treat the credentials this machine holds (SSH keys, cloud and git tokens) as stolen: rotate them",
+    )
+
+
 def check_lock(
     lock: Path | None, current_inputs: str, installed: dict[str, str], console_script: str, torch_version: str | None
 ) -> Finding:
@@ -114,6 +131,15 @@ def check_lock(
             f"{console_script} lock (then commit {LOCKS}/)",
         )
     text = lock.read_text()
+    locked_python, running = lock_header_field(text, "python"), "{}.{}".format(*sys.version_info[:2])
+    if locked_python and locked_python != running:
+        return Finding(
+            "lock",
+            "FAIL",
+            f"{lock} is for Python {locked_python}, this is Python {running}: its wheels and versions may not fit",
+            f"use Python {locked_python} (python{locked_python} -m venv .venv), or make a lock for this one: "
+            f"{console_script} lock (then commit {LOCKS}/)",
+        )
     if lock_header_field(text, "inputs-sha256") != current_inputs:
         return Finding(
             "lock",
@@ -311,6 +337,7 @@ def doctor_main(argv: list[str]) -> int:
     checks: list[Callable[[], Finding]] = [
         lambda: check_python(requires),
         lambda: check_packages(dependencies),
+        lambda: check_compromised(installed_versions(), console_script),
         lambda: check_lock(
             lock_for_torch(torch),  # relative to the project root, where doctor runs
             inputs_sha256(project / "pyproject.toml"),

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runs.atomic_files import atomic_write_text
+from .compromised_releases import compromised_releases
 
 LOCKS = Path("locks")
 EXTRAS = ("example", "dev", "export")
@@ -114,9 +115,21 @@ def compile_lock(project: Path, variant: str, torch_version: str, torch_wheels: 
     python = python_version(pyproject)
     index = VARIANTS[variant].index
     with tempfile.TemporaryDirectory() as scratch:
-        constraints = Path(scratch, "torch.txt")
-        constraints.write_text(torch_requirement(variant, torch_version) + "\n")
+        constraints = Path(scratch, "constraints.txt")
+        # The torch build, and never a release published with malware (kit/cluster/compromised_releases.py).
+        excluded = [
+            f"{package}!={release['version']}"
+            for package, releases in compromised_releases().items()
+            for release in releases
+        ]
+        constraints.write_text("\n".join([torch_requirement(variant, torch_version), *excluded]) + "\n")
         output = Path(scratch, "lock.txt")
+        existing = project / LOCKS / f"{variant}.txt"
+        if existing.exists():
+            # uv keeps the versions an existing output file pins, where they still fit: a new dependency
+            # does not upgrade everything else. (`--upgrade`-style refreshes: delete the lock first.)
+            body = [line for line in existing.read_text().splitlines() if not line.startswith("--")]
+            output.write_text("\n".join(body) + "\n")
         command = [sys.executable, "-m", "uv", "pip", "compile", str(pyproject), "--quiet", "--no-header"]
         command += [arg for extra in EXTRAS for arg in ("--extra", extra)]
         command += ["--generate-hashes", "--python-version", python, "--python-platform", PLATFORM]
@@ -133,7 +146,8 @@ def compile_lock(project: Path, variant: str, torch_version: str, torch_wheels: 
             if "No module named uv" in done.stderr:
                 raise LockError('uv is not installed: pip install uv (it is in the "dev" extra)')
             raise LockError(f"uv could not resolve the {variant} lock:\n{done.stderr.strip()}")
-        body = output.read_text()
+        # The constraints file's temporary path would change the lock at every run: named by what it holds.
+        body = re.sub(r"-c \S*constraints\.txt", "-c (the torch build; no compromised release)", output.read_text())
     return header(variant, torch_version, python, inputs_sha256(pyproject)) + body
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import yaml
 
+from ..runs.code_state import CodeChangedError, SnapshotError, code_files, freeze_code, refuse_changed_code
 from ..runs.directory import REQUEUE_EXIT_CODE, RunDirectory, runs_root
-from ..runs.identity import RunNameError, run_name
+from ..runs.identity import RunNameError, option_value, run_name, sweep_name
+from ..runs.lease import RunHeldError, RunLease
 
 SITE_CONFIG = Path("configs/slurm/site.yaml")
 REQUIRED_SITE_KEYS = ("partition", "time", "cpus_per_gpu", "mem_per_gpu", "full_gpu_gres", "mig_types")
@@ -103,8 +106,15 @@ def refuse_multi_process_on_mig(request: GpuRequest, fit_options: list[str]) -> 
 
 
 def job_script(
-    request: GpuRequest, site: dict, job_name: str, command: str, project: Path, array: int | None = None
+    request: GpuRequest,
+    site: dict,
+    job_name: str,
+    command: str,
+    project: Path,
+    array: int | None = None,
+    code: Path | None = None,
 ) -> str:
+    """The job script; `code`: the code snapshot the job runs in (kit/runs/code_state.py), else the project."""
     logs = runs_root() / "slurm-logs"
     log_name = "%x-%A_%a.out" if array else "%x-%j.out"
     gres = request.gres or f"{site['full_gpu_gres']}:{request.count}"
@@ -134,6 +144,16 @@ def job_script(
         "set -uo pipefail",
         f"cd {shlex.quote(str(project))}",
         *site["setup"].strip().splitlines(),
+        *(
+            [
+                "# The code as it was at submit, frozen by `submit`: the first start and every requeue run it,",
+                "# whatever the working tree holds by then. Its data/ folders are links to the project's.",
+                f"cd {shlex.quote(str(code))}",
+                "export PYTHONPATH=" + shlex.quote(str(code / "src")) + "${PYTHONPATH:+:$PYTHONPATH}",
+            ]
+            if code is not None
+            else []
+        ),
         f"export RUNS_DIR={shlex.quote(str(runs_root()))}",
         "# Checkpoints are staged next to their target; keep any other temporary file on that filesystem too.",
         'export TMPDIR="$RUNS_DIR/.tmp" && mkdir -p "$TMPDIR"',
@@ -161,14 +181,16 @@ def job_script(
     return "\n".join(lines) + "\n"
 
 
-def container_python(image: str, project: Path) -> str:
-    """The Python inside the site's Apptainer image, with the GPUs (--nv) and the project's code from
-    the working tree (bound in: a code change needs no rebuild). Only the srun line runs it: the
-    job script's signal relay and `scontrol requeue` stay outside the container."""
+def container_python(image: str, project: Path, code: Path | None = None) -> str:
+    """The Python inside the site's Apptainer image, with the GPUs (--nv) and the job's code snapshot
+    (`code`, else the project's working tree) bound in: a code change needs no rebuild. Only the srun
+    line runs it: the job script's signal relay and `scontrol requeue` stay outside the container."""
     image_path = Path(image) if Path(image).is_absolute() else project / image
+    source = code or project
+    binds = ",".join(shlex.quote(str(path)) for path in dict.fromkeys([project, source]))
     return (
-        f"apptainer exec --nv --bind {shlex.quote(str(project))} "
-        f"--env PYTHONPATH={shlex.quote(str(project / 'src'))} {shlex.quote(str(image_path))} python"
+        f"apptainer exec --nv --bind {binds} "
+        f"--env PYTHONPATH={shlex.quote(str(source / 'src'))} {shlex.quote(str(image_path))} python"
     )
 
 
@@ -193,7 +215,7 @@ def submit_main(argv: list[str]) -> int:
         site = load_site(args.site)
         request = parse_gpu_request(args.gpu or str(site.get("default_gpu", "full:1")), site, args.nodes)
         refuse_multi_process_on_mig(request, fit_options)
-        script_path, script = _prepare(request, site, fit_options, args.sweep)
+        job = _prepare(request, site, fit_options, args.sweep)
     except (SlurmSetupError, RunNameError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -201,44 +223,82 @@ def submit_main(argv: list[str]) -> int:
         from ..training.lightning_cli import check_config  # torch and Lightning: seconds, not a queue wait
 
         check_config([*fit_options, *trainer_options(request)])  # a bad config stops here, not in the job
-    script_path.parent.mkdir(parents=True, exist_ok=True)
-    (runs_root() / "slurm-logs").mkdir(parents=True, exist_ok=True)
-    script_path.write_text(script)
-    command = ["sbatch", str(script_path)]
-    print(f"Job script: {script_path}\n$ {shlex.join(command)}")
-    if args.write_only:
-        return 0
-    try:
-        done = subprocess.run(command, capture_output=True, text=True)
-    except FileNotFoundError:
+    if not args.write_only and shutil.which("sbatch") is None:
         print(
-            "error: `sbatch` is not installed here: run this on a SLURM login node, or submit the job script "
-            "above yourself. (--write-only writes it without trying.)",
+            "error: `sbatch` is not installed here: run this on a SLURM login node, or write the job script "
+            "with --write-only and submit it yourself.",
             file=sys.stderr,
         )
         return 2
+    try:
+        print(_freeze(job, allow_changed_code=bool(option_value(fit_options, "allow_changed_code"))))
+    except (SnapshotError, CodeChangedError, RunHeldError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    job.script_path.parent.mkdir(parents=True, exist_ok=True)
+    (runs_root() / "slurm-logs").mkdir(parents=True, exist_ok=True)
+    job.script_path.write_text(job.script)
+    command = ["sbatch", str(job.script_path)]
+    print(f"Job script: {job.script_path}\n$ {shlex.join(command)}")
+    if args.write_only:
+        return 0
+    done = subprocess.run(command, capture_output=True, text=True)  # sbatch is there: checked above
     print((done.stdout + done.stderr).strip())
     return done.returncode
 
 
-def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Path | None) -> tuple[Path, str]:
+@dataclass
+class PreparedJob:
+    script_path: Path
+    script: str
+    code: Path  # where `submit` freezes the code the job runs
+    run: RunDirectory | None  # None for a sweep's job array (each trial is its own run)
+
+
+def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Path | None) -> PreparedJob:
     package = __package__.split(".")[0]
     project = Path.cwd()
-    python = container_python(site["container"], project) if site["container"] else shlex.quote(sys.executable)
     if sweep is not None:
         from ..analysis.comparisons import sweep_size
 
         spec = yaml.safe_load(sweep.read_text())
         count = sweep_size(spec)
-        name = spec.get("name", sweep.stem)
+        name = sweep_name(spec, sweep)
+        code = runs_root() / "sweeps" / f"{name}-code"
+        python = _python(site, project, code)
         options = shlex.join([*trainer_options(request), *fit_options])
         command = f"{python} -m {package} sweep --trial $SLURM_ARRAY_TASK_ID {shlex.quote(str(sweep))} {options}"
-        script = job_script(request, site, f"sweep-{name}", command, project, array=count)
-        return runs_root() / "sweeps" / f"{name}.sbatch", script
+        script = job_script(request, site, f"sweep-{name}", command, project, array=count, code=code)
+        return PreparedJob(runs_root() / "sweeps" / f"{name}.sbatch", script, code, None)
 
     run_options = [*fit_options, *trainer_options(request)]
     run = RunDirectory(runs_root() / run_name(run_options))  # from the options alone: no torch import
     if "--run_name" not in run_options:
         run_options += ["--run_name", run.name]  # the job resumes the run this command names
-    command = f"{python} -m {package} fit {shlex.join(run_options)}"
-    return run.slurm_dir / f"{request.kind}.sbatch", job_script(request, site, run.name, command, project)
+    code = run.code_snapshot_dir
+    command = f"{_python(site, project, code)} -m {package} fit {shlex.join(run_options)}"
+    script = job_script(request, site, run.name, command, project, code=code)
+    return PreparedJob(run.slurm_dir / f"{request.kind}.sbatch", script, code, run)
+
+
+def _python(site: dict, project: Path, code: Path) -> str:
+    return container_python(site["container"], project, code) if site["container"] else shlex.quote(sys.executable)
+
+
+def _freeze(job: PreparedJob, allow_changed_code: bool) -> str:
+    """Freeze the project's code for the job (kit/runs/code_state.py); one line saying what was done."""
+    project = Path.cwd()
+    holder = RunLease(job.run.path).live_holder() if job.run is not None else None
+    if holder is not None:
+        raise RunHeldError(
+            f"Run '{job.run.name}' is being trained right now ({holder.describe()}): a second job would be "
+            f"refused when it starts. Wait for it to end, or stop it first (scancel)."
+        )
+    if job.run is not None and not allow_changed_code:
+        recorded = job.run.recorded_code_files()
+        if recorded is not None:
+            refuse_changed_code(job.run.name, recorded, code_files(project), __package__.split(".")[0])
+    record = freeze_code(project, job.code)
+    state = (record["git_sha"] or "no commit")[:10] + (" + uncommitted changes" if record["git_dirty"] else "")
+    kept = " (unchanged since the last submit: kept)" if record.get("kept") else ""
+    return f"Code frozen for the job: {job.code} ({record['files']} files, {state}){kept}"

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from ..runs.directory import DIVERGED_EXIT_CODE
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
@@ -32,7 +34,7 @@ def main(argv: list[str]) -> int:
     full_command = [sys.executable, "-m", package, *command]
     for attempt in range(args.max_restarts + 1):
         returncode = subprocess.call(full_command)
-        if returncode in (0, 2):  # success, or a usage error that a restart cannot fix
+        if returncode in (0, 2, DIVERGED_EXIT_CODE):  # finished, or what a restart cannot fix
             return returncode
         if attempt == args.max_restarts:
             break

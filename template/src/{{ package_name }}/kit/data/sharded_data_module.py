@@ -25,6 +25,7 @@ from ..training.resumable_loader import ResumableDataLoader
 from .loader_settings import LoaderSettings
 from .preprocessing_cache import CacheResult, cached_directory, remembered_cache_key
 from .shards import ShardDataset
+from .worker_processes import end_with_parent
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -102,7 +103,10 @@ class ShardedDataModule(pl.LightningDataModule):
         )
 
     def _evaluation_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=4 * self.batch_size, **self.loader.dataloader_options())
+        options = self.loader.dataloader_options()
+        return DataLoader(
+            self.splits[split], batch_size=4 * self.batch_size, worker_init_fn=end_with_parent(), **options
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader("val")

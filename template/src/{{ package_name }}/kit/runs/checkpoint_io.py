@@ -63,14 +63,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning calls the plugin on rank 0 only, so each file is written and entered once.
     """
 
-    def __init__(self, ledger: CheckpointLedger | None = None, keep_replaced_as: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        ledger: CheckpointLedger | None = None,
+        keep_replaced_as: dict[str, str] | None = None,
+        before_write: Callable[[], None] | None = None,
+    ) -> None:
+        """before_write: runs before each write and may refuse it by raising (the run lease: kit/runs/lease.py)."""
         self.ledger = ledger
         self.keep_replaced_as = keep_replaced_as or {}
+        self.before_write = before_write
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
         path = Path(path)
+        if self.before_write is not None:
+            self.before_write()
 
         def commit(checksum: str) -> None:
             if self.ledger is not None:

@@ -18,15 +18,17 @@ import errno
 import json
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .. import PUBLIC
 from .atomic_files import TEMPORARY_SUFFIX, atomic_write_text
 from .checksums import ALGORITHM, file_checksum
-from .identity import PLACEMENT_KEYS
+from .code_state import git_state, read_snapshot_record
+from .identity import what_is_trained
 
 MANIFEST_NAME = "manifest.json"
 # A run's checkpoint files, named here once: rolling_checkpoint.py writes them, checkpoint_files.py
@@ -39,8 +41,14 @@ ON_EXCEPTION_CHECKPOINT = "on_exception.ckpt"  # for post-mortem only, never res
 # is training it, or was killed without a word), stopped (on a signal, after a checkpoint: re-run to
 # continue), failed (an error ended it), finished (final.ckpt written).
 RUN_STATUSES = ("running", "stopped", "failed", "finished")
-# `fit` exits with this code after checkpointing on the requeue signal; job scripts requeue on it.
+# `fit`'s exit code is a contract that job scripts and `supervise` act on:
+#   0  the run is finished (final.ckpt written), or was already;
+#   1  an error ended it (a crash: re-running resumes from the last checkpoint);
+#   2  refused before training (a bad option or config, a changed run, data missing, another writer);
+#   3  stopped on a signal after writing its checkpoint: re-run to continue (job scripts requeue);
+#   4  diverged (NaN or inf loss or weights): a re-run would replay the same steps, so nothing restarts it.
 REQUEUE_EXIT_CODE = 3
+DIVERGED_EXIT_CODE = 4
 CONFIG_NAME = "config.yaml"
 # The checkpoint's own note of the monitored metric's value when it was written
 # (kit/training/run_bookkeeping.py puts it there; the manifest entry copies it).
@@ -52,22 +60,6 @@ RECENT_CHECKSUMS = 16
 def runs_root() -> Path:
     """Where runs live: $RUNS_DIR if set (e.g. a scratch filesystem on a cluster), else ./runs."""
     return Path(os.environ.get("RUNS_DIR", "runs")).resolve()
-
-
-def run_git(*args: str, cwd: Path | None = None) -> str | None:
-    """A git command's output, or None outside a repository or without git."""
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
-def git_state(cwd: Path | None = None) -> dict[str, Any]:
-    """The commit the code came from and whether the work tree had uncommitted changes."""
-    sha = run_git("rev-parse", "HEAD", cwd=cwd)
-    status = run_git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
-    return {"git_sha": sha.strip() if sha else None, "git_dirty": bool(status.strip()) if status is not None else None}
 
 
 def timestamp() -> str:
@@ -146,19 +138,22 @@ class RunDirectory:
         return self.read_manifest().get("status") == "finished"
 
     def check_same_config(self, config_text: str) -> None:
-        """Refuse to continue a run under a different config: results would mix two experiments."""
+        """Refuse to continue a run under a different config: results would mix two experiments.
+
+        Compared is what is trained (kit/runs/identity.py's what_is_trained): a config that differs
+        only in its loggers, progress display or placement continues the run.
+        """
         if not self.config_path.exists():
             return
-        recorded = self.config_path.read_text()
-        as_recorded_by_older_releases = _with_public_kit_paths(_without_placement(recorded))
-        if config_text in {recorded, _without_placement(recorded), as_recorded_by_older_releases}:
+        recorded, given = comparable_config(self.config_path.read_text()), comparable_config(config_text)
+        if recorded == given:
             return
         import difflib
 
         diff = "".join(
             difflib.unified_diff(
-                recorded.splitlines(keepends=True),
-                config_text.splitlines(keepends=True),
+                yaml.safe_dump(recorded, sort_keys=False).splitlines(keepends=True),
+                yaml.safe_dump(given, sort_keys=False).splitlines(keepends=True),
                 fromfile=f"{self.config_path} (the run's config)",
                 tofile="the config given now",
             )
@@ -169,8 +164,24 @@ class RunDirectory:
             f"move {self.path} away to start over.\n{diff}"
         )
 
-    def start(self, config_text: str, monitor: dict[str, str]) -> None:
-        """Create the directory on the first start, and mark the run as running on every start."""
+    @property
+    def code_snapshot_dir(self) -> Path:
+        """The code a job of this run runs (kit/runs/code_state.py), made by `submit`."""
+        return self.path / "code"
+
+    def recorded_code_files(self) -> dict[str, str] | None:
+        """The hashes of your code this run was started with, else submitted with; None if neither is known."""
+        recorded = self.read_manifest().get("code_files")
+        if recorded is None:
+            snapshot = read_snapshot_record(self.code_snapshot_dir)
+            recorded = snapshot.get("code_files") if snapshot else None
+        return recorded
+
+    def start(self, config_text: str, monitor: dict[str, str], code: dict[str, str] | None = None) -> None:
+        """Create the directory on the first start, and mark the run as running on every start.
+
+        code: the hashes of the code this start runs (kit/runs/code_state.py's code_files), the run's from now on.
+        """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.remove_partial_files()
         if not self.config_path.exists():
@@ -181,11 +192,17 @@ class RunDirectory:
         manifest.setdefault("checkpoints", {})
         manifest["starts"] = manifest.get("starts", 0) + 1
         manifest.update(status="running", monitor=monitor, **git_state())
+        if code is not None:
+            manifest["code_files"] = code
         _write_json_atomically(self.manifest_path, manifest)
 
     def remove_partial_files(self) -> list[Path]:
         """Delete what a write killed half-way left behind (`.<name>.*.partial`, never a finished file)."""
-        leftovers = sorted(self.path.glob(f"**/.*{TEMPORARY_SUFFIX}"))
+        leftovers = sorted(
+            path
+            for path in self.path.glob(f"**/.*{TEMPORARY_SUFFIX}")
+            if self.code_snapshot_dir not in path.parents  # your code, copied: not the run's writes
+        )
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
         if leftovers:
@@ -273,10 +290,31 @@ def storage_error_message(error: BaseException) -> str | None:
     )
 
 
-def _without_placement(config_text: str) -> str:
-    """A config recorded before placement keys were left out, without them (one-line values only)."""
-    keys = "|".join(PLACEMENT_KEYS)
-    return re.sub(rf"(?m)^  (?:{keys}): [^\n]*\n", "", config_text)
+def comparable_config(config_text: str) -> dict[str, Any]:
+    """A recorded or given config as a mapping of what is trained, in today's words.
+
+    Configs recorded by older releases name kit classes by module (see _with_public_kit_paths) and
+    may hold placement keys; both are normalised away.
+    """
+    return what_is_trained(yaml.safe_load(_with_public_kit_paths(config_text)) or {})
+
+
+def find_run_by_config(root: Path, name: str, config_text: str) -> RunDirectory | None:
+    """The one run under `root` whose name has `name`'s label and whose config trains the same thing.
+
+    A derived name (kit/runs/identity.py) hashes the config files' text, so a template update that
+    rewrites configs/default.yaml, or a release that leaves more display settings out of the hash,
+    derives another name for the same experiment; the run is found by its recorded config instead.
+    """
+    label = name.rsplit("-", 1)[0]
+    wanted = comparable_config(config_text)
+    matches = [
+        RunDirectory(config.parent)
+        for config in sorted(root.glob(f"{label}-*/{CONFIG_NAME}"))
+        if re.fullmatch(re.escape(label) + r"-[0-9a-f]{8}", config.parent.name)
+        and comparable_config(config.read_text()) == wanted
+    ]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _with_public_kit_paths(config_text: str) -> str:

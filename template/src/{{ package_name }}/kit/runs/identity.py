@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,15 @@ import yaml
 DEFAULT_CONFIG = "configs/default.yaml"
 # Options that say which run to use or how to run it, not what to train: they stay out of the
 # run's name and recorded config (a longer collective timeout does not make another experiment).
-RUN_CONTROL_KEYS = ("run_name", "ckpt_path", "config", "__default_config__", "distributed", "allow_changed_data")
+RUN_CONTROL_KEYS = (
+    "run_name",
+    "ckpt_path",
+    "config",
+    "__default_config__",
+    "distributed",
+    "allow_changed_data",
+    "allow_changed_code",
+)
 # Options of one evaluation subcommand only; leaving them out gives `fit` and `test` the same name.
 SUBCOMMAND_ONLY_KEYS = ("verbose", "return_predictions")
 # Trainer options that say where a run's processes go: a run can move between machines and process
@@ -36,6 +45,25 @@ SUBCOMMAND_ONLY_KEYS = ("verbose", "return_predictions")
 # with another number of processes).
 PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy")
 LEFT_OUT_OF_NAME = (*RUN_CONTROL_KEYS, *SUBCOMMAND_ONLY_KEYS, *(f"trainer.{key}" for key in PLACEMENT_KEYS))
+# Settings that change how a run is shown or logged, not what it trains. They stay out of the name
+# and out of the comparison that refuses "a different config": switching the progress display, or
+# a template update that adds a CSV logger beside W&B, must not orphan a run half-way.
+DISPLAY_TRAINER_KEYS = (
+    "logger",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "log_every_n_steps",
+    "default_root_dir",
+)
+DISPLAY_CALLBACKS = (
+    "ProgressLines",
+    "TQDMProgressBar",
+    "RichProgressBar",
+    "ModelSummary",
+    "RichModelSummary",
+    "LearningRateMonitor",
+    "DeviceStatsMonitor",
+)
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Options that print and exit; they name no experiment.
 HELP_OPTIONS = ("-h", "--help", "--print_config")
@@ -47,13 +75,25 @@ class RunNameError(ValueError):
 
 def run_name(args: list[str] | tuple[str, ...], default_config: str | Path = DEFAULT_CONFIG) -> str:
     """The run directory's name for a command's options (`--run_name` if given)."""
+    given = given_run_name(args)
+    if given:
+        return check_run_name(given)
     options = _options(args)
-    given_names = [value for key, value in options if key == "run_name"]
-    if given_names and given_names[-1]:
-        return str(given_names[-1])
     config_files = [value for key, value in options if key == "config"]
     label = Path(str(config_files[-1])).stem if config_files else Path(default_config).stem
     return name_from(label, experiment(args, default_config))
+
+
+def option_value(args: list[str] | tuple[str, ...], key: str) -> Any:
+    """The value the last `--key` in `args` gives (parsed as YAML), or None."""
+    values = [value for name, value in _options(args) if name == key]
+    return values[-1] if values else None
+
+
+def given_run_name(args: list[str] | tuple[str, ...]) -> str | None:
+    """The `--run_name` a command gives, if any."""
+    given = [value for key, value in _options(args) if key == "run_name"]
+    return str(given[-1]) if given and given[-1] else None
 
 
 def experiment(args: list[str] | tuple[str, ...], default_config: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
@@ -66,17 +106,76 @@ def experiment(args: list[str] | tuple[str, ...], default_config: str | Path = D
             merged = _merged(merged, _read_config(value))
         else:
             _set(merged, key.split("."), value)
+    return what_is_trained(merged)
+
+
+def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a parsed config, as a mapping) without what does not change the trained model.
+
+    Left out: the options of LEFT_OUT_OF_NAME (which run, where it runs) and the display and
+    logging settings (DISPLAY_TRAINER_KEYS, DISPLAY_CALLBACKS). Used for a run's name and to decide
+    whether a resumed run's config is the one it was started with.
+    """
+    config = copy.deepcopy(config)
     for key in LEFT_OUT_OF_NAME:
-        _remove(merged, key.split("."))
-    return merged
+        _remove(config, key.split("."))
+    trainer = config.get("trainer")
+    if isinstance(trainer, dict):
+        for key in DISPLAY_TRAINER_KEYS:
+            trainer.pop(key, None)
+        callbacks = trainer.get("callbacks")
+        if isinstance(callbacks, list):
+            kept = [callback for callback in callbacks if _class_name(callback) not in DISPLAY_CALLBACKS]
+            trainer["callbacks"] = kept
+        if not trainer.get("callbacks"):
+            trainer.pop("callbacks", None)  # none left, an empty list and a null all say the same
+    return config
+
+
+def _class_name(entry: Any) -> str:
+    class_path = entry.get("class_path", "") if isinstance(entry, dict) else str(entry)
+    return str(class_path).rsplit(".", 1)[-1]
 
 
 def name_from(label: str, experiment: dict[str, Any]) -> str:
     """A readable, deterministic name: the config's label and a hash of the experiment."""
     canonical = json.dumps(experiment, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
-    label = "".join(c if c.isalnum() or c in "-_." else "-" for c in label) or "run"
-    return f"{label}-{digest}"
+    return f"{plain_name_part(label)}-{digest}"
+
+
+# A run name is one directory under the runs directory: no path separator, nothing hidden or parent.
+MAX_RUN_NAME_LENGTH = 200
+
+
+def check_run_name(name: str) -> str:
+    """`name` if it is a plain directory name; RunNameError otherwise (`../escape` would train beside runs/)."""
+    problem = None
+    if "/" in name or "\\" in name or "\0" in name:
+        problem = "it holds a path separator"
+    elif name.startswith("."):
+        problem = "it starts with '.' (a hidden or parent directory)"
+    elif len(name) > MAX_RUN_NAME_LENGTH:
+        problem = f"it is longer than {MAX_RUN_NAME_LENGTH} characters"
+    elif not name.strip():
+        problem = "it is empty"
+    if problem:
+        raise RunNameError(
+            f"run name {name!r} is not a plain name: {problem}. A run is one directory under the runs directory; "
+            f"use letters, digits, '-', '_' and '.' (e.g. --run_name wide-lr3e-3)."
+        )
+    return name
+
+
+def plain_name_part(text: str) -> str:
+    """`text` made into a safe part of a run name (a sweep's or a config's name): other characters become '-'."""
+    plain = re.sub(r"[^\w.-]|\.{2,}", "-", str(text)).lstrip(".")  # no separator, no '..', not hidden
+    return plain[: MAX_RUN_NAME_LENGTH // 2] or "run"
+
+
+def sweep_name(spec: dict[str, Any], sweep_file: Path) -> str:
+    """The name a sweep's trials, records and job scripts go by: its `name:`, else the file's; made plain."""
+    return plain_name_part(spec.get("name") or Path(sweep_file).stem)
 
 
 def _options(args: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:

@@ -23,7 +23,8 @@ from typing import Any
 
 from ..data.file_hashes import file_sha256
 from .atomic_files import atomic_write_text
-from .directory import RUN_STATUSES, git_state, run_git, timestamp
+from .code_state import code_origin
+from .directory import RUN_STATUSES, timestamp
 
 # The project's own locks (locks/*.txt, kit/cluster/environment_lock.py) and other tools' lock files.
 OTHER_LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
@@ -103,10 +104,20 @@ def note_changed_raw_data(run_path: Path, differences: list[str]) -> None:
     _write(record_path, record)
 
 
+def note_changed_code(run_path: Path, differences: list[str]) -> None:
+    """Mark this start as running other code than the run's earlier starts (--allow_changed_code)."""
+    record_path = run_path / "record.json"
+    record = json.loads(record_path.read_text())
+    record["starts"][-1]["code_differs_from_earlier_starts"] = differences
+    _write(record_path, record)
+
+
 def finish_record(run_path: Path, metrics: dict[str, float], status: str, **details: Any) -> None:
     """How this start ended: the time, a status in the manifest's words (RUN_STATUSES), the metrics.
 
-    The latest start's ending is also kept at the top (`ended`, `status`, `final_metrics`).
+    The latest start's ending is also kept at the top (`ended`, `status`, `final_metrics`). A start
+    that computed no metrics (it only wrote final.ckpt of a run that had trained to its end) keeps
+    the metrics an earlier start recorded.
     """
     if status not in RUN_STATUSES:
         raise ValueError(f"unknown run status {status!r}; one of {', '.join(RUN_STATUSES)}")
@@ -115,16 +126,20 @@ def finish_record(run_path: Path, metrics: dict[str, float], status: str, **deta
     ending = {"ended": timestamp(), "status": status, **details}
     if record["starts"]:
         record["starts"][-1].update(ending)
-    record.update(ending, final_metrics=metrics)
+    record.update(ending, final_metrics=metrics or record.get("final_metrics", {}))
     _write(record_path, record)
 
 
 def _git(run_path: Path, number: int) -> dict[str, Any]:
-    state = git_state()
-    diff = run_git("diff", "HEAD") if state["git_dirty"] else None
-    if diff:
-        (run_path / f"git-diff-{number}.patch").write_text(diff)
-    return {**state, "git_diff_file": f"git-diff-{number}.patch" if diff else None}
+    origin = code_origin()  # inside a job's code snapshot: the commit and diff it was frozen from
+    if origin["diff"]:
+        (run_path / f"git-diff-{number}.patch").write_text(origin["diff"])
+    return {
+        "git_sha": origin["git_sha"],
+        "git_dirty": origin["git_dirty"],
+        "git_diff_file": f"git-diff-{number}.patch" if origin["diff"] else None,
+        "code_snapshot": origin["snapshot"],
+    }
 
 
 def _write(path: Path, data: dict) -> None:

@@ -10,6 +10,7 @@ best checkpoint, unless `--ckpt_path` is given.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from argparse import ArgumentError
@@ -28,12 +29,16 @@ from ..data.commands import RawDataChangedError, raw_data_differences, refuse_ch
 from ..data.shards import ShardError
 from ..runs.checkpoint_files import newest_checkpoint, set_aside_damaged
 from ..runs.checkpoint_io import AtomicCheckpointIO
+from ..runs.code_state import CodeChangedError, code_differences, code_files, refuse_changed_code
 from ..runs.directory import (
+    DIVERGED_EXIT_CODE,
+    FINAL_CHECKPOINT,
     LAST_CHECKPOINT,
     PREVIOUS_CHECKPOINT,
     REQUEUE_EXIT_CODE,
     ConfigChangedError,
     RunDirectory,
+    find_run_by_config,
     runs_root,
     storage_error_message,
 )
@@ -44,10 +49,13 @@ from ..runs.identity import (
     SUBCOMMAND_ONLY_KEYS,
     SUBCOMMANDS,
     RunNameError,
+    given_run_name,
     run_name,
 )
-from ..runs.record import finish_record, note_changed_raw_data, start_record
+from ..runs.lease import RunHeldError, RunLease, RunTakenOver, release_held_leases
+from ..runs.record import finish_record, note_changed_code, note_changed_raw_data, start_record
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
+from .divergence import TrainingDiverged
 from .no_profiler import NoProfiler
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
@@ -113,6 +121,10 @@ class BadSettingError(ValueError):
     """A config value that parses but cannot work (e.g. a checkpoint every 0 steps)."""
 
 
+class RunNotFinished(Exception):
+    """`fit` returned without a finished run and without a stop signal (exit code 1, never 0)."""
+
+
 class RunAlreadyFinished(Exception):
     """`fit` was asked to continue a run that has finished."""
 
@@ -142,6 +154,13 @@ class ProjectCLI(LightningCLI):
             default=False,
             help="Train even if the raw data differs from data/raw.sha256 (the difference goes into record.json).",
         )
+        parser.add_argument(
+            "--allow_changed_code",
+            type=bool,
+            default=False,
+            help="Continue a run whose code (src/, but the kit) differs from the code it was started or "
+            "submitted with (the difference goes into record.json).",
+        )
         parser.add_class_arguments(CheckpointPolicy, "checkpointing")
         parser.add_class_arguments(EarlyStoppingPolicy, "early_stopping")
         parser.add_class_arguments(DistributedPolicy, "distributed")
@@ -162,7 +181,8 @@ class ProjectCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.config_text = self._config_text(config)
-        self.run = RunDirectory(runs_root() / run_name(self.given_args, DEFAULT_CONFIG))
+        self.run = self._choose_run()
+        self.lease = RunLease(self.run.path)  # taken by rank 0 in before_fit, before anything is written
         if self.subcommand is None:  # run=False: building the objects only (tests, check, evaluate)
             return
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
@@ -171,6 +191,20 @@ class ProjectCLI(LightningCLI):
             # Evaluations print their metrics; they do not add log files to the training run.
             config.trainer.logger = False
             config.trainer.default_root_dir = str(self.run.path)
+
+    def _choose_run(self) -> RunDirectory:
+        run = RunDirectory(runs_root() / run_name(self.given_args, DEFAULT_CONFIG))
+        if run.path.exists() or given_run_name(self.given_args):
+            return run
+        earlier = find_run_by_config(runs_root(), run.name, self.config_text)
+        if earlier is None:
+            return run
+        if _is_first_process():
+            print(
+                f"Run '{earlier.name}': the same experiment as this command (its name was derived from an earlier "
+                f"wording of the config files); continuing it."
+            )
+        return earlier
 
     def _prepare_fit_run(self, config: Namespace) -> None:
         run = self.run
@@ -226,7 +260,13 @@ class ProjectCLI(LightningCLI):
         if pruning is not None:
             callbacks.append(pruning)
         plugins = _as_list(trainer_config.get("plugins"))
-        plugins.append(AtomicCheckpointIO(ledger=self.run, keep_replaced_as={LAST_CHECKPOINT: PREVIOUS_CHECKPOINT}))
+        plugins.append(
+            AtomicCheckpointIO(
+                ledger=self.run,
+                keep_replaced_as={LAST_CHECKPOINT: PREVIOUS_CHECKPOINT},
+                before_write=self.lease.confirm,  # a writer whose lease was taken over writes nothing more
+            )
+        )
         if SLURMEnvironment.detect():
             # Lightning's own requeue saves inside the signal handler and prefers stale hpc_ckpt files;
             # RollingCheckpoint handles the signal instead, at a batch boundary.
@@ -252,6 +292,11 @@ class ProjectCLI(LightningCLI):
             return
         lead = self.trainer.is_global_zero  # under DDP every process runs this; one records and prints
         say = print if lead else _silent
+        if lead:
+            took_over = self.lease.acquire()  # one writer per run: refused here if another process holds it
+            if took_over:
+                print(took_over)
+            code, changed_code = self._check_code()  # the code the run was started with, or refused
         fit_kwargs = self.config_init["fit"]
         if fit_kwargs.get("ckpt_path"):
             _refuse_missing_checkpoint(fit_kwargs["ckpt_path"])
@@ -278,7 +323,7 @@ class ProjectCLI(LightningCLI):
             elif changed_data:
                 print("Training on raw data that differs from data/raw.sha256 (--allow_changed_data):")
                 print("\n".join(f"  {problem}" for problem in changed_data))
-            self._record_start(changed_data, data_fingerprint)
+            self._record_start(changed_data, data_fingerprint, code, changed_code)
         if fit_kwargs.get("ckpt_path"):
             say(f"Run '{self.run.name}': starting from the given checkpoint {fit_kwargs['ckpt_path']}")
         elif resume_from is None:
@@ -292,14 +337,30 @@ class ProjectCLI(LightningCLI):
                 f"(epoch {resume_from.epoch}, step {resume_from.global_step})"
             )
 
-    def _record_start(self, changed_data: list[str], data_fingerprint: str | None) -> None:
-        self.run.start(self.config_text, monitor={"metric": self._policy.monitor, "mode": self._policy.mode})
+    def _check_code(self) -> tuple[dict[str, str], list[str]]:
+        """This start's code (kit/runs/code_state.py) and how it differs from the run's; refused unless allowed."""
+        code = code_files(Path.cwd())
+        recorded = self.run.recorded_code_files()
+        if recorded is None or recorded == code:
+            return code, []
+        if not self.config["fit"].get("allow_changed_code"):
+            refuse_changed_code(self.run.name, recorded, code, _console_script())
+        print(f"Run '{self.run.name}': continuing with changed code (--allow_changed_code; noted in record.json).")
+        return code, code_differences(recorded, code)
+
+    def _record_start(
+        self, changed_data: list[str], data_fingerprint: str | None, code: dict[str, str], changed_code: list[str]
+    ) -> None:
+        monitor = {"metric": self._policy.monitor, "mode": self._policy.mode}
+        self.run.start(self.config_text, monitor=monitor, code=code)
         placement = {key: self.config["fit"]["trainer"].get(key) for key in PLACEMENT_KEYS}
         placement["processes"] = self.trainer.world_size
         seed = self.config["fit"].get("seed_everything")
         start_record(self.run.path, seed, data_fingerprint, placement=placement)
         if changed_data:
             note_changed_raw_data(self.run.path, changed_data)
+        if changed_code:
+            note_changed_code(self.run.path, changed_code)
 
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run:
@@ -307,8 +368,14 @@ class ProjectCLI(LightningCLI):
         rolling = next(c for c in self.trainer.callbacks if isinstance(c, RollingCheckpoint))
         if self.trainer.is_global_zero:
             self._report_fit_end(rolling)
+        # The exit code is a contract (kit/runs/directory.py): 0 only for a finished run.
         if rolling.stopped_by_signal:
             raise StoppedForRequeue
+        if not rolling.wrote_final:
+            raise RunNotFinished(
+                f"Run '{self.run.name}' ended without finishing (no final.ckpt) and without a stop signal; "
+                f"its checkpoints are intact: re-run the same command to continue."
+            )
 
     def _report_fit_end(self, rolling: RollingCheckpoint) -> None:
         metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
@@ -321,15 +388,19 @@ class ProjectCLI(LightningCLI):
                 f"written. Re-run the same command to continue (exit code {REQUEUE_EXIT_CODE}: a job script requeues)."
             )
             return
+        if not rolling.wrote_final:
+            self.run.set_status("failed", error="fit ended without final.ckpt", step=self.trainer.global_step)
+            finish_record(self.run.path, metrics, "failed", error="fit ended without final.ckpt")
+            return
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0:
             print(f"Stopped early at epoch {stopper.stopped_epoch}: {stopper.monitor} stopped improving.")
-        status = "finished" if rolling.wrote_final else "stopped"
-        self.run.set_status(status, step=self.trainer.global_step)
-        finish_record(self.run.path, metrics, status)
+        self.run.set_status("finished", step=self.trainer.global_step)
+        finish_record(self.run.path, metrics, "finished")
         shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
-        state = "finished" if rolling.wrote_final else "stopped before the end (re-run the command to resume)"
-        print(f"Run '{self.run.name}' {state}. {shown}\nOutputs: {self.run.path}")
+        if rolling.restored_at_end:
+            shown = f"(it had trained to its end before this start; {FINAL_CHECKPOINT} written now)"
+        print(f"Run '{self.run.name}' finished. {shown}\nOutputs: {self.run.path}")
 
     def _evaluation_checkpoint(self) -> None:
         kwargs = self.config_init[self.subcommand]
@@ -417,6 +488,15 @@ def _refusing_bad_settings(section: str, build, *args):
         raise BadSettingError(f"{section}: {bad}") from None
 
 
+def _is_first_process() -> bool:
+    """Rank 0, or no DDP (the other processes would repeat the same message)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def _silent(*args, **kwargs) -> None:
     """print() for the processes other than rank 0."""
 
@@ -486,12 +566,29 @@ def _build(cli_class: type[ProjectCLI], args: list[str], run: bool) -> ProjectCL
 def run_lightning_cli(args: list[str]) -> int:
     """Run a LightningCLI subcommand; bad configs and refused runs end with a message, not a traceback."""
     try:
+        return _run_lightning_cli(args)
+    finally:
+        release_held_leases()
+
+
+def _run_lightning_cli(args: list[str]) -> int:
+    try:
         _build(ProjectCLI, args, run=True)
     except RunAlreadyFinished as done:
         print(done)
         return 0
     except StoppedForRequeue:
         return REQUEUE_EXIT_CODE
+    except RunNotFinished as unfinished:
+        print(f"error: {unfinished}", file=sys.stderr)
+        return 1
+    except RunTakenOver as taken:
+        print(f"error: {taken}", file=sys.stderr)
+        return 1
+    except TrainingDiverged as diverged:
+        if _is_first_process():
+            print(f"error: training diverged: {diverged}", file=sys.stderr)
+        return DIVERGED_EXIT_CODE
     except (
         ConfigChangedError,
         RunNameError,
@@ -502,6 +599,8 @@ def run_lightning_cli(args: list[str]) -> int:
         MissingDataError,
         ShardError,
         MissingMonitoredMetric,
+        RunHeldError,
+        CodeChangedError,
     ) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2

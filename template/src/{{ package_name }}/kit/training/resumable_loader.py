@@ -19,7 +19,8 @@ and restarts every epoch from batch 0. Here:
 * worker seeds come from the loader's own generator, re-seeded per epoch, so they do not depend on
   how many random numbers anything else drew;
 * worker processes ignore Ctrl-C (a terminal sends it to them too): the main process checkpoints
-  and stops at the next batch, which needs its workers alive.
+  and stops at the next batch, which needs its workers alive; and they end with the main process,
+  even when it is killed while they start (kit/data/worker_processes.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
+
+from ..data.worker_processes import end_with_parent
 
 
 def process_rank_and_count() -> tuple[int, int]:
@@ -96,7 +99,8 @@ class ResumableDataLoader(DataLoader):
         kwargs.pop("sampler", None)
         kwargs.pop("batch_sampler", None)
         kwargs.pop("generator", None)
-        kwargs["worker_init_fn"] = _IgnoreCtrlCThen(kwargs.get("worker_init_fn"))
+        # Workers end with this process (kit/data/worker_processes.py), ignore Ctrl-C, then run yours.
+        kwargs["worker_init_fn"] = end_with_parent(_IgnoreCtrlCThen(kwargs.get("worker_init_fn")))
         self.resumable_sampler = EpochSeededSampler(len(dataset), seed=seed, shuffle=shuffle)
         super().__init__(
             dataset,

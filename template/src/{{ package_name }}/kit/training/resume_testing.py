@@ -38,7 +38,12 @@ class KillAt(pl.Callback):
         self,
         marker_file: str,
         hook: Literal[
-            "train_batch_start", "train_batch_end", "validation_start", "train_epoch_end", "save_checkpoint"
+            "train_batch_start",
+            "train_batch_end",
+            "validation_start",
+            "train_epoch_end",
+            "save_checkpoint",
+            "train_end",
         ] = "train_batch_end",
         global_step: int | None = None,
         epoch: int | None = None,
@@ -95,6 +100,11 @@ class KillAt(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._maybe_kill(trainer, "train_epoch_end")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Before the kit's RollingCheckpoint (your callbacks come first): after the last epoch's
+        # last.ckpt, before final.ckpt.
+        self._maybe_kill(trainer, "train_end")
 
 
 class LateExit(pl.Callback):

@@ -5,6 +5,16 @@ after validation; the one it replaces is kept as `previous.ckpt` until the new o
 No step checkpoint is taken on an epoch's last batch: the epoch-end one follows right after
 validation, and resuming from the step before means the validation of that epoch is not skipped.
 An exception writes `on_exception.ckpt`; a finished run writes `final.ckpt`.
+
+A run restored at (or past) its end finishes too. A stop on the last batch, or a kill between the
+last epoch's `last.ckpt` and `final.ckpt`, leaves a checkpoint whose loops say "done"; Lightning
+then skips the whole fit loop on resume, `on_train_end` included, so nothing would ever write
+`final.ckpt` and every re-run would end "stopped" again. `on_fit_end` (which Lightning still
+calls) writes it then. Whether early stopping had ended training is saved in each checkpoint and
+restored, so that a run killed right after early stopping decided finishes instead of training on.
+For that the epoch-end save must come after early stopping's decision: the class is a Lightning
+`Checkpoint`, which Lightning calls after EarlyStopping at an epoch's end (its "monitoring
+callbacks" go last).
 Best-k checkpoints by the monitored metric come from Lightning's ModelCheckpoint beside it.
 
 On a stop signal (SIGUSR1: SLURM sends it before a time limit or preemption; SIGTERM: what
@@ -35,15 +45,20 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint
 
 from ..runs.directory import FINAL_CHECKPOINT, LAST_CHECKPOINT, ON_EXCEPTION_CHECKPOINT, storage_error
+from ..runs.lease import RunTakenOver
 from .distributed import agree_max, is_distributed
+from .divergence import TOLERATED_STEPS_WITH_SCALER, NonFiniteLossWatch, TrainingDiverged, diverged_loss_message
 
 AGREE_EVERY_SECONDS = 0.5
 MAX_STEPS_BETWEEN_AGREEMENTS = 100
+# The checkpoint's note that training had been told to stop (early stopping, a pruned trial) when it was written.
+TRAINING_ENDED_KEY = "training_ended"
 
 
-class RollingCheckpoint(pl.Callback):
+class RollingCheckpoint(Checkpoint):
     """Keep `last.ckpt` fresh so that a crash costs at most N steps or T minutes of work."""
 
     def __init__(
@@ -68,13 +83,18 @@ class RollingCheckpoint(pl.Callback):
         self.signal_name: str | None = None
         self.stopped_by_signal = False
         self.wrote_final = False
+        self.restored_at_end = False  # final.ckpt written by on_fit_end: the run had trained to its end before
         self._handlers_before: dict[int, object] = {}
         self._next_agreement_step = 0
         self._last_agreement = (time.monotonic(), 0)  # (time, global step), rank 0's
+        self.loss_watch = NonFiniteLossWatch()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._install_signal_handlers()  # early: a signal during restore or the sanity check counts too
+            # A loss scaler skips overflowing steps on purpose (kit/training/divergence.py).
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            self.loss_watch.tolerated_steps = TOLERATED_STEPS_WITH_SCALER if scaler is not None else 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install_signal_handlers()  # again: Lightning installed its SIGTERM handler in between
@@ -132,10 +152,20 @@ class RollingCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Runs at every step: the one-process case decides from its own flag and clock at once.
-        if batch_idx + 1 >= trainer.num_training_batches or not self._saving_allowed(trainer):
-            return  # an epoch's last batch: the epoch-end save (or stop) follows its validation
+        self.loss_watch.observe(outputs)  # on the loss's device, no waiting (kit/training/divergence.py)
+        if not self._saving_allowed(trainer):
+            return
+        last_batch = batch_idx + 1 >= trainer.num_training_batches
+        agreement_due = trainer.global_step >= self._next_agreement_step
+        if last_batch:
+            # The epoch-end save (or stop) follows this epoch's validation; divergence is decided
+            # before that validation, so that no best-k checkpoint is taken of non-finite weights.
+            self._agree_on_divergence(trainer)
+            return
         step_due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
         if trainer.world_size == 1:
+            if agreement_due:  # one process agrees with itself: only the divergence check and its timing
+                self._agree_on_signal_and_time(trainer)
             if self.signal_received:
                 self._stop_for_signal(trainer)
             elif step_due or self._minutes_passed(time.monotonic()):
@@ -143,7 +173,7 @@ class RollingCheckpoint(pl.Callback):
             return
         # Between agreement steps a process acts on nothing only it knows: its own signal flag would
         # take it into a save that the others do not join.
-        agreed = not is_distributed() or trainer.global_step >= self._next_agreement_step
+        agreed = not is_distributed() or agreement_due
         time_due = self._agree_on_signal_and_time(trainer) if agreed else False
         if agreed and self.stop_agreed:
             self._stop_for_signal(trainer)
@@ -154,7 +184,10 @@ class RollingCheckpoint(pl.Callback):
         return self.every_n_minutes is not None and now - self._last_save_time >= 60 * self.every_n_minutes
 
     def _agree_on_signal_and_time(self, trainer: pl.Trainer) -> bool:
-        """Share the signal flag and rank 0's timer verdict; set the next agreement step. True: a timed save is due."""
+        """Share the signal flag, rank 0's timer verdict and the loss watch; set the next agreement step.
+
+        True: a timed save is due. Raises TrainingDiverged (in every process) when the loss diverged.
+        """
         now, step = time.monotonic(), trainer.global_step
         time_due = trainer.is_global_zero and self._minutes_passed(now)  # rank 0's clock decides for all
         steps_until_next = 0
@@ -164,14 +197,24 @@ class RollingCheckpoint(pl.Callback):
             steps_until_next = round(AGREE_EVERY_SECONDS / max(seconds_per_step, 1e-6))
             steps_until_next = min(max(steps_until_next, 1), MAX_STEPS_BETWEEN_AGREEMENTS)
         self._last_agreement = (now, step)
-        signal_received, time_due, steps_until_next = agree_max(
-            trainer, self.signal_received, time_due, steps_until_next
+        signal_received, time_due, steps_until_next, diverged_steps = agree_max(
+            trainer, self.signal_received, time_due, steps_until_next, self.loss_watch.streak_beyond_tolerance()
         )
+        self._refuse_diverged_loss(trainer, diverged_steps)
         # Every process acts on the agreed value; its own flag is left as the handler set it, so a
         # signal that arrived during the collective counts at the next agreement, not never.
         self.stop_agreed = bool(signal_received)
         self._next_agreement_step = step + steps_until_next
         return bool(time_due)
+
+    def _agree_on_divergence(self, trainer: pl.Trainer) -> None:
+        (diverged_steps,) = agree_max(trainer, self.loss_watch.streak_beyond_tolerance())
+        self._refuse_diverged_loss(trainer, diverged_steps)
+
+    def _refuse_diverged_loss(self, trainer: pl.Trainer, diverged_steps: int) -> None:
+        if diverged_steps:
+            first_step = trainer.global_step - diverged_steps + 1
+            raise TrainingDiverged(diverged_loss_message(first_step, trainer.global_step, trainer.current_epoch))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._saving_allowed(trainer):
@@ -185,12 +228,33 @@ class RollingCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._saving_allowed(trainer) and not trainer.interrupted and not self.stopped_by_signal:
-            trainer.save_checkpoint(self.dirpath / FINAL_CHECKPOINT, weights_only=False)
-            self.wrote_final = True  # the run is finished (every rank: the save is collective)
+            self._save_final(trainer)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # Restored at its end, the run skipped the fit loop and on_train_end (see the module's docstring).
+        if self.wrote_final or self.stopped_by_signal or trainer.interrupted or not self._saving_allowed(trainer):
+            return
+        if trainer.fit_loop.done:
+            self.restored_at_end = True
+            self._save_final(trainer)
+
+    def _save_final(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.dirpath / FINAL_CHECKPOINT, weights_only=False)
+        self.wrote_final = True  # the run is finished (every rank: the save is collective)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        # The signal stop sets should_stop only after its own save: this notes early stopping and the like.
+        checkpoint[TRAINING_ENDED_KEY] = bool(trainer.should_stop) and not self.stopped_by_signal
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if checkpoint.get(TRAINING_ENDED_KEY):
+            trainer.should_stop = True  # the fit loop is then done: on_fit_end writes final.ckpt
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if is_distributed():
             return  # a save is a collective: the other processes are not there to join it
+        if isinstance(exception, TrainingDiverged | RunTakenOver):
+            return  # the weights are non-finite, or the run is another process's now
         if storage_error(exception) is not None:
             return  # the disk refused a write: another one would fail too and bury the message
         if self._saving_allowed(trainer) and trainer.global_step > 0:

@@ -1,8 +1,10 @@
 """What `fit` tells its run directory besides the checkpoint files. Managed by the copier-lightning template.
 
-One callback, `RunBookkeeping`, does three small jobs:
+One callback, `RunBookkeeping`, does four small jobs:
 - it writes the monitored metric's current value into every checkpoint, so that the checkpoint
   says how good it is (the manifest entry copies it; kit/runs/checkpoint_io.py);
+- it refuses to let a checkpoint with NaN or infinite weights be written (kit/training/divergence.py):
+  every save passes here, in every process, before anything is written;
 - it stops `fit` at the first validation (the sanity check, before any training) when the model
   does not log the metric that checkpoints and early stopping follow, naming the metrics it does
   log: a regression model under the classification default `val/acc`;
@@ -26,8 +28,10 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary
 
 from ..runs.directory import MONITORED_VALUE_KEY, RunDirectory
+from ..runs.lease import RunTakenOver
 from ..runs.record import finish_record
 from .distributed import PeerGuard
+from .divergence import refuse_non_finite_weights
 
 
 class MissingMonitoredMetric(ValueError):
@@ -47,6 +51,7 @@ class RunBookkeeping(Callback):
 
     # -- the checkpoint's own note of how good it is -------------------------------------------
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        refuse_non_finite_weights(checkpoint, trainer.global_step)
         value = trainer.callback_metrics.get(self.monitor)
         checkpoint[MONITORED_VALUE_KEY] = float(value) if value is not None else None
 
@@ -73,6 +78,8 @@ class RunBookkeeping(Callback):
 
     # -- a failed run says so --------------------------------------------------------------------
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, RunTakenOver):
+            return  # another process holds the run now: its ledgers are not this one's to write
         if trainer.is_global_zero and self.run.manifest_path.exists():
             error = f"{type(exception).__name__}: {exception}".strip().splitlines()[0][:300]
             with contextlib.suppress(OSError):  # a full disk may refuse this write too

@@ -35,7 +35,7 @@ KIT_ROOMS = {
     "project_cli": "training.lightning_cli",
     "rolling_checkpoint": "training.rolling_checkpoint",
     "exact_resume": "training.random_states",
-    "resumable_loader": "training.resumable_loader",
+    "resumable_loader": "data.resumable_loader",
     "distributed": "training.distributed",
     "progress": "training.progress",
     "logging_interval": "training.logging_interval",

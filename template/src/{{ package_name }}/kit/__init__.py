@@ -33,7 +33,7 @@ PUBLIC = {
     # for model.py
     "at_log_interval": "training.logging_interval",
     # for data.py
-    "ResumableDataLoader": "training.resumable_loader",
+    "ResumableDataLoader": "data.resumable_loader",
     "CacheResult": "data.preprocessing_cache",
     "cached_features": "data.preprocessing_cache",
     "remembered_cache_key": "data.preprocessing_cache",

@@ -30,7 +30,7 @@ The objective is each trial's best monitored value (`checkpointing.monitor`, max
 as `checkpointing.mode` says in the configs the trials use).
 
 Pruning (off unless `pruner:` says otherwise): each trial reports its monitored value after every
-validation, and a trial that falls behind stops early (kit/analysis/trial_pruning.py). `median`
+validation, and a trial that falls behind stops early (kit/training/trial_pruning.py). `median`
 stops a trial whose value is worse than the median of the earlier trials at the same epoch, once 3
 trials have finished and from the second epoch on; `hyperband` is Optuna's Hyperband over epochs.
 A pruned trial counts toward `trials`; `sweep-status` shows it as "stopped early (pruned)".
@@ -114,7 +114,7 @@ def run_search(
     """Run trials until the study holds `trials` finished or pruned ones (an array task: one trial)."""
     import optuna
 
-    from .trial_pruning import pruning_trial
+    from ..training.trial_pruning import pruning_trial
 
     distributions = search_distributions(spec, text)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

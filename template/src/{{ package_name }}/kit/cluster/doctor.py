@@ -26,22 +26,27 @@ import importlib.metadata
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.commands import MANIFEST, differences, read_manifest
+from ..base.machine import (
+    installed_torch,
+    installed_versions,
+    slurm_partitions,
+    torch_cuda_version,
+    visible_gpus,
+)
+from ..data.raw_data import MANIFEST, differences, read_manifest
 from ..runs.directory import runs_root
-from .compromised_releases import installed_compromised
+from .compromised_releases import RELEASES_FILE, installed_compromised
 from .environment_lock import (
     LOCKS,
     inputs_sha256,
     lock_for_torch,
     lock_header_field,
-    normal_name,
     pins,
     read_pyproject,
 )
@@ -105,6 +110,13 @@ def check_packages(requirements: list[str]) -> Finding:
 
 def check_compromised(installed: dict[str, str], console_script: str) -> Finding:
     """No installed release is on the list of compromised ones."""
+    if not RELEASES_FILE.is_file():
+        return Finding(
+            "compromised releases",
+            "WARN",
+            f"the list of compromised releases is missing ({RELEASES_FILE}): nothing was checked",
+            "`copier update` brings it back (or `pip install -e .`: it is package data)",
+        )
     found = installed_compromised(installed)
     if not found:
         return Finding("compromised releases", "PASS", "none of the listed compromised releases is installed")
@@ -272,58 +284,10 @@ def check_raw_data(manifest: Path, console_script: str) -> Finding:
 
 
 # -- what the checks read from this machine ------------------------------------------------------
-def visible_gpus() -> tuple[list[str], str | None]:
-    """GPU (or MIG slice) names and the driver version, from nvidia-smi; ([], None) without it."""
-    if shutil.which("nvidia-smi") is None:
-        return [], None
-    done = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
-    rows = [line.split(", ") for line in done.splitlines() if line.strip()]
-    gpus = [row[0] for row in rows]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if visible.startswith("MIG-"):
-        gpus = [f"MIG slice {visible}"]
-    return gpus, (rows[0][1] if rows and len(rows[0]) > 1 else None)
-
-
-def slurm_partitions() -> list[str] | None:
-    if shutil.which("sinfo") is None:
-        return None
-    names = _run(["sinfo", "--noheader", "--format=%P"], timeout=3)  # a controller that is down: no long wait
-    return [name.rstrip("*") for name in names.split()] or None
-
-
-def installed_torch() -> str | None:
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def torch_cuda_version() -> str | None:
-    """The CUDA version the installed torch was built for ('12.4'; None for a CPU build), from its files."""
-    try:
-        version_file = importlib.metadata.distribution("torch").locate_file("torch/version.py")
-        match = re.search(r"^cuda\b[^=]*=\s*'([\d.]+)'", Path(str(version_file)).read_text(), flags=re.MULTILINE)
-    except (importlib.metadata.PackageNotFoundError, OSError):
-        return None
-    return match.group(1) if match else None
-
-
-def installed_versions() -> dict[str, str]:
-    return {normal_name(d.metadata["Name"] or "?"): d.version for d in importlib.metadata.distributions()}
-
-
 def project_metadata(project: Path) -> tuple[str | None, list[str]]:
     """requires-python and the dependencies, from pyproject.toml."""
     data = read_pyproject(project / "pyproject.toml")["project"]
     return data.get("requires-python"), list(data.get("dependencies", []))
-
-
-def _run(command: list[str], timeout: float = 10) -> str:
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
 
 
 def doctor_main(argv: list[str]) -> int:

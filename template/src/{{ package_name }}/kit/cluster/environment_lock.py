@@ -32,6 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base.machine import normal_name
 from ..runs.atomic_files import atomic_write_text
 from .compromised_releases import compromised_releases
 
@@ -164,10 +165,6 @@ def pins(lock_text: str) -> dict[str, str]:
 def lock_header_field(lock_text: str, field: str) -> str | None:
     match = re.search(rf"^# .*\b{field}: (\S+)", lock_text, flags=re.MULTILINE)
     return match.group(1) if match else None
-
-
-def normal_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def lock_for_torch(torch_version: str | None, locks: Path = LOCKS) -> Path | None:

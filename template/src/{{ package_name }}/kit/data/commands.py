@@ -11,72 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-MANIFEST = Path("data/raw.sha256")
-
-
-def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
-    entries = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            digest, name = line.split(maxsplit=1)
-            entries[name.strip().lstrip("*")] = digest
-    return entries
-
-
-# Raw files' hashes remembered by (size, modification time): `fit` checks the raw data at every
-# start without reading unchanged files again.
-HASH_MEMO = Path("data/.raw-file-hashes.json")
-
-
-def differences(recorded: dict[str, str], files: list[Path], memo: dict[str, dict] | None = None) -> list[str]:
-    """Human-readable list of files that are missing, changed, or not in the manifest."""
-    from .file_hashes import file_sha256
-
-    problems = []
-    current = {str(path): path for path in files}
-    for name, digest in sorted(recorded.items()):
-        path = Path(name)
-        if not path.is_file():
-            problems.append(f"missing: {name}")
-        elif (actual := file_sha256(path, memo)) != digest:
-            problems.append(f"changed: {name} (sha256 {actual[:12]}..., recorded {digest[:12]}...)")
-    problems += [f"not in the manifest: {name}" for name in sorted(current) if name not in recorded]
-    return problems
-
-
-class RawDataChangedError(RuntimeError):
-    """The raw data differs from data/raw.sha256 and no override was given."""
-
-
-def raw_data_differences(data) -> list[str]:
-    """How the data module's raw files differ from data/raw.sha256 ([] if they match or nothing is recorded).
-
-    Fetches missing raw files first (a fresh clone has the checksums, not the data).
-    """
-    if not MANIFEST.exists() or not hasattr(data, "raw_files"):
-        return []
-    if hasattr(data, "fetch_raw"):
-        data.fetch_raw()
-    from .preprocessing_cache import remembered_hashes
-
-    files, recorded = [Path(p) for p in data.raw_files()], read_manifest()
-    if not any(str(path) in recorded for path in files):
-        # The manifest records another data module's files (an experiment that trains on other data,
-        # such as the many-files example): nothing of this data to compare; `data record` records it.
-        return []
-    with remembered_hashes(HASH_MEMO) as memo:
-        return differences(recorded, files, memo)
-
-
-def refuse_changed_raw_data(problems: list[str], console_script: str) -> None:
-    if problems:
-        listed = "\n".join(f"  {problem}" for problem in problems)
-        raise RawDataChangedError(
-            f"the raw data differs from {MANIFEST}, so this run would train on data other than the recorded:\n"
-            f"{listed}\nIf the change is intended, record it (`{console_script} data record`, then commit "
-            f"{MANIFEST}); to restore the recorded data, put the files back (`{console_script} data fetch` fetches "
-            f"missing ones); to train on it anyway, add --allow_changed_data (noted in the run's record.json)."
-        )
+from ..base.file_hashes import file_sha256
+from .raw_data import MANIFEST, differences, read_manifest
 
 
 def data_main(argv: list[str]) -> int:
@@ -84,7 +20,6 @@ def data_main(argv: list[str]) -> int:
     parser.add_argument("action", choices=["fetch", "record", "verify", "prepare"])
     args, options = parser.parse_known_args(argv)
     from ..training.lightning_cli import load_model_and_data
-    from .file_hashes import file_sha256
 
     _, data = load_model_and_data(options)
     if args.action == "fetch":

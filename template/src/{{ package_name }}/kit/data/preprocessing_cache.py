@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from ..base.file_hashes import file_sha256
 from ..runs.atomic_files import atomic_write_text
 from ..runs.checkpoint_io import atomic_torch_save
-from .file_hashes import file_sha256
 
 HASH_MEMO = ".file-hashes.json"
 

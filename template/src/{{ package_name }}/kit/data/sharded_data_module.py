@@ -21,9 +21,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ..training.resumable_loader import ResumableDataLoader
 from .loader_settings import LoaderSettings
 from .preprocessing_cache import CacheResult, cached_directory, remembered_cache_key
+from .resumable_loader import ResumableDataLoader
 from .shards import ShardDataset
 from .worker_processes import end_with_parent
 

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..base.file_hashes import file_sha256
 from ..runs.atomic_files import atomic_write_text, current_umask
-from .file_hashes import file_sha256
 
 FORMAT = "numpy-shards/1"
 MANIFEST = "manifest.json"

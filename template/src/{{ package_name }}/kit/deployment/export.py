@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..data.file_hashes import file_sha256
+from ..base.file_hashes import file_sha256
 from ..runs.atomic_files import atomic_output, atomic_write_text
 from .onnx_runtime import onnx_session
 

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data.file_hashes import file_sha256
+from ..base.file_hashes import file_sha256
+from ..base.machine import visible_gpus
 from .atomic_files import atomic_write_text
 from .code_state import code_origin
 from .directory import RUN_STATUSES, timestamp
@@ -53,8 +54,6 @@ def accelerator_description() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 1024**3, 1)
-        from ..cluster.doctor import visible_gpus
-
         info["nvidia_driver"] = visible_gpus()[1]  # nvidia-smi's answer; torch does not say
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if visible.startswith("MIG-"):

@@ -48,7 +48,9 @@ def apply_collective_timeout(trainer: pl.Trainer, minutes: float) -> None:
         raise ValueError(f"timeout_minutes must be positive, got {minutes}")
     if isinstance(trainer.strategy, DDPStrategy):
         # DDPStrategy passes this attribute to init_process_group; its constructor argument is only
-        # reachable when the config names the class, and configs usually say `strategy: ddp` or `auto`.
+        # reachable when the config names the class, and configs usually say `strategy: ddp` or `auto`
+        # (which Lightning resolves to a strategy only inside the Trainer): the one private attribute
+        # set here, with no public way in.
         trainer.strategy._timeout = dt.timedelta(minutes=minutes)
 
 

@@ -24,8 +24,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from ..analysis.trial_pruning import active_trial_pruning
-from ..data.commands import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
+from ..data.raw_data import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
+from ..data.resumable_loader import WorldSizeChangedError, check_process_count
 from ..data.shards import ShardError
 from ..runs.checkpoint_files import newest_checkpoint, set_aside_damaged
 from ..runs.checkpoint_io import AtomicCheckpointIO
@@ -59,9 +59,9 @@ from .divergence import TrainingDiverged
 from .no_profiler import NoProfiler
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
-from .resumable_loader import WorldSizeChangedError, check_process_count
 from .rolling_checkpoint import RollingCheckpoint
 from .run_bookkeeping import MissingMonitoredMetric, RunBookkeeping
+from .trial_pruning import active_trial_pruning
 
 # argparse takes an unambiguous prefix of an option by default: `--trainer.max_epoch=3` would set
 # max_epochs and a typo would train. Options must be spelled out.

@@ -10,7 +10,7 @@ Under DDP every process has its own generators (per-rank dropout or augmentation
 numbers), so a checkpoint keeps one set per global rank: each process's states are gathered to
 every rank when the checkpoint is made (all ranks make it together; rank 0 writes it), and on
 resume each process takes back its own. A run resumed with more processes than it was saved with
-leaves the new ranks' generators as seeded (see resumable_loader.py for when that is allowed).
+leaves the new ranks' generators as seeded (see kit/data/resumable_loader.py for when that is allowed).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from .resumable_loader import ResumableDataLoader, process_rank_and_count
+from ..data.resumable_loader import ResumableDataLoader, process_rank_and_count
 
 
 def capture_rng_states() -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Add them to a config (trainer.callbacks) to test resumption on your own model:
 * `KillAt` kills the training process with SIGKILL at a chosen point, once: it leaves a marker
-  file behind, so re-running the same command (same config) resumes instead of dying again.
+  file behind, so re-running the same command (same config) resumes instead of dying again. The
+  points: a batch's start or end, validation's start, an epoch's end, a checkpoint save, and
+  `train_end` (after the last epoch's `last.ckpt`, before `final.ckpt`).
   Under DDP it kills every process at that point, or only the one of global rank `rank`. Other
   signals: SIGSTOP freezes the process (a stalled peer); SIGINT, SIGTERM and SIGUSR1 ask it to
   stop (a checkpoint at the next batch, then exit code 3); `whole_group` sends the signal to every

@@ -21,7 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from ..training.distributed import agree_max
+from .distributed import agree_max
 
 _active: dict[str, Any] = {}
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ..data.worker_processes import end_with_parent
+from .worker_processes import end_with_parent
 
 
 def process_rank_and_count() -> tuple[int, int]:

@@ -87,6 +87,7 @@ def commit_all(project: Path, message: str = "snapshot") -> None:
 class ProjectVenv:
     path: Path
     install_log: str
+    borrowed: ProjectVenv | None = None  # the venv whose packages this one uses, if any
 
     @property
     def python(self) -> Path:
@@ -96,14 +97,21 @@ class ProjectVenv:
         return _site_packages(self.python)
 
     def script(self, name: str) -> Path:
-        """A console script of the venv, or of the interpreter whose packages it borrows."""
-        own = self.path / "bin" / name
-        return own if own.exists() else Path(sys.executable).parent / name
+        """A console script of the venv, else of the venv or interpreter whose packages it borrows."""
+        for folder in self._bins():
+            if (folder / name).exists():
+                return folder / name
+        return Path(sys.executable).parent / name
 
     @property
     def env(self) -> dict[str, str]:
         """Environment for commands that find tools on PATH (pre-commit's system hooks)."""
-        return {"PATH": os.pathsep.join([str(self.path / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])}
+        return {
+            "PATH": os.pathsep.join([*map(str, self._bins()), str(Path(sys.executable).parent), os.environ["PATH"]])
+        }
+
+    def _bins(self) -> list[Path]:
+        return [self.path / "bin", *(self.borrowed._bins() if self.borrowed else [])]
 
 
 def _site_packages(python: Path) -> Path:
@@ -132,10 +140,15 @@ def make_project_venv(project: Path, standalone: bool = True, borrow_from: Proje
         log.append(done.stdout + done.stderr)
         installed = run([str(python), "-m", "pip", "install", "--no-deps", "-e", "."], cwd=project)
     else:
+        # From the venv that holds the packages: a .pth file's folder is not searched for .pth files.
+        while borrow_from is not None and borrow_from.borrowed is not None:
+            borrow_from = borrow_from.borrowed
         borrowed = borrow_from.site_packages() if borrow_from else Path(sysconfig.get_paths()["purelib"])
         _site_packages(python).joinpath("borrowed-test-packages.pth").write_text(f"{borrowed}\n")
         # From a project venv: exactly its packages (pip would not see a .pth'd folder's as installed).
         project_only = ["--no-deps", "-e", "."] if borrow_from else ["-e", ".[example,dev]"]
         installed = run([str(python), "-m", "pip", "install", *project_only], cwd=project)
+        if borrow_from:
+            log.append(borrow_from.install_log)  # what this venv's packages came from
     log.append(installed.stdout + installed.stderr)
-    return ProjectVenv(venv, "\n".join(log))
+    return ProjectVenv(venv, "\n".join(log), borrowed=borrow_from)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from packaging.version import Version
 
 from template_dev import (
@@ -33,13 +34,44 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return snapshot_template(tmp_path_factory.mktemp("template"))
 
 
+def _session_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of this test session that every test process (xdist worker) sees."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
-def example_project(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ProjectVenv]:
-    """The example project, rendered with example-answers.yml and installed as its README says."""
+def locked_example_install(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> ProjectVenv:
+    """The example project installed from its lock (locks/cpu.txt) as its README says, once per session.
+
+    The test processes share it (the first one installs, under a file lock; the others wait for it):
+    the install is a minute or more, and its packages are the same for everybody.
+    """
+    shared = _session_directory(tmp_path_factory)
+    with FileLock(str(shared / "example-install.lock")):
+        project = shared / "example-install" / "digits-mlp"
+        log = project / ".venv" / "install.log"
+        if not log.exists():
+            shutil.rmtree(project, ignore_errors=True)  # a half-made one from a process that died
+            render(template_repo, project)
+            commit_all(project, "Start from copier-lightning")
+            log.write_text(make_project_venv(project, standalone=True).install_log)
+        return ProjectVenv(project / ".venv", log.read_text())
+
+
+@pytest.fixture(scope="session")
+def example_project(
+    template_repo: Path, locked_example_install: ProjectVenv, tmp_path_factory
+) -> tuple[Path, ProjectVenv]:
+    """The example project, rendered with example-answers.yml, on the packages of the locked install.
+
+    Each test process has its own copy (its tests write runs and edit files in it); its venv holds
+    the project itself and borrows every other package from the shared install from the lock.
+    """
     project = tmp_path_factory.mktemp("projects") / "digits-mlp"
     render(template_repo, project)
     commit_all(project, "Start from copier-lightning")
-    return project, make_project_venv(project, standalone=True)
+    return project, make_project_venv(project, standalone=False, borrow_from=locked_example_install)
 
 
 def copy_of_example_project(example_project, destination: Path) -> tuple[Path, list[str]]:

@@ -50,13 +50,15 @@ def evaluate_main(argv: list[str]) -> int:
     parser.add_argument("--ckpt_path", default=None, help="evaluate this checkpoint instead of the run's best")
     args, config_args = parser.parse_known_args(argv)
 
-    from ..training.lightning_cli import MissingTrainedRun, best_checkpoint, load_model_data_and_run
+    from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
+    from ..training.lightning_cli import load_model_data_and_run
     from .evaluation import NotAClassifier, evaluate_checkpoint
 
     model, data, run = load_model_data_and_run(config_args)
-    checkpoint = args.ckpt_path or best_checkpoint(run)
-    if checkpoint is None:
-        print(f"error: {MissingTrainedRun.message(run, 'evaluate')}")
+    try:
+        checkpoint = checkpoint_to_use(run, args.ckpt_path, "evaluate")
+    except MissingTrainedRun as missing:
+        print(f"error: {missing}", file=sys.stderr)
         return 2
     data.setup("fit" if args.split == "val" else "test")
     loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()

@@ -10,8 +10,9 @@
   a paired t interval for the mean difference when both groups ran the same seeds (the usual case:
   `seeds` runs 0..n-1, and a seed fixes the initialisation and the batch order, so pairing removes
   that shared part of the noise), Welch's t interval for the difference of means otherwise.
-Quantiles of Student's t come from scipy.stats (exact for any degrees of freedom); from
-BOOTSTRAP_MIN_SEEDS seeds per group a bootstrap interval of the same difference is shown beside it.
+The t intervals are scipy.stats' own (`ttest_1samp`, `ttest_rel`, `ttest_ind(equal_var=False)`
+and their `confidence_interval()`); from BOOTSTRAP_MIN_SEEDS seeds per group a bootstrap interval
+of the same difference is shown beside it.
 Records go to runs/sweeps/ and runs/seeds/.
 """
 
@@ -49,28 +50,39 @@ def t_critical(degrees_of_freedom: float) -> float:
 
 
 def mean_and_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % confidence interval."""
+    """Mean and the half-width of its 95 % confidence interval (Student's t, scipy.stats)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, float("nan")
-    return mean, t_critical(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    if statistics.pvariance(values) == 0:
+        return mean, 0.0  # scipy answers nan when there is no spread
+    from scipy import stats
+
+    interval = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    return mean, float(interval.high - interval.low) / 2
 
 
 def welch_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """Difference of means (b - a), the half-width of its 95 % interval, and Welch's degrees of freedom."""
-    variance_a, variance_b = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    spread = math.sqrt(variance_a + variance_b)
-    if spread == 0:
-        return statistics.fmean(b) - statistics.fmean(a), 0.0, float("inf")
-    freedom = (variance_a + variance_b) ** 2 / (variance_a**2 / (len(a) - 1) + variance_b**2 / (len(b) - 1))
-    return statistics.fmean(b) - statistics.fmean(a), t_critical(freedom) * spread, freedom
+    difference = statistics.fmean(b) - statistics.fmean(a)
+    if statistics.variance(a) == 0 and statistics.variance(b) == 0:
+        return difference, 0.0, float("inf")
+    from scipy import stats
+
+    result = stats.ttest_ind(b, a, equal_var=False)
+    interval = result.confidence_interval(0.95)
+    return difference, float(interval.high - interval.low) / 2, float(result.df)
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """Mean of the differences b_i - a_i (same seed i), the half-width of its 95 % interval, degrees of freedom."""
     differences = [y - x for x, y in zip(a, b, strict=True)]
-    mean, half_width = mean_and_interval(differences)
-    return mean, (0.0 if statistics.pvariance(differences) == 0 else half_width), len(differences) - 1
+    if statistics.pvariance(differences) == 0:
+        return statistics.fmean(differences), 0.0, len(differences) - 1
+    from scipy import stats
+
+    interval = stats.ttest_rel(b, a).confidence_interval(0.95)
+    return statistics.fmean(differences), float(interval.high - interval.low) / 2, len(differences) - 1
 
 
 def _fit(args: list[str]) -> int:

@@ -147,7 +147,8 @@ def predict_files_main(argv: list[str]) -> int:
         return 2
     import torch
 
-    from ..training.lightning_cli import MissingTrainedRun, best_checkpoint, load_model_data_and_run
+    from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
+    from ..training.lightning_cli import load_model_data_and_run
 
     model, data, run = load_model_data_and_run(config_args)
     preprocess = getattr(type(data), "serving_preprocessing", None)
@@ -164,9 +165,10 @@ def predict_files_main(argv: list[str]) -> int:
         def predict(inputs):
             return torch.from_numpy(session.run(None, {"inputs": inputs.numpy()})[0]).float()
     else:
-        checkpoint = args.ckpt_path or best_checkpoint(run)
-        if checkpoint is None:
-            print(f"error: {MissingTrainedRun.message(run, 'predict-files')}", file=sys.stderr)
+        try:
+            checkpoint = checkpoint_to_use(run, args.ckpt_path, "predict with")
+        except MissingTrainedRun as missing:
+            print(f"error: {missing}", file=sys.stderr)
             return 2
         model = type(model).load_from_checkpoint(checkpoint, map_location="cpu").eval()
 

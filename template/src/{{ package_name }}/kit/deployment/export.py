@@ -178,12 +178,14 @@ def is_current(directory: Path, checkpoint: Path) -> bool:
 
 def export_run(config_args: list[str] = (), ckpt_path: str | None = None, force: bool = False) -> dict[str, Any]:
     """Export the best checkpoint of the run these options name (artifacts.py calls this); returns export.json."""
-    from ..training.lightning_cli import MissingTrainedRun, best_checkpoint, load_model_data_and_run
+    from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
+    from ..training.lightning_cli import load_model_data_and_run
 
     model, data, run = load_model_data_and_run(list(config_args))
-    checkpoint = Path(ckpt_path) if ckpt_path else best_checkpoint(run)
-    if checkpoint is None:
-        raise ExportError(MissingTrainedRun.message(run, "export"))
+    try:
+        checkpoint = checkpoint_to_use(run, ckpt_path, "export")
+    except MissingTrainedRun as missing:
+        raise ExportError(str(missing)) from None
     directory = run.path / EXPORT_DIR
     if not force and is_current(directory, checkpoint):
         return json.loads((directory / "export.json").read_text())

@@ -6,6 +6,10 @@ strike mid-step (half an optimizer update, a skipped validation), so it is kept 
 only, and the run continues from the last checkpoint written at a batch or epoch boundary.
 A file that cannot be read is moved aside, not deleted, with a warning naming it, and the next
 one is tried.
+
+The checkpoint an evaluation uses (`test`, `evaluate`, `export`, `predict-files`, ...) is chosen
+here too, by one rule (`checkpoint_to_use`): the `--ckpt_path` given, which must exist; else the
+run's best intact checkpoint; else a refusal that says what to do.
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .directory import RunDirectory
 
 CHECKPOINT_SUFFIX = ".ckpt"
 QUARANTINE_DIRNAME = "unreadable"
@@ -124,3 +132,46 @@ def set_aside_damaged(path: Path, move: bool = True) -> None:
         UnreadableCheckpointWarning,
         stacklevel=2,
     )
+
+
+class MissingTrainedRun(Exception):
+    """An evaluation found no checkpoint to use: the run has none, or --ckpt_path names no file."""
+
+
+def best_checkpoint(run: RunDirectory) -> Path | None:
+    """The best intact checkpoint by the monitored metric, else final.ckpt, else last.ckpt.
+
+    A checkpoint whose checksum is not the one recorded is moved aside (warning) and the next one taken.
+    """
+    entries = run.read_manifest().get("checkpoints", {})
+    for name in run.checkpoints_best_first():
+        path = run.checkpoint_dir / name
+        if not path.exists():
+            continue
+        if run.checksum_verdict(path, int(entries.get(name, {}).get("step", 0))) is False:
+            set_aside_damaged(path)
+            continue
+        return path
+    return None
+
+
+def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: str) -> Path:
+    """The checkpoint to `action` (evaluate, export, ...): `ckpt_path` if given, else the run's best.
+
+    Raises MissingTrainedRun, with what to do, when `ckpt_path` names no file or the run has none.
+    """
+    console = __package__.split(".")[0]  # the console script is named after the package
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise MissingTrainedRun(
+                f"--ckpt_path {ckpt_path}: no such file. `{console} runs` lists every run's checkpoints; "
+                "leave --ckpt_path out to use the run's best one."
+            )
+        return Path(ckpt_path)
+    best = best_checkpoint(run)
+    if best is None:
+        raise MissingTrainedRun(
+            f"No checkpoint to {action}: run '{run.name}' has none in {run.checkpoint_dir}. Train it first with "
+            f"`{console} fit` and the same config, name the run with --run_name, or pass --ckpt_path FILE."
+        )
+    return best

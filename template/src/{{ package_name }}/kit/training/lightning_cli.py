@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from ..data.raw_data import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
 from ..data.resumable_loader import WorldSizeChangedError, check_process_count
 from ..data.shards import ShardError
-from ..runs.checkpoint_files import newest_checkpoint, set_aside_damaged
+from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use, newest_checkpoint
 from ..runs.checkpoint_io import AtomicCheckpointIO
 from ..runs.code_state import CodeChangedError, code_differences, code_files, refuse_changed_code
 from ..runs.directory import (
@@ -127,17 +127,6 @@ class RunNotFinished(Exception):
 
 class RunAlreadyFinished(Exception):
     """`fit` was asked to continue a run that has finished."""
-
-
-class MissingTrainedRun(Exception):
-    """An evaluation subcommand found no checkpoint to evaluate."""
-
-    @staticmethod
-    def message(run: RunDirectory, action: str) -> str:
-        return (
-            f"No checkpoint to {action}: run '{run.name}' has none in {run.checkpoint_dir}. Train it first with "
-            f"`{_console_script()} fit` and the same config, name the run with --run_name, or pass --ckpt_path FILE."
-        )
 
 
 class ProjectCLI(LightningCLI):
@@ -299,7 +288,7 @@ class ProjectCLI(LightningCLI):
             code, changed_code = self._check_code()  # the code the run was started with, or refused
         fit_kwargs = self.config_init["fit"]
         if fit_kwargs.get("ckpt_path"):
-            _refuse_missing_checkpoint(fit_kwargs["ckpt_path"])
+            checkpoint_to_use(self.run, fit_kwargs["ckpt_path"], "start from")  # a given file must exist
         resume_from = None
         if not fit_kwargs.get("ckpt_path"):
             # Every process reads the same files and so picks the same one; only rank 0 moves damaged ones aside.
@@ -404,33 +393,12 @@ class ProjectCLI(LightningCLI):
 
     def _evaluation_checkpoint(self) -> None:
         kwargs = self.config_init[self.subcommand]
-        if kwargs.get("ckpt_path"):
-            _refuse_missing_checkpoint(kwargs["ckpt_path"])
-            return
-        best = best_checkpoint(self.run)
-        if best is None:
-            raise MissingTrainedRun(MissingTrainedRun.message(self.run, self.subcommand))
-        kwargs["ckpt_path"] = str(best)
-        print(f"Run '{self.run.name}': using {best.name}")
+        given = kwargs.get("ckpt_path")
+        kwargs["ckpt_path"] = str(checkpoint_to_use(self.run, given, self.subcommand))
+        if not given:
+            print(f"Run '{self.run.name}': using {Path(kwargs['ckpt_path']).name}")
 
     before_validate = before_test = before_predict = _evaluation_checkpoint
-
-
-def best_checkpoint(run: RunDirectory) -> Path | None:
-    """The best intact checkpoint by the monitored metric, else final.ckpt, else last.ckpt.
-
-    A checkpoint whose checksum is not the one recorded is moved aside (warning) and the next one taken.
-    """
-    entries = run.read_manifest().get("checkpoints", {})
-    for name in run.checkpoints_best_first():
-        path = run.checkpoint_dir / name
-        if not path.exists():
-            continue
-        if run.checksum_verdict(path, int(entries.get(name, {}).get("step", 0))) is False:
-            set_aside_damaged(path)
-            continue
-        return path
-    return None
 
 
 class MissingDataError(RuntimeError):
@@ -447,14 +415,6 @@ def _missing_data_explained():
             f"the data is not there: {missing}. Put the raw files in place (`{_console_script()} data fetch` "
             f"fetches what data.py knows how to fetch; `{_console_script()} data verify` checks them), then re-run."
         ) from None
-
-
-def _refuse_missing_checkpoint(ckpt_path: str) -> None:
-    if not Path(ckpt_path).is_file():
-        raise MissingTrainedRun(
-            f"--ckpt_path {ckpt_path}: no such file. `{_console_script()} runs` lists every run's checkpoints; "
-            "leave --ckpt_path out to use the run's best one."
-        )
 
 
 def _as_list(value) -> list:

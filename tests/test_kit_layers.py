@@ -22,15 +22,23 @@ def kit_modules(kit: Path = KIT) -> dict[str, Path]:
 
 
 def imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The kit modules `name` imports (relative imports: the kit imports itself that way)."""
+    """The kit modules `name` imports (relative imports: the kit imports itself that way).
+
+    Imports under `if TYPE_CHECKING:` are left out: they never run (kit/__init__.py names every
+    public name there for type checkers).
+    """
     package = name.split(".")[:-1]
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            node.body = []
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom) or not node.level:
             continue
         base = package[: len(package) - (node.level - 1)]
         target = [*base, *(node.module.split(".") if node.module else [])]
-        for candidate in [".".join(target), *(".".join([*target, alias.name]) for alias in node.names)]:
+        for candidate in [".".join(target) or "__init__", *(".".join([*target, alias.name]) for alias in node.names)]:
             if candidate in modules:
                 found.add(candidate)
     return found
@@ -101,3 +109,16 @@ def test_the_rules_catch_an_upward_import_and_a_circle(tmp_path) -> None:
     edges = graph(kit)
     assert upward_imports(edges) == ["base.files (layer 0) imports training.loop (layer 3)"]
     assert circles(edges) == ["training.loop -> training.other -> training.loop"]
+
+
+def test_type_checkers_see_every_public_name_and_nothing_else() -> None:
+    """kit/__init__.py loads PUBLIC's names lazily and imports the same ones under TYPE_CHECKING."""
+    tree = ast.parse((KIT / "__init__.py").read_text())
+    public = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PUBLIC"
+    )
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    seen = {alias.name: node.module for node in block.body for alias in node.names}
+    assert seen == public

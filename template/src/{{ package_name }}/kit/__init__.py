@@ -20,13 +20,14 @@ The rooms, one concern each (docs/layout.md has the table):
   cluster/    SLURM jobs, the memory profile for MIG slices, supervise
 
 Names load on first use (PEP 562 `__getattr__`), so `import <package>.kit` costs nothing and a light
-subcommand that needs one room does not import Lightning through another.
+subcommand that needs one room does not import Lightning through another. The same names are
+imported under TYPE_CHECKING below, so that editors and type checkers see them.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # name -> the module that defines it, relative to this package.
 PUBLIC = {
@@ -61,6 +62,33 @@ PUBLIC = {
     "RunDirectory": "runs.directory",
 }
 __all__ = sorted(PUBLIC)
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time each name loads on first use
+    from .analysis.evaluation import evaluate_checkpoint as evaluate_checkpoint
+    from .analysis.sanity_checks import run_all_checks as run_all_checks
+    from .data.loader_settings import LoaderSettings as LoaderSettings
+    from .data.many_files_example import ManyFilesDataModule as ManyFilesDataModule
+    from .data.preprocessing_cache import CacheResult as CacheResult
+    from .data.preprocessing_cache import cached_directory as cached_directory
+    from .data.preprocessing_cache import cached_features as cached_features
+    from .data.preprocessing_cache import remembered_cache_key as remembered_cache_key
+    from .data.resumable_loader import ResumableDataLoader as ResumableDataLoader
+    from .data.sharded_data_module import ShardedDataModule as ShardedDataModule
+    from .data.shards import ShardDataset as ShardDataset
+    from .data.shards import pack_shards as pack_shards
+    from .data.worker_processes import end_with_parent as end_with_parent
+    from .deployment.export import export_run as export_run
+    from .reporting.cards import dataset_card as dataset_card
+    from .reporting.cards import model_card as model_card
+    from .reporting.reproduce import Artifact as Artifact
+    from .runs.directory import RunDirectory as RunDirectory
+    from .runs.directory import runs_root as runs_root
+    from .training.lightning_cli import load_model_and_data as load_model_and_data
+    from .training.logging_interval import at_log_interval as at_log_interval
+    from .training.progress import ProgressLines as ProgressLines
+    from .training.resume_testing import DistinctRankRandomness as DistinctRankRandomness
+    from .training.resume_testing import KillAt as KillAt
+    from .training.resume_testing import RecordBatches as RecordBatches
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from ..data.loader_settings import available_cpus
 from ..data.shards import ShardDataset
@@ -92,6 +93,7 @@ class StepClock(pl.Callback):
         self.steps, self.waiting, self.first_end, self.last_end = 0, 0.0, None, None
         self.gpu_busy_ms, self._events = 0.0, None
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self.last_end is not None:
@@ -100,6 +102,7 @@ class StepClock(pl.Callback):
             self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             self._events[0].record()
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._events is not None:
             self._events[1].record()

@@ -20,6 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
 from ..training.scratch_trainer import scratch_trainer
 
@@ -225,9 +226,11 @@ class _ModeProbe(pl.Callback):
         self.train_during_validation: set[str] = set()
         self.validated = False
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.eval_during_training |= {n or "model" for n, m in pl_module.named_modules() if not m.training}
 
+    @override
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self.validated = True
         self.train_during_validation |= {n or "model" for n, m in pl_module.named_modules() if m.training}

@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from .loader_settings import LoaderSettings
 from .preprocessing_cache import CacheResult, cached_directory, remembered_cache_key
@@ -86,9 +87,11 @@ class ShardedDataModule(pl.LightningDataModule):
         return self.data_dir / "processed"
 
     # -- Lightning hooks -------------------------------------------------------------------------
+    @override
     def prepare_data(self) -> None:
         self.prepare_features()
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
@@ -96,6 +99,7 @@ class ShardedDataModule(pl.LightningDataModule):
         for name, number in SPLITS.items():
             self.splits[name] = ShardDataset(directory, self.fields, where={**self.where, "split": number})
 
+    @override
     def train_dataloader(self) -> ResumableDataLoader:
         seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed() % 2**31
         return ResumableDataLoader(
@@ -108,11 +112,14 @@ class ShardedDataModule(pl.LightningDataModule):
             self.splits[split], batch_size=4 * self.batch_size, worker_init_fn=end_with_parent(), **options
         )
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader("val")
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._evaluation_loader("test")
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         return self._evaluation_loader("test")

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from typing_extensions import override
 
 from .atomic_files import atomic_output
 from .checksums import ChecksummingWriter
@@ -74,6 +75,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.keep_replaced_as = keep_replaced_as or {}
         self.before_write = before_write
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")

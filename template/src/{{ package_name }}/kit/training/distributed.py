@@ -28,6 +28,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
+from typing_extensions import override
 
 
 @dataclass
@@ -82,19 +83,24 @@ class PeerGuard(pl.Callback):
     trainer: pl.Trainer | None = None
     rank, world_size = 0, 1
 
+    @override
     def setup(self, trainer, pl_module, stage) -> None:
         PeerGuard.trainer = trainer
         PeerGuard.rank, PeerGuard.world_size = trainer.global_rank, trainer.world_size
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         PeerGuard.stage = "training"
 
+    @override
     def on_validation_start(self, trainer, pl_module) -> None:
         PeerGuard.stage = "validation"
 
+    @override
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         PeerGuard.stage = "saving"
 
+    @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         launcher = trainer.strategy.launcher  # None when srun or torchrun started the processes
         if trainer.world_size > 1 and launcher is not None and hasattr(launcher, "kill"):

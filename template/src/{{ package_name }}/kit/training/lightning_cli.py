@@ -23,6 +23,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from typing_extensions import override
 
 from ..data.raw_data import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
 from ..data.resumable_loader import WorldSizeChangedError, check_process_count
@@ -130,6 +131,7 @@ class RunAlreadyFinished(Exception):
 
 
 class ProjectCLI(LightningCLI):
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--run_name",
@@ -163,10 +165,12 @@ class ProjectCLI(LightningCLI):
                 del config[key]
         return self._parser(self.subcommand).dump(config, skip_validation=True)
 
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self.given_args = list(args) if args is not None else sys.argv[1:]  # what names the run
         super().parse_arguments(parser, args)
 
+    @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.config_text = self._config_text(config)
@@ -209,6 +213,7 @@ class ProjectCLI(LightningCLI):
             _point_logger_at_run(logger, run)
 
     # -- the trainer gets the crash-safety callbacks -------------------------------------------
+    @override
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         if self.subcommand and trainer_config.get("precision") is None:
@@ -491,6 +496,7 @@ def load_model_data_and_monitor(args: list[str] = ()) -> tuple[LightningModule, 
 
 
 class _ParseOnlyCLI(ProjectCLI):
+    @override
     def instantiate_classes(self) -> None:
         """Nothing is built: the options are only checked."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 from lightning.pytorch.profilers import PassThroughProfiler
+from typing_extensions import override
 
 _NOTHING_TO_RECORD = contextlib.nullcontext()
 
@@ -21,5 +22,6 @@ _NOTHING_TO_RECORD = contextlib.nullcontext()
 class NoProfiler(PassThroughProfiler):
     """Records nothing, like Lightning's default, without the per-hook cost."""
 
+    @override
     def profile(self, action_name: str) -> contextlib.nullcontext:
         return _NOTHING_TO_RECORD

@@ -13,6 +13,7 @@ import time
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
+from typing_extensions import override
 
 
 class ProgressLines(ProgressBar):
@@ -23,9 +24,11 @@ class ProgressLines(ProgressBar):
         self._epoch_started = self._last_line = 0.0
         self._steps_this_epoch = 0
 
+    @override
     def disable(self) -> None:
         self._enabled = False
 
+    @override
     def enable(self) -> None:
         self._enabled = True
 
@@ -38,14 +41,17 @@ class ProgressLines(ProgressBar):
         metrics.pop("v_num", None)
         return "  ".join(f"{name} {_short(value)}" for name, value in metrics.items())
 
+    @override
     def on_train_start(self, trainer, pl_module) -> None:
         # A run resumed mid-epoch gets no on_train_epoch_start for that epoch: time it from here.
         self.on_train_epoch_start(trainer, pl_module)
 
+    @override
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_started = self._last_line = time.monotonic()
         self._steps_this_epoch = 0
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._steps_this_epoch += 1
         now = time.monotonic()
@@ -57,6 +63,7 @@ class ProgressLines(ProgressBar):
                 f"{rate:.1f} steps/s  {self._metrics_text(trainer, pl_module)}"
             )
 
+    @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.monotonic() - self._epoch_started
         last_epoch = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else "?"
@@ -65,6 +72,7 @@ class ProgressLines(ProgressBar):
             f"{self._metrics_text(trainer, pl_module)}"
         )
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:  # the `validate` subcommand, not a fit's validation
             self._line(f"validation  {self._metrics_text(trainer, pl_module)}")

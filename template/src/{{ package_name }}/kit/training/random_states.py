@@ -21,6 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from typing_extensions import override
 
 from ..data.resumable_loader import ResumableDataLoader, process_rank_and_count
 
@@ -66,9 +67,11 @@ class RandomStateCheckpoint(pl.Callback):
     def __init__(self) -> None:
         self._states_to_restore: dict[str, Any] | None = None
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"per_rank": gather_per_rank(capture_rng_states())}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "per_rank" not in state_dict:  # written before per-rank states: one process's states
             state_dict = {"per_rank": [state_dict]}
@@ -76,6 +79,7 @@ class RandomStateCheckpoint(pl.Callback):
         saved = state_dict["per_rank"]
         self._states_to_restore = saved[rank] if rank < len(saved) else None
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._states_to_restore is None:
             return

@@ -31,6 +31,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 
 class KillAt(pl.Callback):
@@ -62,6 +63,7 @@ class KillAt(pl.Callback):
         self.whole_group = whole_group
         self.armed = False
 
+    @override
     def setup(self, trainer, pl_module, stage) -> None:
         # Decided once per start: under DDP the first process to die writes the marker, and the
         # others, which reach the same point a moment later, must still die there.
@@ -88,21 +90,27 @@ class KillAt(pl.Callback):
         else:
             os.kill(os.getpid(), signum)
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._maybe_kill(trainer, "train_batch_start")
 
+    @override
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._maybe_kill(trainer, "save_checkpoint")
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._maybe_kill(trainer, "train_batch_end")
 
+    @override
     def on_validation_start(self, trainer, pl_module) -> None:
         self._maybe_kill(trainer, "validation_start")
 
+    @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._maybe_kill(trainer, "train_epoch_end")
 
+    @override
     def on_train_end(self, trainer, pl_module) -> None:
         # Before the kit's RollingCheckpoint (your callbacks come first): after the last epoch's
         # last.ckpt, before final.ckpt.
@@ -120,6 +128,7 @@ class LateExit(pl.Callback):
         self.rank = rank
         self.seconds = seconds
 
+    @override
     def teardown(self, trainer, pl_module, stage) -> None:
         if stage == "fit" and trainer.global_rank == self.rank:
             atexit.register(time.sleep, self.seconds)
@@ -128,6 +137,7 @@ class LateExit(pl.Callback):
 class DistinctRankRandomness(pl.Callback):
     """Re-seed torch's generator per global rank when training starts (ranks otherwise share one seed)."""
 
+    @override
     def on_train_start(self, trainer, pl_module) -> None:
         # On a resume the saved states are restored after this, right before the first batch.
         torch.manual_seed(torch.initial_seed() + 1_000 * trainer.global_rank)
@@ -147,6 +157,7 @@ class RecordBatches(pl.Callback):
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         columns = batch if isinstance(batch, list | tuple) else [batch]
         fingerprints = [example_fingerprint(*(column[i] for column in columns)) for i in range(len(columns[0]))]

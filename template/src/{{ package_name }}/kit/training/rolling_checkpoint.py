@@ -46,6 +46,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
+from typing_extensions import override
 
 from ..runs.directory import FINAL_CHECKPOINT, LAST_CHECKPOINT, ON_EXCEPTION_CHECKPOINT, storage_error
 from ..runs.lease import RunTakenOver
@@ -89,6 +90,7 @@ class RollingCheckpoint(Checkpoint):
         self._last_agreement = (time.monotonic(), 0)  # (time, global step), rank 0's
         self.loss_watch = NonFiniteLossWatch()
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._install_signal_handlers()  # early: a signal during restore or the sanity check counts too
@@ -96,9 +98,11 @@ class RollingCheckpoint(Checkpoint):
             scaler = getattr(trainer.precision_plugin, "scaler", None)
             self.loss_watch.tolerated_steps = TOLERATED_STEPS_WITH_SCALER if scaler is not None else 0
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install_signal_handlers()  # again: Lightning installed its SIGTERM handler in between
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for signum, handler in self._handlers_before.items():
             signal.signal(signum, handler)
@@ -150,6 +154,7 @@ class RollingCheckpoint(Checkpoint):
         self._last_saved_step = trainer.global_step
         self._last_save_time = time.monotonic()
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Runs at every step: the one-process case decides from its own flag and clock at once.
         self.loss_watch.observe(outputs)  # on the loss's device, no waiting (kit/training/divergence.py)
@@ -216,6 +221,7 @@ class RollingCheckpoint(Checkpoint):
             first_step = trainer.global_step - diverged_steps + 1
             raise TrainingDiverged(diverged_loss_message(first_step, trainer.global_step, trainer.current_epoch))
 
+    @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._saving_allowed(trainer):
             return
@@ -226,10 +232,12 @@ class RollingCheckpoint(Checkpoint):
         else:
             self.save_last(trainer)
 
+    @override
     def on_train_end(self, trainer, pl_module) -> None:
         if self._saving_allowed(trainer) and not trainer.interrupted and not self.stopped_by_signal:
             self._save_final(trainer)
 
+    @override
     def on_fit_end(self, trainer, pl_module) -> None:
         # Restored at its end, the run skipped the fit loop and on_train_end (see the module's docstring).
         if self.wrote_final or self.stopped_by_signal or trainer.interrupted or not self._saving_allowed(trainer):
@@ -242,14 +250,17 @@ class RollingCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.dirpath / FINAL_CHECKPOINT, weights_only=False)
         self.wrote_final = True  # the run is finished (every rank: the save is collective)
 
+    @override
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         # The signal stop sets should_stop only after its own save: this notes early stopping and the like.
         checkpoint[TRAINING_ENDED_KEY] = bool(trainer.should_stop) and not self.stopped_by_signal
 
+    @override
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if checkpoint.get(TRAINING_ENDED_KEY):
             trainer.should_stop = True  # the fit loop is then done: on_fit_end writes final.ckpt
 
+    @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if is_distributed():
             return  # a save is a collective: the other processes are not there to join it

@@ -26,6 +26,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary
+from typing_extensions import override
 
 from ..runs.directory import MONITORED_VALUE_KEY, RunDirectory
 from ..runs.lease import RunTakenOver
@@ -45,20 +46,24 @@ class RunBookkeeping(Callback):
         self.monitor_checked = False
 
     # -- callbacks with nothing left to do would still be called at every step -----------------
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         idle = (ModelSummary, PeerGuard) if trainer.world_size == 1 else (ModelSummary,)
         trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, idle)]
 
     # -- the checkpoint's own note of how good it is -------------------------------------------
+    @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         refuse_non_finite_weights(checkpoint, trainer.global_step)
         value = trainer.callback_metrics.get(self.monitor)
         checkpoint[MONITORED_VALUE_KEY] = float(value) if value is not None else None
 
     # -- the monitored metric exists -------------------------------------------------------------
+    @override
     def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._check_monitored_metric(trainer)
 
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self._check_monitored_metric(trainer)  # with num_sanity_val_steps=0, the first real validation
@@ -77,6 +82,7 @@ class RunBookkeeping(Callback):
             )
 
     # -- a failed run says so --------------------------------------------------------------------
+    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, RunTakenOver):
             return  # another process holds the run now: its ledgers are not this one's to write

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
+from typing_extensions import override
 
 from .distributed import agree_max
 
@@ -51,6 +52,7 @@ class TrialPruning(pl.Callback):
         self.monitor = monitor
         self.pruned = False
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

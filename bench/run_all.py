@@ -13,6 +13,7 @@ BENCHMARKS = [
     "copier_speed.py",
     "inference.py",
     "run_integrity.py",
+    "help_speed.py",
 ]
 
 if __name__ == "__main__":

@@ -155,3 +155,28 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
     done = run([*example_command, "submit", "--gpu", "mig:1g.10gb"], cwd=project, env=no_slurm, check=False)
     assert done.returncode == 2 and "`sbatch` is not installed here" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_fit_help_is_kept_by_the_hash_of_code_and_configs(example_project, tmp_path) -> None:
+    """The second `fit --help` prints the same text without importing Lightning; a config edit makes it anew."""
+    project, venv = example_project
+    probe = (
+        f"import sys; from {PACKAGE}.cli import main\n"
+        "code = main(['fit', '--help'])\n"
+        "print('LIGHTNING', 'lightning' in sys.modules, code)"
+    )
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    first = run([str(venv.python), "-c", probe], cwd=project, env=env)
+    second = run([str(venv.python), "-c", probe], cwd=project, env=env)
+    assert first.stdout.endswith("LIGHTNING True 0\n") and second.stdout.endswith("LIGHTNING False 0\n")
+    help_text = second.stdout.removesuffix("LIGHTNING False 0\n")
+    assert first.stdout.removesuffix("LIGHTNING True 0\n") == help_text and "--trainer.max_epochs" in help_text
+    assert len(list((tmp_path / "cache" / PACKAGE / "help").glob("*.txt"))) == 1
+
+    other = project / "configs" / "experiments" / "help-probe.yaml"
+    other.write_text("trainer:\n  max_epochs: 3\n")  # another config: the kept text no longer answers
+    try:
+        third = run([str(venv.python), "-c", probe], cwd=project, env=env)
+    finally:
+        other.unlink()
+    assert third.stdout.endswith("LIGHTNING True 0\n")

@@ -28,8 +28,8 @@ from example_project import use_rendered_example  # noqa: E402
 
 def checkpoint_write_ratio(repeats: int, directory: Path) -> tuple[float, float, float]:
     import lightning.pytorch as pl
+    from digits_mlp.kit import load_model_and_data
     from digits_mlp.kit.runs.checkpoint_io import AtomicCheckpointIO
-    from digits_mlp.kit.training.lightning_cli import load_model_and_data
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
     model, data = load_model_and_data(["--model.init_args.hidden_sizes=[1024, 1024]"])

@@ -35,7 +35,7 @@ TWO_PROCESSES = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
 
 def bare_lightning(epochs: int, label: str) -> None:
     import lightning.pytorch as pl
-    from digits_mlp.kit.training.lightning_cli import load_model_and_data
+    from digits_mlp.kit import load_model_and_data
     from step_timer import StepTimer
     from torch.utils.data import DataLoader
 

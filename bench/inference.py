@@ -36,9 +36,9 @@ def main() -> None:
     import torch
 
     work, _ = use_rendered_example("bench-inference-")
+    from digits_mlp.kit import load_model_and_data
     from digits_mlp.kit.deployment.export import export_onnx
     from digits_mlp.kit.deployment.onnx_runtime import onnx_session
-    from digits_mlp.kit.training.lightning_cli import load_model_and_data
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads; median of {ROUNDS} rounds x {REPEATS} batches each")

@@ -43,7 +43,7 @@ MODELS = {
 def model_and_plain_loader(model_args: list[str]):
     """The config's model, and its training split in a plain shuffled DataLoader (seeded)."""
     import torch
-    from digits_mlp.kit.training.lightning_cli import load_model_and_data
+    from digits_mlp.kit import load_model_and_data
     from torch.utils.data import DataLoader
 
     torch.manual_seed(42)

@@ -56,8 +56,56 @@ KIT_ROOMS = {
     "data_commands": "data.commands",
     "preprocessing_cache": "data.preprocessing_cache",
 }
+# Names that left their old module's new home (the old module was split): old module -> name -> module.
+NAMES_MOVED = {
+    "runs": {
+        "PLACEMENT_KEYS": "runs.identity",
+        "run_git": "runs.code_state",
+        "list_runs": "runs.root",
+        "format_runs": "runs.root",
+        "STORAGE_ERRNOS": "runs.storage_errors",
+        "storage_error": "runs.storage_errors",
+        "storage_error_message": "runs.storage_errors",
+    },
+    "project_cli": {
+        "best_checkpoint": "runs.checkpoint_files",
+        "MissingTrainedRun": "runs.checkpoint_files",
+        "CheckpointPolicy": "training.fit_policies",
+        "EarlyStoppingPolicy": "training.fit_policies",
+        "automatic_precision": "training.fit_policies",
+    },
+    "data_commands": {
+        name: "data.raw_data"
+        for name in ("HASH_MEMO", "RawDataChangedError", "raw_data_differences", "refuse_changed_raw_data")
+    },
+}
+# Names of 0.2.0 that no longer exist (not public: any release may change them), and what took their place.
+# An import of one of them fails by its name after the update; the replacement is not a drop-in.
+NAMES_RETIRED = {
+    "runs.derive_run_name": "runs.identity.run_name",
+    "run_record.LOCK_FILES": "runs.record.OTHER_LOCK_FILES (with locks/*.txt)",
+    "project_cli.RunFailureRecorder": "training.run_bookkeeping.RunBookkeeping",
+    "project_cli.load_model_data_and_run": "training.project_loading.load_project(...).run",
+    "comparisons.T_975": "scipy.stats' confidence intervals (analysis.comparisons)",
+    "comparisons.best_metric": "runs.directory.RunDirectory.best_value",
+    "reproduce.code_and_config_files": "runs.code_state.code_files",
+    "run_record.finish_record": "runs.record.end_start (both ledgers at once)",
+    "checkpoint_files.KIND_PREFERENCE": "runs.checkpoint_files.PREFERENCE_AT_EQUAL_STEPS (keyed by file name)",
+    "checkpoint_files.checkpoint_kind": "runs.checkpoint_files.CheckpointInfo.preference",
+}
+
+
+def new_module(old: str, name: str | None = None) -> str:
+    """Where `name` of the 0.2.0 module kit/<old>.py lives now (the module itself when name is None)."""
+    return NAMES_MOVED.get(old, {}).get(name, KIT_ROOMS[old])
+
+
 # `kit.runs` was a module and is now a room: these names after it are already the new layout.
-NEW_RUNS_MODULES = {new.split(".")[1] for new in KIT_ROOMS.values() if new.startswith("runs.")}
+NEW_RUNS_MODULES = {
+    new.split(".")[1]
+    for new in [*KIT_ROOMS.values(), *(home for names in NAMES_MOVED.values() for home in names.values())]
+    if new.startswith("runs.")
+}
 _OLD = "|".join(sorted(KIT_ROOMS, key=len, reverse=True))
 FROM_IMPORT = re.compile(rf"from ([\w.]*?)kit\.({_OLD}) import (\([^)]*\)|[^\n]*)")
 # Any other mention (class_path strings, `import x.kit.old`); a `from ... import` is FROM_IMPORT's.
@@ -99,19 +147,28 @@ def rewrite(text: str, public: set[str]) -> str:
             return match.group(0)  # `from kit.runs import checkpoint_io`: modules of the new runs room
         if all(name in public for name in imported_names(names)):
             return f"from {prefix}kit import {names}"
-        return f"from {prefix}kit.{KIT_ROOMS[old]} import {names}"
+        homes = {new_module(old, name) for name in imported_names(names) if name not in public}
+        if len(homes) == 1 and not any(name in public for name in imported_names(names)):
+            return f"from {prefix}kit.{homes.pop()} import {names}"
+        # The names went to several homes: one import line per home, at the old line's indentation.
+        indent = " " * (match.start() - match.string.rfind("\n", 0, match.start()) - 1)
+        by_home: dict[str, list[str]] = {}
+        for name in imported_names(names):
+            by_home.setdefault("" if name in public else f".{new_module(old, name)}", []).append(name)
+        lines = [f"from {prefix}kit{home} import {', '.join(sorted(group))}" for home, group in sorted(by_home.items())]
+        return f"\n{indent}".join(lines)
 
     def dotted(match: re.Match) -> str:
         old, attribute = match.groups()
         if match.string.startswith(" import", match.end()):
             return match.group(0)  # a `from ... import` line: FROM_IMPORT has dealt with it
         if attribute is None:
-            return f"kit.{KIT_ROOMS[old]}"
+            return f"kit.{new_module(old)}"
         if old == "runs" and attribute in NEW_RUNS_MODULES:
             return match.group(0)  # kit.runs.directory: already the new layout
         if attribute in public:
             return f"kit.{attribute}"
-        return f"kit.{KIT_ROOMS[old]}.{attribute}"
+        return f"kit.{new_module(old, attribute)}.{attribute}"
 
     return DOTTED.sub(dotted, FROM_IMPORT.sub(from_import, text))
 

@@ -75,7 +75,7 @@ def test_measuring_run_completes_and_combines_the_readings(profiler, example_pac
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the profile measures real GPU memory")
 def test_measured_profile_covers_a_real_training_run(profiler, example_package, monkeypatch) -> None:
     import lightning.pytorch as pl
-    from digits_mlp.kit.training.lightning_cli import load_model_and_data
+    from digits_mlp.kit import load_model_and_data
 
     monkeypatch.chdir(example_package)
     profile = profiler.measure([], steps=20)

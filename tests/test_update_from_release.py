@@ -8,12 +8,15 @@ migration (migrations/kit_rooms.py), keep every edit, and pass its own tests aft
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
-from conftest import LAST_RELEASE
+from conftest import LAST_RELEASE, LAST_RELEASE_COMMIT
 from copier import run_update
 
 from template_dev import EXAMPLE_ANSWERS, TOP, commit_all, git, make_project_venv, render, run
@@ -80,6 +83,9 @@ def test_a_project_from_the_last_release_updates_keeps_its_edits_and_passes_its_
     assert (project / "container" / "apptainer.def").is_file() and (project / ".github/workflows/tests.yml").is_file()
     assert "torch==" in (project / "locks" / "cpu.txt").read_text() and (project / "locks" / "cuda.txt").is_file()
     assert "ManyFilesDataModule" in (project / "configs" / "experiments" / "many-files.yaml").read_text()
+    # The kit's own tests left the project for the template repository; the project's tests stay.
+    assert not (project / "tests" / "test_checkpoint_files.py").exists()
+    assert (project / "tests" / "test_config.py").is_file()
     commit_all(project, "update to the working tree")
     assert git(project, "ls-files", f"src/{PACKAGE}/kit/runs/directory.py").strip(), "kit/runs/ must be in git"
 
@@ -93,21 +99,26 @@ def test_a_project_from_the_last_release_updates_keeps_its_edits_and_passes_its_
 
 REWRITES = {  # a 0.2.0 mention of the kit -> what the migration makes of it
     "from pkg.kit.runs import RunDirectory, runs_root": "from pkg.kit import RunDirectory, runs_root",
-    "from .kit.runs import format_runs": "from .kit.runs.directory import format_runs",
+    "from .kit.runs import format_runs": "from .kit.runs.root import format_runs",
     "from .kit.resumable_loader import (\n    ResumableDataLoader,\n)": "from .kit import (\n    ResumableDataLoader,\n)",  # noqa: E501
     "from .kit.exact_resume import capture_rng_states": "from .kit.training.random_states import capture_rng_states",
     "class_path: pkg.kit.progress.ProgressLines": "class_path: pkg.kit.ProgressLines",
-    "pkg.kit.runs.format_runs(root)": "pkg.kit.runs.directory.format_runs(root)",
+    "pkg.kit.runs.format_runs(root)": "pkg.kit.runs.root.format_runs(root)",
+    # names that left the module's new home (the old module was split)
+    "from pkg.kit.project_cli import CheckpointPolicy": "from pkg.kit.training.fit_policies import CheckpointPolicy",
+    "    from pkg.kit.project_cli import ProjectCLI, best_checkpoint, load_model_and_data": (
+        "    from pkg.kit import load_model_and_data\n"
+        "    from pkg.kit.runs.checkpoint_files import best_checkpoint\n"
+        "    from pkg.kit.training.lightning_cli import ProjectCLI"
+    ),
+    "x = pkg.kit.data_commands.raw_data_differences()": "x = pkg.kit.data.raw_data.raw_data_differences()",
     # already the new layout: left alone
     "from pkg.kit.runs import checkpoint_io": "from pkg.kit.runs import checkpoint_io",
     "from pkg.kit.runs.directory import RunDirectory": "from pkg.kit.runs.directory import RunDirectory",
 }
 
 
-@pytest.mark.parametrize("before", REWRITES)
-def test_the_migration_rewrites_each_old_kit_path_once(before: str) -> None:
-    import importlib.util
-
+def _load_kit_rooms() -> ModuleType:
     spec = importlib.util.spec_from_file_location("kit_rooms", TOP / "migrations" / "kit_rooms.py")
     kit_rooms = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(TOP / "migrations"))  # it imports move_path beside it, as copier runs it
@@ -115,7 +126,13 @@ def test_the_migration_rewrites_each_old_kit_path_once(before: str) -> None:
         spec.loader.exec_module(kit_rooms)
     finally:
         sys.path.remove(str(TOP / "migrations"))
-    public = {"RunDirectory", "runs_root", "ResumableDataLoader", "ProgressLines"}
+    return kit_rooms
+
+
+@pytest.mark.parametrize("before", REWRITES)
+def test_the_migration_rewrites_each_old_kit_path_once(before: str) -> None:
+    kit_rooms = _load_kit_rooms()
+    public = {"RunDirectory", "runs_root", "ResumableDataLoader", "ProgressLines", "load_model_and_data"}
     after = kit_rooms.rewrite(before, public)
     assert after == REWRITES[before]
     assert kit_rooms.rewrite(after, public) == after
@@ -152,3 +169,58 @@ def test_a_run_stopped_before_the_update_finishes_after_it(template_with_history
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
     assert "Run 'old-run': resuming from last.ckpt (epoch 1, step 15)" in finished.stdout
     assert "Run 'old-run' finished" in finished.stdout
+
+
+def _top_level_names(source: str) -> set[str]:
+    """Names a module defines or imports at its top level (what `from module import name` finds)."""
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def test_every_name_of_the_last_release_kit_has_a_home_the_migration_knows() -> None:
+    """Each public-looking name of 0.2.0's kit modules is where the migration sends its imports, or retired."""
+    kit_rooms = _load_kit_rooms()
+    kit = TOP / "template" / "src" / "{{ package_name }}" / "kit"
+    public = _public_names(kit / "__init__.py")  # imported from the kit itself after the migration
+    lost = []
+    for old in kit_rooms.KIT_ROOMS:
+        source = git(TOP, "show", f"{LAST_RELEASE_COMMIT}:template/src/{{{{ package_name }}}}/kit/{old}.py")
+        defined = {name for name in _top_level_names(source) if not name.startswith("_")}
+        defined -= {name for name in _top_level_names(source) if _imported_only(source, name)}
+        for name in sorted(defined):
+            if f"{old}.{name}" in kit_rooms.NAMES_RETIRED or name in public:
+                continue
+            home = kit / (kit_rooms.new_module(old, name).replace(".", "/") + ".py")
+            if not home.is_file() or name not in _top_level_names(home.read_text()):
+                lost.append(f"{old}.{name} -> {kit_rooms.new_module(old, name)}")
+    assert lost == [], "names the migration sends to a module that lacks them (add to NAMES_MOVED or NAMES_RETIRED)"
+    for retired in kit_rooms.NAMES_RETIRED:  # a retired name that still exists at its old home is a wrong entry
+        old, name = retired.split(".")
+        home = kit / (kit_rooms.KIT_ROOMS[old].replace(".", "/") + ".py")
+        assert name not in _top_level_names(home.read_text()), retired
+
+
+def _public_names(kit_init: Path) -> set[str]:
+    for node in ast.parse(kit_init.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PUBLIC" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError(f"no PUBLIC table in {kit_init}")
+
+
+def _imported_only(source: str, name: str) -> bool:
+    """`name` comes into the module by an import (it was never the module's own)."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name:
+            return False
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return False
+    return True

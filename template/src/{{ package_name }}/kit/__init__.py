@@ -47,8 +47,8 @@ PUBLIC = {
     "end_with_parent": "data.worker_processes",
     # for artifacts.py
     "Artifact": "reporting.reproduce",
-    "runs_root": "runs.directory",
-    "load_model_and_data": "training.lightning_cli",
+    "runs_root": "runs.root",
+    "load_model_and_data": "training.project_loading",
     "evaluate_checkpoint": "analysis.evaluation",
     "dataset_card": "reporting.cards",
     "model_card": "reporting.cards",
@@ -82,10 +82,10 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .reporting.cards import model_card as model_card
     from .reporting.reproduce import Artifact as Artifact
     from .runs.directory import RunDirectory as RunDirectory
-    from .runs.directory import runs_root as runs_root
-    from .training.lightning_cli import load_model_and_data as load_model_and_data
+    from .runs.root import runs_root as runs_root
     from .training.logging_interval import at_log_interval as at_log_interval
     from .training.progress import ProgressLines as ProgressLines
+    from .training.project_loading import load_model_and_data as load_model_and_data
     from .training.resume_testing import DistinctRankRandomness as DistinctRankRandomness
     from .training.resume_testing import KillAt as KillAt
     from .training.resume_testing import RecordBatches as RecordBatches

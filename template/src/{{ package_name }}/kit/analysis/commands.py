@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..runs.directory import format_runs, list_runs, runs_root
+from ..runs.root import format_runs, list_runs, runs_root
 
 
 def list_runs_main(argv: list[str]) -> int:
@@ -28,10 +28,11 @@ def check_main(argv: list[str]) -> int:
     )
     _, config_args = parser.parse_known_args(argv)
 
-    from ..training.lightning_cli import load_model_data_and_monitor
+    from ..training.project_loading import load_project
     from .sanity_checks import run_all_checks
 
-    model, data, monitor = load_model_data_and_monitor(config_args)
+    project = load_project(config_args)
+    model, data, monitor = project.model, project.datamodule, project.monitor
     results = run_all_checks(model, data, monitor)
     for result in results:
         print(result.line())
@@ -51,10 +52,11 @@ def evaluate_main(argv: list[str]) -> int:
     args, config_args = parser.parse_known_args(argv)
 
     from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
-    from ..training.lightning_cli import load_model_data_and_run
+    from ..training.project_loading import load_project
     from .evaluation import NotAClassifier, evaluate_checkpoint
 
-    model, data, run = load_model_data_and_run(config_args)
+    project = load_project(config_args)
+    model, data, run = project.model, project.datamodule, project.run
     try:
         checkpoint = checkpoint_to_use(run, args.ckpt_path, "evaluate")
     except MissingTrainedRun as missing:

@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from ..runs.directory import RunDirectory, runs_root
 from ..runs.identity import plain_name_part, sweep_name
+from ..runs.root import RunsRoot
 
 # Below this many seeds per group an interval is so wide (t at 1 degree of freedom is 12.7) that
 # it tells little; the output says so.
@@ -155,7 +155,7 @@ def sweep_main(argv: list[str]) -> int:
         if code != 0:
             print(f"sweep {name}: trial {run_name} stopped with exit code {code}")
             return code
-    directory = runs_root() / "sweeps"
+    directory = RunsRoot.current().sweeps
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"sweep {name}: {len(trials)} trials done; gather them with `results {name}`")
@@ -166,7 +166,7 @@ def results_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="results", description="Gather a sweep's trials into one table and a plot.")
     parser.add_argument("name", help="the sweep's name (its file name without .yaml)")
     args = parser.parse_args(argv)
-    directory = runs_root() / "sweeps"
+    directory = RunsRoot.current().sweeps
     record_path = directory / f"{args.name}.json"
     if not record_path.exists():
         print(f"error: no sweep named {args.name!r} in {directory}; run `sweep FILE` first")
@@ -174,7 +174,7 @@ def results_main(argv: list[str]) -> int:
     record = json.loads(record_path.read_text())
     rows = []
     for trial in record["trials"]:
-        run = RunDirectory(runs_root() / trial["run_name"])
+        run = RunsRoot.current().run(trial["run_name"])
         metric = run.read_manifest().get("monitor", {}).get("metric", "metric")
         rows.append({"run": trial["run_name"], **trial["values"], f"best {metric}": run.best_value()})
     columns = list(rows[0])
@@ -231,9 +231,9 @@ def seeds_main(argv: list[str]) -> int:
             code = _fit([*options, f"--seed_everything={seed}", "--run_name", run_name])
         if code != 0:
             return code
-        values[seed] = RunDirectory(runs_root() / run_name).best_value()
+        values[seed] = RunsRoot.current().run(run_name).best_value()
     mean, half_width = mean_and_interval(list(values.values()))
-    directory = runs_root() / "seeds"
+    directory = RunsRoot.current().seeds
     directory.mkdir(parents=True, exist_ok=True)
     record = {"label": label, "options": options, "values": values, "mean": mean, "ci95_half_width": half_width}
     (directory / f"{label}.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -252,13 +252,13 @@ def compare_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     groups = []
     for label in (args.a, args.b):
-        path = runs_root() / "seeds" / f"{label}.json"
+        path = RunsRoot.current().seeds / f"{label}.json"
         if not path.exists():
             print(f"error: no seed group {label!r} in {path.parent}; run `seeds --label {label} ...` first")
             return 2
         groups.append({str(seed): float(value) for seed, value in json.loads(path.read_text())["values"].items()})
     comparison = compare_groups(args.a, groups[0], args.b, groups[1])
-    record = runs_root() / "seeds" / f"compare-{args.a}-vs-{args.b}.json"
+    record = RunsRoot.current().seeds / f"compare-{args.a}-vs-{args.b}.json"
     record.write_text(json.dumps(comparison, indent=2) + "\n")
     print(comparison["summary"])
     return 0

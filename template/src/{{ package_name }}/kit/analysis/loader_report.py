@@ -186,7 +186,7 @@ def loader_main(argv: list[str]) -> int:
         "and both together. Other options go to the config parser (--config, --data.init_args.num_workers=4, ...).",
     )
     _, config_args = parser.parse_known_args(argv)
-    from ..training.lightning_cli import load_model_and_data
+    from ..training.project_loading import load_model_and_data
 
     model, data = load_model_and_data(config_args)
     data.setup("fit")

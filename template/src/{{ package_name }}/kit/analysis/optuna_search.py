@@ -49,8 +49,8 @@ from typing import Any
 import yaml
 
 from ..runs.atomic_files import atomic_write_text
-from ..runs.directory import RunDirectory, runs_root
 from ..runs.identity import experiment
+from ..runs.root import RunsRoot
 
 SPEC_KEYS = {"name", "strategy", "trials", "sampler", "pruner", "seed", "options", "parameters"}
 FLOAT_OR_INT_KEYS = {"low", "high", "log", "step"}
@@ -118,7 +118,7 @@ def run_search(
 
     distributions = search_distributions(spec, text)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directory = runs_root() / "sweeps" / name
+    directory = RunsRoot.current().sweeps / name
     directory.mkdir(parents=True, exist_ok=True)
     study = _open_study(spec, name, directory, extra_options)
     worker = f"array-task-{array_task}" if array_task is not None else "local"
@@ -152,7 +152,7 @@ def run_search(
             study.tell(number, state=optuna.trial.TrialState.PRUNED)
             print(f"sweep {name}: trial {number} pruned (stopped early: behind the other trials)", flush=True)
         else:
-            study.tell(number, RunDirectory(runs_root() / run_name).best_value())
+            study.tell(number, RunsRoot.current().run(run_name).best_value())
         _write_record(study, spec, name)
         if array_task is not None:
             return 0  # one trial per array task
@@ -252,7 +252,7 @@ def _write_record(study, spec: dict[str, Any], name: str) -> None:
         ],
     }
     # Array tasks write it as they finish: whole or not at all, so a reader never sees half of it.
-    atomic_write_text(runs_root() / "sweeps" / f"{name}.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(RunsRoot.current().sweeps / f"{name}.json", json.dumps(record, indent=2) + "\n")
 
 
 def _options(params: dict[str, Any]) -> list[str]:

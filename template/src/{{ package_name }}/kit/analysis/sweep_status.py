@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from ..runs.directory import RunDirectory, runs_root
 from ..runs.identity import sweep_name
+from ..runs.root import RunsRoot
 
 
 @dataclass
@@ -56,7 +56,7 @@ def sweep_trial_names(spec: dict, name: str) -> list[tuple[int, str, str, str, s
 def trial_status(
     number: int, run_name: str, values: str, task: str, queue: dict[str, tuple[str, str]], study_state: str = ""
 ) -> TrialStatus:
-    run = RunDirectory(runs_root() / run_name)
+    run = RunsRoot.current().run(run_name)
     job_id, job_state = queue.get(task, ("", ""))
     manifest = run.read_manifest()
     if not manifest:
@@ -114,7 +114,7 @@ def sweep_status_main(argv: list[str]) -> int:
         print(f"best so far ({metric}, {mode}):")
         for row in scored[: args.top]:
             print(f"  trial {row.number}: {row.best:.4f}  {row.values}")
-        _plot(rows, metric, runs_root() / "sweeps" / f"{name}-status.png")
+        _plot(rows, metric, RunsRoot.current().sweeps / f"{name}-status.png")
     return 0
 
 
@@ -135,14 +135,14 @@ def format_table(rows: list[TrialStatus], metric: str, with_jobs: bool) -> str:
 
 def _monitor(rows: list[TrialStatus]) -> tuple[str, str]:
     for row in rows:
-        monitor = RunDirectory(runs_root() / row.run_name).read_manifest().get("monitor")
+        monitor = RunsRoot.current().run(row.run_name).read_manifest().get("monitor")
         if monitor:
             return monitor.get("metric", "metric"), monitor.get("mode", "max")
     return "metric", "max"
 
 
 def _optuna_trials(name: str) -> dict[int, tuple[str, str]]:
-    journal = runs_root() / "sweeps" / name / "study.journal"
+    journal = RunsRoot.current().sweeps / name / "study.journal"
     if not journal.exists():
         return {}
     import optuna

@@ -17,7 +17,7 @@ import warnings
 import lightning.pytorch as pl
 from lightning.pytorch.tuner import Tuner
 
-from ..training.lightning_cli import load_model_data_and_run
+from ..training.project_loading import load_project
 from ..training.scratch_trainer import scratch_trainer
 
 
@@ -31,7 +31,8 @@ def find_lr_main(argv: list[str]) -> int:
     parser.add_argument("--max-lr", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=100, help="training steps of the range test")
     args, options = parser.parse_known_args(argv)
-    model, data, run = load_model_data_and_run(options)
+    project = load_project(options)
+    model, data, run = project.model, project.datamodule, project.run
     output = run.tuning_dir
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
@@ -57,7 +58,8 @@ def find_batch_size_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="find-batch-size", description=__doc__)
     parser.add_argument("--max-trials", type=int, default=12)
     args, options = parser.parse_known_args(argv)
-    model, data, run = load_model_data_and_run(options)
+    project = load_project(options)
+    model, data, run = project.model, project.datamodule, project.run
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         largest = Tuner(_scratch_trainer(scratch)).scale_batch_size(

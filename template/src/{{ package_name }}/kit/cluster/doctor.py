@@ -39,8 +39,9 @@ from ..base.machine import (
     torch_cuda_version,
     visible_gpus,
 )
+from ..base.project_package import CONSOLE_SCRIPT
 from ..data.raw_data import MANIFEST, differences, read_manifest
-from ..runs.directory import runs_root
+from ..runs.root import runs_root
 from .compromised_releases import RELEASES_FILE, installed_compromised
 from .environment_lock import (
     LOCKS,
@@ -292,7 +293,7 @@ def project_metadata(project: Path) -> tuple[str | None, list[str]]:
 
 def doctor_main(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="doctor", description=__doc__.split("\n\n")[0]).parse_args(argv)
-    console_script = __package__.split(".")[0]
+    console_script = CONSOLE_SCRIPT
     project = Path.cwd()
     requires, dependencies = project_metadata(project)
     gpus, driver = visible_gpus()

@@ -92,7 +92,8 @@ def measure(options: list[str], steps: int, accelerator: str = "gpu") -> MemoryP
     """Train `steps` steps, then validate a few batches; the allocator's peak and the context overhead."""
     import torch
 
-    from ..training.lightning_cli import automatic_precision, load_model_and_data
+    from ..training.fit_policies import automatic_precision
+    from ..training.project_loading import load_model_and_data
     from ..training.scratch_trainer import scratch_trainer
 
     model, data = load_model_and_data(options)

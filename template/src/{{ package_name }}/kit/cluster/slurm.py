@@ -27,10 +27,12 @@ from pathlib import Path
 
 import yaml
 
+from ..base.project_package import CONSOLE_SCRIPT, PACKAGE
 from ..runs.code_state import CodeChangedError, SnapshotError, code_files, freeze_code, refuse_changed_code
-from ..runs.directory import REQUEUE_EXIT_CODE, RunDirectory, runs_root
+from ..runs.directory import REQUEUE_EXIT_CODE, RunDirectory
 from ..runs.identity import RunNameError, option_value, run_name, sweep_name
 from ..runs.lease import RunHeldError, RunLease
+from ..runs.root import RunsRoot
 
 SITE_CONFIG = Path("configs/slurm/site.yaml")
 REQUIRED_SITE_KEYS = ("partition", "time", "cpus_per_gpu", "mem_per_gpu", "full_gpu_gres", "mig_types")
@@ -115,7 +117,7 @@ def job_script(
     code: Path | None = None,
 ) -> str:
     """The job script; `code`: the code snapshot the job runs in (kit/runs/code_state.py), else the project."""
-    logs = runs_root() / "slurm-logs"
+    logs = RunsRoot.current().slurm_logs
     log_name = "%x-%A_%a.out" if array else "%x-%j.out"
     gres = request.gres or f"{site['full_gpu_gres']}:{request.count}"
     memory = re.fullmatch(r"([0-9]+)([KMGT]?)", str(site["mem_per_gpu"]))
@@ -154,7 +156,7 @@ def job_script(
             if code is not None
             else []
         ),
-        f"export RUNS_DIR={shlex.quote(str(runs_root()))}",
+        f"export RUNS_DIR={shlex.quote(str(RunsRoot.current().path))}",
         "# Checkpoints are staged next to their target; keep any other temporary file on that filesystem too.",
         'export TMPDIR="$RUNS_DIR/.tmp" && mkdir -p "$TMPDIR"',
         "# Slurm >= 22.05: srun does not inherit --cpus-per-task by itself.",
@@ -220,7 +222,7 @@ def submit_main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not args.write_only and args.sweep is None:
-        from ..training.lightning_cli import check_config  # torch and Lightning: seconds, not a queue wait
+        from ..training.project_loading import check_config  # torch and Lightning: seconds, not a queue wait
 
         check_config([*fit_options, *trainer_options(request)])  # a bad config stops here, not in the job
     if not args.write_only and shutil.which("sbatch") is None:
@@ -236,7 +238,7 @@ def submit_main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     job.script_path.parent.mkdir(parents=True, exist_ok=True)
-    (runs_root() / "slurm-logs").mkdir(parents=True, exist_ok=True)
+    RunsRoot.current().slurm_logs.mkdir(parents=True, exist_ok=True)
     job.script_path.write_text(job.script)
     command = ["sbatch", str(job.script_path)]
     print(f"Job script: {job.script_path}\n$ {shlex.join(command)}")
@@ -256,7 +258,7 @@ class PreparedJob:
 
 
 def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Path | None) -> PreparedJob:
-    package = __package__.split(".")[0]
+    package = PACKAGE
     project = Path.cwd()
     if sweep is not None:
         from ..analysis.comparisons import sweep_size
@@ -264,15 +266,15 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
         spec = yaml.safe_load(sweep.read_text())
         count = sweep_size(spec)
         name = sweep_name(spec, sweep)
-        code = runs_root() / "sweeps" / f"{name}-code"
+        code = RunsRoot.current().sweeps / f"{name}-code"
         python = _python(site, project, code)
         options = shlex.join([*trainer_options(request), *fit_options])
         command = f"{python} -m {package} sweep --trial $SLURM_ARRAY_TASK_ID {shlex.quote(str(sweep))} {options}"
         script = job_script(request, site, f"sweep-{name}", command, project, array=count, code=code)
-        return PreparedJob(runs_root() / "sweeps" / f"{name}.sbatch", script, code, None)
+        return PreparedJob(RunsRoot.current().sweeps / f"{name}.sbatch", script, code, None)
 
     run_options = [*fit_options, *trainer_options(request)]
-    run = RunDirectory(runs_root() / run_name(run_options))  # from the options alone: no torch import
+    run = RunsRoot.current().run(run_name(run_options))  # from the options alone: no torch import
     if "--run_name" not in run_options:
         run_options += ["--run_name", run.name]  # the job resumes the run this command names
     code = run.code_snapshot_dir
@@ -297,7 +299,7 @@ def _freeze(job: PreparedJob, allow_changed_code: bool) -> str:
     if job.run is not None and not allow_changed_code:
         recorded = job.run.recorded_code_files()
         if recorded is not None:
-            refuse_changed_code(job.run.name, recorded, code_files(project), __package__.split(".")[0])
+            refuse_changed_code(job.run.name, recorded, code_files(project), CONSOLE_SCRIPT)
     record = freeze_code(project, job.code)
     state = (record["git_sha"] or "no commit")[:10] + (" + uncommitted changes" if record["git_dirty"] else "")
     kept = " (unchanged since the last submit: kept)" if record.get("kept") else ""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from ..base.project_package import PACKAGE
 from ..runs.directory import DIVERGED_EXIT_CODE
 
 
@@ -30,8 +31,7 @@ def main(argv: list[str]) -> int:
     if args.max_restarts < 0:
         parser.error("--max-restarts must be 0 or more")
 
-    package = __package__.split(".")[0]
-    full_command = [sys.executable, "-m", package, *command]
+    full_command = [sys.executable, "-m", PACKAGE, *command]
     for attempt in range(args.max_restarts + 1):
         returncode = subprocess.call(full_command)
         if returncode in (0, 2, DIVERGED_EXIT_CODE):  # finished, or what a restart cannot fix

@@ -19,7 +19,7 @@ def data_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="data", description=__doc__)
     parser.add_argument("action", choices=["fetch", "record", "verify", "prepare"])
     args, options = parser.parse_known_args(argv)
-    from ..training.lightning_cli import load_model_and_data
+    from ..training.project_loading import load_model_and_data
 
     _, data = load_model_and_data(options)
     if args.action == "fetch":

@@ -148,9 +148,10 @@ def predict_files_main(argv: list[str]) -> int:
     import torch
 
     from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
-    from ..training.lightning_cli import load_model_data_and_run
+    from ..training.project_loading import load_project
 
-    model, data, run = load_model_data_and_run(config_args)
+    project = load_project(config_args)
+    model, data, run = project.model, project.datamodule, project.run
     preprocess = getattr(type(data), "serving_preprocessing", None)
     if preprocess is None:
         print(f"error: {type(data).__name__} has no `serving_preprocessing`: give it the function that turns raw "
@@ -160,7 +161,7 @@ def predict_files_main(argv: list[str]) -> int:
     if args.engine == "onnx":
         from .onnx_runtime import onnx_session
 
-        session = onnx_session(run.path / "export" / "model.onnx")
+        session = onnx_session(run.export_dir / "model.onnx")
 
         def predict(inputs):
             return torch.from_numpy(session.run(None, {"inputs": inputs.numpy()})[0]).float()

@@ -245,11 +245,12 @@ def budget_main(argv: list[str]) -> int:
         return 2
     import torch
 
-    from ..training.lightning_cli import load_model_data_and_run
+    from ..training.project_loading import load_project
     from .export import ExportError, is_current, validation_inputs
 
-    model, data, run = load_model_data_and_run(config_args)
-    export_dir = run.path / "export"
+    project = load_project(config_args)
+    model, data, run = project.model, project.datamodule, project.run
+    export_dir = run.export_dir
     try:
         record = json.loads((export_dir / "export.json").read_text())
     except (OSError, ValueError):

@@ -36,10 +36,10 @@ import torch
 
 from ..base.file_hashes import file_sha256
 from ..runs.atomic_files import atomic_output, atomic_write_text
+from ..runs.directory import RunDirectory
 from .onnx_runtime import onnx_session
 
 PARITY_TOLERANCE = 1e-4  # largest absolute difference allowed between ONNX and PyTorch outputs (float32)
-EXPORT_DIR = "export"
 
 
 class ExportError(RuntimeError):
@@ -179,14 +179,15 @@ def is_current(directory: Path, checkpoint: Path) -> bool:
 def export_run(config_args: list[str] = (), ckpt_path: str | None = None, force: bool = False) -> dict[str, Any]:
     """Export the best checkpoint of the run these options name (artifacts.py calls this); returns export.json."""
     from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
-    from ..training.lightning_cli import load_model_data_and_run
+    from ..training.project_loading import load_project
 
-    model, data, run = load_model_data_and_run(list(config_args))
+    project = load_project(list(config_args))
+    model, data, run = project.model, project.datamodule, project.run
     try:
         checkpoint = checkpoint_to_use(run, ckpt_path, "export")
     except MissingTrainedRun as missing:
         raise ExportError(str(missing)) from None
-    directory = run.path / EXPORT_DIR
+    directory = run.export_dir
     if not force and is_current(directory, checkpoint):
         return json.loads((directory / "export.json").read_text())
     model = type(model).load_from_checkpoint(checkpoint, map_location="cpu")
@@ -216,7 +217,7 @@ def export_main(argv: list[str]) -> int:
     )
     if record["preprocessing"]:
         print(f"Serving applies {record['preprocessing']} to raw inputs, as training does.")
-    print(f"Record: {Path(record['checkpoint']).parent.parent / EXPORT_DIR / 'export.json'}")
+    print(f"Record: {RunDirectory(Path(record['checkpoint']).parent.parent).export_dir / 'export.json'}")
     return 0
 
 

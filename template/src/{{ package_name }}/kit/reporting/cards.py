@@ -95,12 +95,13 @@ def _shipping(export_dir: Path) -> list[str]:
 
 def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) -> None:
     """Write the card of the model a run trained, compared with a previous run if given."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    record = json.loads((run_dir / "record.json").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    run = RunDirectory(run_dir)
+    config = yaml.safe_load(run.config_path.read_text())
+    record = json.loads(run.record_path.read_text())
+    manifest = run.read_manifest()
     start = record["starts"][-1]
     model_args = config.get("model", {}).get("init_args", {})
-    evaluation = RunDirectory(run_dir).evaluation_dir("test") / "metrics.md"
+    evaluation = run.evaluation_dir("test") / "metrics.md"
     lines = [
         f"# Model card: run `{run_dir.name}`",
         "",
@@ -128,15 +129,16 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
     ]
     if evaluation.exists():
         lines += ["**Test evaluation.**", "", evaluation.read_text().rstrip(), ""]
-    lines += _shipping(run_dir / "export")
+    lines += _shipping(run.export_dir)
     if previous_run_dir is not None:
-        previous_start = json.loads((previous_run_dir / "record.json").read_text())["starts"][-1]
+        previous = RunDirectory(previous_run_dir)
+        previous_start = json.loads(previous.record_path.read_text())["starts"][-1]
         before, after = previous_start.get("data_fingerprint"), start.get("data_fingerprint")
         data_change = "unchanged" if before == after else f"changed from `{before}` to `{after}`"
         lines += [f"**Training data since `{previous_run_dir.name}`:** {data_change}.", ""]
         diff = difflib.unified_diff(
-            (previous_run_dir / "config.yaml").read_text().splitlines(),
-            (run_dir / "config.yaml").read_text().splitlines(),
+            previous.config_path.read_text().splitlines(),
+            run.config_path.read_text().splitlines(),
             fromfile=previous_run_dir.name,
             tofile=run_dir.name,
             lineterm="",

@@ -11,6 +11,8 @@ import argparse
 import re
 from pathlib import Path
 
+from ..base.project_package import PACKAGE
+
 README = Path("README.md")
 BEGIN = "<!-- artifacts:begin: generated from artifacts.py by `{package} readme`; edit artifacts.py instead -->"
 END = "<!-- artifacts:end -->"
@@ -18,7 +20,7 @@ END = "<!-- artifacts:end -->"
 
 def shown_path(path: str) -> str:
     """Paths under the runs directory as runs/..., whatever RUNS_DIR is."""
-    from ..runs.directory import runs_root
+    from ..runs.root import runs_root
 
     try:
         return "runs/" + str(Path(path).resolve().relative_to(runs_root()))
@@ -44,17 +46,16 @@ def readme_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="readme", description=__doc__)
     parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     args = parser.parse_args(argv)
-    package = __package__.split(".")[0]
-    artifacts = __import__(f"{package}.artifacts", fromlist=["ARTIFACTS"]).ARTIFACTS
+    artifacts = __import__(f"{PACKAGE}.artifacts", fromlist=["ARTIFACTS"]).ARTIFACTS
     text = README.read_text()
     pattern = re.compile(r"<!-- artifacts:begin.*?<!-- artifacts:end -->", re.S)
     if not pattern.search(text):
         print(f"error: {README} has no artifacts:begin / artifacts:end markers")
         return 2
-    updated = pattern.sub(lambda _: artifact_table(package, artifacts), text)
+    updated = pattern.sub(lambda _: artifact_table(PACKAGE, artifacts), text)
     if args.check:
         if updated != text:
-            print(f"{README} is out of date with artifacts.py: run `{package} readme`")
+            print(f"{README} is out of date with artifacts.py: run `{PACKAGE} readme`")
             return 1
         print(f"{README} is up to date with artifacts.py")
         return 0

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..base.project_package import PACKAGE
 from ..runs.identity import RunNameError
 
 STATE_FILE = Path(".reproduce") / "doit.json"
@@ -205,9 +206,8 @@ def reproduce_main(argv: list[str]) -> int:
     parser.add_argument("--list", action="store_true", help="every artifact, its command and whether it is current")
     parser.add_argument("--force", action="store_true", help="rebuild the named artifacts even if they are current")
     args = parser.parse_args(argv)
-    package = __package__.split(".")[0]
-    artifacts: list[Artifact] = __import__(f"{package}.artifacts", fromlist=["ARTIFACTS"]).ARTIFACTS
-    package_dir = Path(sys.modules[package].__file__).parent
+    artifacts: list[Artifact] = __import__(f"{PACKAGE}.artifacts", fromlist=["ARTIFACTS"]).ARTIFACTS
+    package_dir = Path(sys.modules[PACKAGE].__file__).parent
     known = {artifact.name for artifact in artifacts}
     if args.list:
         try:
@@ -218,7 +218,7 @@ def reproduce_main(argv: list[str]) -> int:
         width = max(len(name) for name in known)
         for artifact in artifacts:
             state = states[artifact.name]
-            print(f"{artifact.name:<{width}}  {artifact.kind:<10}  {state:<10}  {package} {artifact.command}")
+            print(f"{artifact.name:<{width}}  {artifact.kind:<10}  {state:<10}  {PACKAGE} {artifact.command}")
         return 0
     names = sorted(known) if args.all else args.names
     unknown = [name for name in names if name not in known]

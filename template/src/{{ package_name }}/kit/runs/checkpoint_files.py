@@ -19,18 +19,29 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .directory import RunDirectory
+from ..base.project_package import CONSOLE_SCRIPT
+from .directory import (
+    CHECKPOINT_SUFFIX,
+    FINAL_CHECKPOINT,
+    LAST_CHECKPOINT,
+    ON_EXCEPTION_CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    RunDirectory,
+)
 
-CHECKPOINT_SUFFIX = ".ckpt"
 QUARANTINE_DIRNAME = "unreadable"
-# At equal global steps prefer the rolling checkpoint over a best-k copy.
-KIND_PREFERENCE = {"last": 3, "final": 3, "previous": 2, "best": 1, "on_exception": 0}
-POST_MORTEM_ONLY = ("on_exception",)
+# At equal global steps prefer the rolling checkpoint over a best-k copy (any other file name: 1).
+PREFERENCE_AT_EQUAL_STEPS = {
+    LAST_CHECKPOINT: 3,
+    FINAL_CHECKPOINT: 3,
+    PREVIOUS_CHECKPOINT: 2,
+    ON_EXCEPTION_CHECKPOINT: 0,
+}
+BEST_K_PREFERENCE = 1
+POST_MORTEM_ONLY = (ON_EXCEPTION_CHECKPOINT,)
 
 
 class UnreadableCheckpointWarning(UserWarning):
@@ -46,16 +57,9 @@ class CheckpointInfo:
     loader_states: tuple[dict, ...] = ()
 
     @property
-    def kind(self) -> str:
-        return checkpoint_kind(self.path)
-
-
-def checkpoint_kind(path: Path) -> str:
-    """Classify a checkpoint by its file name: last, previous, best, final or on_exception."""
-    stem = path.name.removesuffix(CHECKPOINT_SUFFIX)
-    if stem in KIND_PREFERENCE:
-        return stem
-    return "best"
+    def preference(self) -> int:
+        """Which file wins at equal global steps (directory.py names the files)."""
+        return PREFERENCE_AT_EQUAL_STEPS.get(self.path.name, BEST_K_PREFERENCE)
 
 
 def read_checkpoint_info(path: Path) -> CheckpointInfo:
@@ -115,8 +119,8 @@ def newest_checkpoint(
     """
     if not directory.is_dir():
         return None
-    candidates = [c for c in readable_checkpoints(directory, move_unreadable) if c.kind not in POST_MORTEM_ONLY]
-    for candidate in sorted(candidates, key=lambda info: (info.global_step, KIND_PREFERENCE[info.kind]), reverse=True):
+    candidates = [c for c in readable_checkpoints(directory, move_unreadable) if c.path.name not in POST_MORTEM_ONLY]
+    for candidate in sorted(candidates, key=lambda info: (info.global_step, info.preference), reverse=True):
         if is_intact is None or is_intact(candidate) is not False:
             return candidate
         set_aside_damaged(candidate.path, move_unreadable)
@@ -160,7 +164,7 @@ def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: s
 
     Raises MissingTrainedRun, with what to do, when `ckpt_path` names no file or the run has none.
     """
-    console = __package__.split(".")[0]  # the console script is named after the package
+    console = CONSOLE_SCRIPT
     if ckpt_path:
         if not Path(ckpt_path).is_file():
             raise MissingTrainedRun(

@@ -1,4 +1,4 @@
-"""Runs as directories: layout, the manifest, and listing. Managed by the copier-lightning template.
+"""A run as a directory: its layout and its manifest. Managed by the copier-lightning template.
 
 A run lives in `runs/<run_name>/` (or under $RUNS_DIR; the name comes from kit/runs/identity.py):
 its resolved config, its checkpoints, its logs and two ledgers with separate roles:
@@ -8,15 +8,15 @@ its resolved config, its checkpoints, its logs and two ledgers with separate rol
   written before its manifest entry, so a kill between the two leaves a newer file than the manifest.
 - `record.json`, what each start ran with (kit/runs/record.py), for people and cards; the kit never
   decides anything from it.
+The runs folder around the runs (the listing, finding a run by its config, sweeps/, seeds/,
+slurm-logs/) is root.py's; what a full or read-only disk means for a run is storage_errors.py's.
 This module imports neither torch nor Lightning, so that `<package> runs` answers at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +33,14 @@ from .identity import what_is_trained
 MANIFEST_NAME = "manifest.json"
 # A run's checkpoint files, named here once: rolling_checkpoint.py writes them, checkpoint_files.py
 # ranks them for a resume, evaluation takes the best one.
+CHECKPOINT_SUFFIX = ".ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 PREVIOUS_CHECKPOINT = "previous.ckpt"  # the last.ckpt before, kept until the new one is complete
 FINAL_CHECKPOINT = "final.ckpt"  # written when training ends: the run is finished
 ON_EXCEPTION_CHECKPOINT = "on_exception.ckpt"  # for post-mortem only, never resumed from
+# The best-k copies ModelCheckpoint keeps by the monitored metric (Lightning fills in the fields).
+BEST_CHECKPOINT_PREFIX = "best-"
+BEST_CHECKPOINT_FILENAME = BEST_CHECKPOINT_PREFIX + "epoch{epoch:03d}-step{step:07d}"
 # How a run stands, in manifest.json and in record.json's account of each start: running (a process
 # is training it, or was killed without a word), stopped (on a signal, after a checkpoint: re-run to
 # continue), failed (an error ended it), finished (final.ckpt written).
@@ -50,16 +54,12 @@ RUN_STATUSES = ("running", "stopped", "failed", "finished")
 REQUEUE_EXIT_CODE = 3
 DIVERGED_EXIT_CODE = 4
 CONFIG_NAME = "config.yaml"
+RECORD_NAME = "record.json"  # written by record.py
 # The checkpoint's own note of the monitored metric's value when it was written
 # (kit/training/run_bookkeeping.py puts it there; the manifest entry copies it).
 MONITORED_VALUE_KEY = "monitored_value"
 # Checksums of the latest checkpoint writes kept besides the per-file ones (renamed files keep theirs).
 RECENT_CHECKSUMS = 16
-
-
-def runs_root() -> Path:
-    """Where runs live: $RUNS_DIR if set (e.g. a scratch filesystem on a cluster), else ./runs."""
-    return Path(os.environ.get("RUNS_DIR", "runs")).resolve()
 
 
 def timestamp() -> str:
@@ -99,12 +99,21 @@ class RunDirectory:
         return self.path / "tuning"
 
     @property
+    def export_dir(self) -> Path:
+        """`export`'s ONNX and torch.export files and export.json; `budget` and `predict-files` read them."""
+        return self.path / "export"
+
+    @property
     def slurm_dir(self) -> Path:
         return self.path / "slurm"
 
     @property
     def config_path(self) -> Path:
         return self.path / CONFIG_NAME
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RECORD_NAME
 
     @property
     def manifest_path(self) -> Path:
@@ -121,7 +130,7 @@ class RunDirectory:
         scored = [
             (name, e["value"]) for name, e in manifest.get("checkpoints", {}).items() if e.get("value") is not None
         ]
-        scored = [(name, value) for name, value in scored if name.startswith("best")]
+        scored = [(name, value) for name, value in scored if name.startswith(BEST_CHECKPOINT_PREFIX)]
         descending = manifest.get("monitor", {}).get("mode") != "min"
         ordered = [name for name, _ in sorted(scored, key=lambda item: item[1], reverse=descending)]
         return ordered + [FINAL_CHECKPOINT, LAST_CHECKPOINT]
@@ -255,41 +264,6 @@ class RunDirectory:
         _write_json_atomically(self.manifest_path, manifest)
 
 
-# What a runs directory can say when it cannot take a file: full, over quota, read-only, not a directory.
-STORAGE_ERRNOS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is used up",
-    errno.EROFS: "the filesystem is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.ENOTDIR: "a path on the way is a file, not a directory",
-    errno.EEXIST: "a file is in the way of a directory",
-}
-
-
-def storage_error(error: BaseException) -> OSError | None:
-    """The OSError about storage behind `error` (torch wraps it in its own errors), or None."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def storage_error_message(error: BaseException) -> str | None:
-    """A short explanation, cause first, if `error` comes from the runs directory's storage."""
-    cause = storage_error(error)
-    if cause is None:
-        return None
-    where = f" ({cause.filename})" if cause.filename else ""
-    return (
-        f"cannot write the run's files: {STORAGE_ERRNOS[cause.errno]}{where}. Checkpoints written before "
-        f"are intact (each write is complete or absent). Free space or fix the path (runs go to "
-        f"{runs_root()}; set RUNS_DIR to move them), then re-run the same command to resume."
-    )
-
-
 def comparable_config(config_text: str) -> dict[str, Any]:
     """A recorded or given config as a mapping of what is trained, in today's words.
 
@@ -297,24 +271,6 @@ def comparable_config(config_text: str) -> dict[str, Any]:
     may hold placement keys; both are normalised away.
     """
     return what_is_trained(yaml.safe_load(_with_public_kit_paths(config_text)) or {})
-
-
-def find_run_by_config(root: Path, name: str, config_text: str) -> RunDirectory | None:
-    """The one run under `root` whose name has `name`'s label and whose config trains the same thing.
-
-    A derived name (kit/runs/identity.py) hashes the config files' text, so a template update that
-    rewrites configs/default.yaml, or a release that leaves more display settings out of the hash,
-    derives another name for the same experiment; the run is found by its recorded config instead.
-    """
-    label = name.rsplit("-", 1)[0]
-    wanted = comparable_config(config_text)
-    matches = [
-        RunDirectory(config.parent)
-        for config in sorted(root.glob(f"{label}-*/{CONFIG_NAME}"))
-        if re.fullmatch(re.escape(label) + r"-[0-9a-f]{8}", config.parent.name)
-        and comparable_config(config.read_text()) == wanted
-    ]
-    return matches[0] if len(matches) == 1 else None
 
 
 def _with_public_kit_paths(config_text: str) -> str:
@@ -325,32 +281,3 @@ def _with_public_kit_paths(config_text: str) -> str:
     module holds it.
     """
     return re.sub(r"\bkit\.(?:[a-z_]+\.)+([A-Z]\w*)", lambda m: f"kit.{m[1]}" if m[1] in PUBLIC else m[0], config_text)
-
-
-def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run under `root` with its manifest."""
-    if not root.is_dir():
-        return []
-    runs = []
-    for manifest_path in sorted(root.glob(f"*/{MANIFEST_NAME}")):
-        manifest = json.loads(manifest_path.read_text())
-        manifest["path"] = str(manifest_path.parent)
-        runs.append(manifest)
-    return runs
-
-
-def format_runs(runs: list[dict[str, Any]]) -> str:
-    """A plain-text table: one block per run, one line per checkpoint."""
-    if not runs:
-        return f"No runs yet under {runs_root()}."
-    lines = []
-    for run in runs:
-        sha = (run.get("git_sha") or "no-git")[:10] + ("+dirty" if run.get("git_dirty") else "")
-        lines.append(f"{run['run_name']}  [{run.get('status', '?')}]  started {run.get('started', '?')}  code {sha}")
-        for name, entry in sorted(run.get("checkpoints", {}).items(), key=lambda item: item[1]["step"]):
-            metric = ""
-            if entry.get("value") is not None:
-                metric = f"  {entry['metric']}={entry['value']:.4f}"
-            lines.append(f"    {name:<36} step {entry['step']:>7}  epoch {entry['epoch']:>4}{metric}  {entry['time']}")
-        lines.append(f"    in {run['path']}")
-    return "\n".join(lines)

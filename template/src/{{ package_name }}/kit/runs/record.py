@@ -25,7 +25,7 @@ from ..base.file_hashes import file_sha256
 from ..base.machine import visible_gpus
 from .atomic_files import atomic_write_text
 from .code_state import code_origin
-from .directory import RUN_STATUSES, timestamp
+from .directory import RECORD_NAME, RUN_STATUSES, RunDirectory, timestamp
 
 # The project's own locks (locks/*.txt, kit/cluster/environment_lock.py) and other tools' lock files.
 OTHER_LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
@@ -71,7 +71,7 @@ def start_record(
     import lightning
     import torch
 
-    record_path = run_path / "record.json"
+    record_path = run_path / RECORD_NAME
     record = json.loads(record_path.read_text()) if record_path.exists() else {"starts": []}
     number = len(record["starts"]) + 1
     packages = installed_packages()
@@ -97,7 +97,7 @@ def start_record(
 
 def note_changed_raw_data(run_path: Path, differences: list[str]) -> None:
     """Mark this start as trained on raw data that differs from data/raw.sha256 (--allow_changed_data)."""
-    record_path = run_path / "record.json"
+    record_path = run_path / RECORD_NAME
     record = json.loads(record_path.read_text())
     record["starts"][-1]["raw_data_differs_from_record"] = differences
     _write(record_path, record)
@@ -105,14 +105,26 @@ def note_changed_raw_data(run_path: Path, differences: list[str]) -> None:
 
 def note_changed_code(run_path: Path, differences: list[str]) -> None:
     """Mark this start as running other code than the run's earlier starts (--allow_changed_code)."""
-    record_path = run_path / "record.json"
+    record_path = run_path / RECORD_NAME
     record = json.loads(record_path.read_text())
     record["starts"][-1]["code_differs_from_earlier_starts"] = differences
     _write(record_path, record)
 
 
-def finish_record(run_path: Path, metrics: dict[str, float], status: str, **details: Any) -> None:
-    """How this start ended: the time, a status in the manifest's words (RUN_STATUSES), the metrics.
+def end_start(
+    run: RunDirectory, status: str, step: int, metrics: dict[str, float] | None = None, **details: Any
+) -> None:
+    """How this start of the run ended, in both ledgers: the manifest (what the kit decides from) and
+    the record (for people). The one place that ends a start: `fit`'s end, a stop, a failure.
+
+    status: one of RUN_STATUSES; step: the global step reached; details: `stopped_by`, `error`, ...
+    """
+    run.set_status(status, step=step, **details)
+    _finish_record(run.path, metrics or {}, status, **details)
+
+
+def _finish_record(run_path: Path, metrics: dict[str, float], status: str, **details: Any) -> None:
+    """The record's half of end_start: the time, the status, the metrics.
 
     The latest start's ending is also kept at the top (`ended`, `status`, `final_metrics`). A start
     that computed no metrics (it only wrote final.ckpt of a run that had trained to its end) keeps
@@ -120,7 +132,7 @@ def finish_record(run_path: Path, metrics: dict[str, float], status: str, **deta
     """
     if status not in RUN_STATUSES:
         raise ValueError(f"unknown run status {status!r}; one of {', '.join(RUN_STATUSES)}")
-    record_path = run_path / "record.json"
+    record_path = run_path / RECORD_NAME
     record = json.loads(record_path.read_text()) if record_path.exists() else {"starts": []}
     ending = {"ended": timestamp(), "status": status, **details}
     if record["starts"]:

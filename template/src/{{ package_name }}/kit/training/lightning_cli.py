@@ -5,6 +5,11 @@ checkpoints, resumes from the newest readable one. The run name is `--run_name` 
 derived from the config file name and a hash of the config files and options (kit/runs/identity.py),
 so re-running the same command finds the same run. `validate`, `test` and `predict` use the same name to find the run's
 best checkpoint, unless `--ckpt_path` is given.
+
+This module is the CLI's lifecycle: the options it adds, the run it chooses, the callbacks and
+plugins `fit` gets, the resume, the start and end records, and the exit code. Building the model
+and data without running anything is project_loading.py's; the `checkpointing` and
+`early_stopping` options are fit_policies.py's.
 """
 
 from __future__ import annotations
@@ -14,9 +19,7 @@ import os
 import sys
 import warnings
 from argparse import ArgumentError
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -25,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from typing_extensions import override
 
+from ..base.project_package import CONSOLE_SCRIPT, KIT
 from ..data.raw_data import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
 from ..data.resumable_loader import WorldSizeChangedError, check_process_count
 from ..data.shards import ShardError
@@ -32,6 +36,7 @@ from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use, newest
 from ..runs.checkpoint_io import AtomicCheckpointIO
 from ..runs.code_state import CodeChangedError, code_differences, code_files, refuse_changed_code
 from ..runs.directory import (
+    BEST_CHECKPOINT_FILENAME,
     DIVERGED_EXIT_CODE,
     FINAL_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -39,9 +44,6 @@ from ..runs.directory import (
     REQUEUE_EXIT_CODE,
     ConfigChangedError,
     RunDirectory,
-    find_run_by_config,
-    runs_root,
-    storage_error_message,
 )
 from ..runs.identity import (
     DEFAULT_CONFIG,
@@ -54,9 +56,13 @@ from ..runs.identity import (
     run_name,
 )
 from ..runs.lease import RunHeldError, RunLease, RunTakenOver, release_held_leases
-from ..runs.record import finish_record, note_changed_code, note_changed_raw_data, start_record
+from ..runs.record import end_start, note_changed_code, note_changed_raw_data, start_record
+from ..runs.root import RunsRoot, find_run_by_config
+from ..runs.storage_errors import storage_error_message
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .divergence import TrainingDiverged
+from .fit_policies import CheckpointPolicy, EarlyStoppingPolicy, automatic_precision
+from .idle_hooks import skip_idle_batch_hooks
 from .no_profiler import NoProfiler
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
@@ -67,46 +73,6 @@ from .trial_pruning import active_trial_pruning
 # argparse takes an unambiguous prefix of an option by default: `--trainer.max_epoch=3` would set
 # max_epochs and a typo would train. Options must be spelled out.
 NO_ABBREVIATIONS = {"allow_abbrev": False}
-
-
-@dataclass
-class CheckpointPolicy:
-    """When checkpoints are written during `fit`.
-
-    every_n_steps: rewrite runs/<run>/checkpoints/last.ckpt every this many optimizer steps (null: never by steps).
-    every_n_minutes: ... and whenever this many minutes passed since the last write (null: never by time).
-    save_top_k: keep this many best checkpoints by `monitor`.
-    monitor: the validation metric that ranks checkpoints.
-    mode: "max" if a higher `monitor` is better, "min" if lower is better.
-    """
-
-    every_n_steps: int | None = None
-    every_n_minutes: float | None = 5.0
-    save_top_k: int = 2
-    monitor: str = "val/acc"
-    mode: Literal["min", "max"] = "max"
-
-
-@dataclass
-class EarlyStoppingPolicy:
-    """Stop a run whose monitored metric (checkpointing.monitor) stopped improving.
-
-    patience: validations without an improvement of at least min_delta before stopping (null: never stop early).
-    min_delta: the smallest change that counts as an improvement.
-    """
-
-    patience: int | None = 10
-    min_delta: float = 0.0
-
-
-def automatic_precision(accelerator: str | None) -> str:
-    """Mixed precision where it pays: bf16 on GPUs that support it, else fp16 (with a loss scaler); fp32 on CPU."""
-    import torch
-
-    uses_gpu = accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available())
-    if not uses_gpu:
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 # LightningCLI warns when `args` and sys.argv are both set; here `args` comes from sys.argv itself.
@@ -186,10 +152,11 @@ class ProjectCLI(LightningCLI):
             config.trainer.default_root_dir = str(self.run.path)
 
     def _choose_run(self) -> RunDirectory:
-        run = RunDirectory(runs_root() / run_name(self.given_args, DEFAULT_CONFIG))
+        root = RunsRoot.current()
+        run = root.run(run_name(self.given_args, DEFAULT_CONFIG))
         if run.path.exists() or given_run_name(self.given_args):
             return run
-        earlier = find_run_by_config(runs_root(), run.name, self.config_text)
+        earlier = find_run_by_config(root.path, run.name, self.config_text)
         if earlier is None:
             return run
         if _is_first_process():
@@ -205,7 +172,7 @@ class ProjectCLI(LightningCLI):
         if run.is_finished():
             raise RunAlreadyFinished(
                 f"Run '{run.name}' is complete: its checkpoints are in {run.checkpoint_dir} "
-                f"(list them with `{_console_script()} runs`). To train again, start a fresh run: "
+                f"(list them with `{CONSOLE_SCRIPT} runs`). To train again, start a fresh run: "
                 f"add --run_name NEW_NAME, or move {run.path} away."
             )
         config.trainer.default_root_dir = str(run.path)
@@ -221,7 +188,7 @@ class ProjectCLI(LightningCLI):
         if trainer_config.get("profiler") is None:
             kwargs["profiler"] = NoProfiler()
         if self.subcommand != "fit":
-            return self._with_collective_timeout(super().instantiate_trainer(**kwargs))
+            return self._prepared(super().instantiate_trainer(**kwargs))
         policy = self._policy
         stopping: EarlyStoppingPolicy = self.config_init["fit"]["early_stopping"]
         checkpoint_dir = self.run.checkpoint_dir
@@ -231,7 +198,7 @@ class ProjectCLI(LightningCLI):
             RandomStateCheckpoint(),
             ModelCheckpoint(
                 dirpath=checkpoint_dir,
-                filename="best-epoch{epoch:03d}-step{step:07d}",
+                filename=BEST_CHECKPOINT_FILENAME,
                 auto_insert_metric_name=False,
                 monitor=policy.monitor,
                 mode=policy.mode,
@@ -267,9 +234,11 @@ class ProjectCLI(LightningCLI):
             plugins.append(SLURMEnvironment(auto_requeue=False))
         kwargs["plugins"] = plugins
         kwargs["callbacks"] = _as_list(trainer_config.get("callbacks")) + callbacks
-        return self._with_collective_timeout(super().instantiate_trainer(**kwargs))
+        return self._prepared(super().instantiate_trainer(**kwargs))
 
-    def _with_collective_timeout(self, trainer: Trainer) -> Trainer:
+    def _prepared(self, trainer: Trainer) -> Trainer:
+        """The trainer with the collective timeout set, and idle per-batch hooks skipped (idle_hooks.py)."""
+        skip_idle_batch_hooks(trainer.callbacks)
         if self.subcommand:
             policy: DistributedPolicy = self.config_init[self.subcommand]["distributed"]
             _refusing_bad_settings("distributed", apply_collective_timeout, trainer, policy.timeout_minutes)
@@ -313,7 +282,7 @@ class ProjectCLI(LightningCLI):
                 fingerprint = getattr(self.datamodule, "data_fingerprint", None)
                 data_fingerprint = fingerprint() if fingerprint else None
             if not self.config["fit"].get("allow_changed_data"):
-                refuse_changed_raw_data(changed_data, _console_script())
+                refuse_changed_raw_data(changed_data, CONSOLE_SCRIPT)
             elif changed_data:
                 print("Training on raw data that differs from data/raw.sha256 (--allow_changed_data):")
                 print("\n".join(f"  {problem}" for problem in changed_data))
@@ -338,7 +307,7 @@ class ProjectCLI(LightningCLI):
         if recorded is None or recorded == code:
             return code, []
         if not self.config["fit"].get("allow_changed_code"):
-            refuse_changed_code(self.run.name, recorded, code, _console_script())
+            refuse_changed_code(self.run.name, recorded, code, CONSOLE_SCRIPT)
         print(f"Run '{self.run.name}': continuing with changed code (--allow_changed_code; noted in record.json).")
         return code, code_differences(recorded, code)
 
@@ -375,22 +344,19 @@ class ProjectCLI(LightningCLI):
         metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
         if rolling.stopped_by_signal:
             signal_name = rolling.signal_name or "a signal"  # under DDP the signal may have reached another rank
-            self.run.set_status("stopped", stopped_by=signal_name, step=self.trainer.global_step)
-            finish_record(self.run.path, metrics, "stopped", stopped_by=signal_name)
+            end_start(self.run, "stopped", self.trainer.global_step, metrics, stopped_by=signal_name)
             print(
                 f"Run '{self.run.name}' stopped on {signal_name} at step {self.trainer.global_step}; checkpoint "
                 f"written. Re-run the same command to continue (exit code {REQUEUE_EXIT_CODE}: a job script requeues)."
             )
             return
         if not rolling.wrote_final:
-            self.run.set_status("failed", error="fit ended without final.ckpt", step=self.trainer.global_step)
-            finish_record(self.run.path, metrics, "failed", error="fit ended without final.ckpt")
+            end_start(self.run, "failed", self.trainer.global_step, metrics, error="fit ended without final.ckpt")
             return
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0:
             print(f"Stopped early at epoch {stopper.stopped_epoch}: {stopper.monitor} stopped improving.")
-        self.run.set_status("finished", step=self.trainer.global_step)
-        finish_record(self.run.path, metrics, "finished")
+        end_start(self.run, "finished", self.trainer.global_step, metrics)
         shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
         if rolling.restored_at_end:
             shown = f"(it had trained to its end before this start; {FINAL_CHECKPOINT} written now)"
@@ -417,8 +383,8 @@ def _missing_data_explained():
         yield
     except FileNotFoundError as missing:
         raise MissingDataError(
-            f"the data is not there: {missing}. Put the raw files in place (`{_console_script()} data fetch` "
-            f"fetches what data.py knows how to fetch; `{_console_script()} data verify` checks them), then re-run."
+            f"the data is not there: {missing}. Put the raw files in place (`{CONSOLE_SCRIPT} data fetch` "
+            f"fetches what data.py knows how to fetch; `{CONSOLE_SCRIPT} data verify` checks them), then re-run."
         ) from None
 
 
@@ -435,7 +401,7 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
     class_name = logger.class_path.rsplit(".", 1)[-1]
     init_args = logger.get("init_args") or Namespace()
     if class_name == "CSVLogger":
-        logger.class_path = f"{__package__}.csv_logger.AppendingCSVLogger"  # keeps rows on resume
+        logger.class_path = f"{KIT}.training.csv_logger.AppendingCSVLogger"  # keeps rows on resume
         init_args.update(Namespace(save_dir=str(run.path), name=run.logs_dir.name, version=""))
     elif class_name == "TensorBoardLogger":
         init_args.update(Namespace(save_dir=str(run.path), name="tensorboard", version=""))
@@ -466,48 +432,13 @@ def _silent(*args, **kwargs) -> None:
     """print() for the processes other than rank 0."""
 
 
-def _console_script() -> str:
-    return __package__.split(".")[0]  # the console script is named after the package
-
-
 def _default_config_files() -> list[str]:
     return [DEFAULT_CONFIG] if Path(DEFAULT_CONFIG).exists() else []
 
 
-def load_model_and_data(args: list[str] = ()) -> tuple[LightningModule, LightningDataModule]:
-    """The model and data module that `fit` would train, built from configs/default.yaml plus `args`.
-
-    Tests use this so that they check whatever model and data the config names.
-    """
-    model, data, _ = load_model_data_and_run(args)
-    return model, data
-
-
-def load_model_data_and_run(args: list[str] = ()) -> tuple[LightningModule, LightningDataModule, RunDirectory]:
-    """As load_model_and_data, plus the run directory that `fit` with the same options uses."""
-    cli = _build(ProjectCLI, list(args), run=False)
-    return cli.model, cli.datamodule, cli.run
-
-
-def load_model_data_and_monitor(args: list[str] = ()) -> tuple[LightningModule, LightningDataModule, str]:
-    """As load_model_and_data, plus the metric that checkpoints and early stopping follow (`check` tests it)."""
-    cli = _build(ProjectCLI, list(args), run=False)
-    return cli.model, cli.datamodule, cli.config.checkpointing.monitor
-
-
-class _ParseOnlyCLI(ProjectCLI):
-    @override
-    def instantiate_classes(self) -> None:
-        """Nothing is built: the options are only checked."""
-
-
-def check_config(args: list[str]) -> None:
-    """Parse `fit`'s options as `fit` would, building nothing; a bad option exits with its message."""
-    _build(_ParseOnlyCLI, list(args), run=False)
-
-
-def _build(cli_class: type[ProjectCLI], args: list[str], run: bool) -> ProjectCLI:
-    """The project's LightningCLI; a bad option ends with its one message, not 60 lines of usage first."""
+def build_cli(cli_class: type[ProjectCLI], args: list[str], run: bool) -> ProjectCLI:
+    """The project's LightningCLI (run=False: built, not run; project_loading.py); a bad option ends with
+    its one message, not 60 lines of usage first."""
     default_config = {"default_config_files": _default_config_files()}
     # With subcommands, each subcommand parser reads the default config; jsonargparse gives each
     # subcommand parser the main parser's other settings.
@@ -519,13 +450,13 @@ def _build(cli_class: type[ProjectCLI], args: list[str], run: bool) -> ProjectCL
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=None,
-            parser_kwargs={**NO_ABBREVIATIONS, **where, "prog": _console_script(), "exit_on_error": False},
+            parser_kwargs={**NO_ABBREVIATIONS, **where, "prog": CONSOLE_SCRIPT, "exit_on_error": False},
             args=args,
             run=run,
         )
     except ArgumentError as bad:
         subcommand = args[0] if run and args and args[0] in SUBCOMMANDS else "fit"
-        print(f"error: {bad}\n(every option: `{_console_script()} {subcommand} --help`)", file=sys.stderr)
+        print(f"error: {bad}\n(every option: `{CONSOLE_SCRIPT} {subcommand} --help`)", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -539,7 +470,7 @@ def run_lightning_cli(args: list[str]) -> int:
 
 def _run_lightning_cli(args: list[str]) -> int:
     try:
-        _build(ProjectCLI, args, run=True)
+        build_cli(ProjectCLI, args, run=True)
     except RunAlreadyFinished as done:
         print(done)
         return 0

@@ -48,8 +48,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
 from typing_extensions import override
 
-from ..runs.directory import FINAL_CHECKPOINT, LAST_CHECKPOINT, ON_EXCEPTION_CHECKPOINT, storage_error
+from ..runs.directory import FINAL_CHECKPOINT, LAST_CHECKPOINT, ON_EXCEPTION_CHECKPOINT
 from ..runs.lease import RunTakenOver
+from ..runs.storage_errors import storage_error
 from .distributed import agree_max, is_distributed
 from .divergence import TOLERATED_STEPS_WITH_SCALER, NonFiniteLossWatch, TrainingDiverged, diverged_loss_message
 

@@ -30,7 +30,7 @@ from typing_extensions import override
 
 from ..runs.directory import MONITORED_VALUE_KEY, RunDirectory
 from ..runs.lease import RunTakenOver
-from ..runs.record import finish_record
+from ..runs.record import end_start
 from .distributed import PeerGuard
 from .divergence import refuse_non_finite_weights
 
@@ -89,5 +89,4 @@ class RunBookkeeping(Callback):
         if trainer.is_global_zero and self.run.manifest_path.exists():
             error = f"{type(exception).__name__}: {exception}".strip().splitlines()[0][:300]
             with contextlib.suppress(OSError):  # a full disk may refuse this write too
-                self.run.set_status("failed", error=error, step=trainer.global_step)
-                finish_record(self.run.path, {}, "failed", error=error)
+                end_start(self.run, "failed", trainer.global_step, error=error)

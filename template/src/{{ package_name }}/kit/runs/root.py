@@ -1,0 +1,100 @@
+"""The runs folder: where it is, its runs, and what it holds beside them. Managed by the copier-lightning template.
+
+Runs live in `runs/` (or $RUNS_DIR, e.g. a scratch filesystem on a cluster), one directory each
+(directory.py). Beside them the folder holds the sweeps' files, the seed groups and the job logs;
+their names are written here once, as RunsRoot's properties, and every command asks for them.
+No torch import here (`<package> runs`, `submit` and `sweep-status` answer at once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .directory import CONFIG_NAME, MANIFEST_NAME, RunDirectory, comparable_config
+
+
+def runs_root() -> Path:
+    """Where runs live: $RUNS_DIR if set (e.g. a scratch filesystem on a cluster), else ./runs."""
+    return Path(os.environ.get("RUNS_DIR", "runs")).resolve()
+
+
+@dataclass(frozen=True)
+class RunsRoot:
+    """The runs folder's layout: the runs, and the folders beside them."""
+
+    path: Path
+
+    @classmethod
+    def current(cls) -> RunsRoot:
+        """The folder this process uses (runs_root())."""
+        return cls(runs_root())
+
+    def run(self, name: str) -> RunDirectory:
+        return RunDirectory(self.path / name)
+
+    @property
+    def sweeps(self) -> Path:
+        """Sweep records (<name>.json), Optuna studies (<name>/study.journal), array-job scripts and their code."""
+        return self.path / "sweeps"
+
+    @property
+    def seeds(self) -> Path:
+        """`seeds` groups (<label>.json) and `compare` results."""
+        return self.path / "seeds"
+
+    @property
+    def slurm_logs(self) -> Path:
+        """Every SLURM job's output (<job name>-<job id>.out): jobs write here before they know their run."""
+        return self.path / "slurm-logs"
+
+
+def find_run_by_config(root: Path, name: str, config_text: str) -> RunDirectory | None:
+    """The one run under `root` whose name has `name`'s label and whose config trains the same thing.
+
+    A derived name (kit/runs/identity.py) hashes the config files' text, so a template update that
+    rewrites configs/default.yaml, or a release that leaves more display settings out of the hash,
+    derives another name for the same experiment; the run is found by its recorded config instead.
+    """
+    label = name.rsplit("-", 1)[0]
+    wanted = comparable_config(config_text)
+    matches = [
+        RunDirectory(config.parent)
+        for config in sorted(root.glob(f"{label}-*/{CONFIG_NAME}"))
+        if re.fullmatch(re.escape(label) + r"-[0-9a-f]{8}", config.parent.name)
+        and comparable_config(config.read_text()) == wanted
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run under `root` with its manifest."""
+    if not root.is_dir():
+        return []
+    runs = []
+    for manifest_path in sorted(root.glob(f"*/{MANIFEST_NAME}")):
+        manifest = json.loads(manifest_path.read_text())
+        manifest["path"] = str(manifest_path.parent)
+        runs.append(manifest)
+    return runs
+
+
+def format_runs(runs: list[dict[str, Any]]) -> str:
+    """A plain-text table: one block per run, one line per checkpoint."""
+    if not runs:
+        return f"No runs yet under {runs_root()}."
+    lines = []
+    for run in runs:
+        sha = (run.get("git_sha") or "no-git")[:10] + ("+dirty" if run.get("git_dirty") else "")
+        lines.append(f"{run['run_name']}  [{run.get('status', '?')}]  started {run.get('started', '?')}  code {sha}")
+        for name, entry in sorted(run.get("checkpoints", {}).items(), key=lambda item: item[1]["step"]):
+            metric = ""
+            if entry.get("value") is not None:
+                metric = f"  {entry['metric']}={entry['value']:.4f}"
+            lines.append(f"    {name:<36} step {entry['step']:>7}  epoch {entry['epoch']:>4}{metric}  {entry['time']}")
+        lines.append(f"    in {run['path']}")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""`fit`'s own options beside the Trainer's, and automatic precision. Managed by the copier-lightning template.
+
+`checkpointing.*` and `early_stopping.*` in a config or on the command line fill these dataclasses
+(LightningCLI reads their fields and docstrings for `--help`); lightning_cli.py turns them into
+callbacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class CheckpointPolicy:
+    """When checkpoints are written during `fit`.
+
+    every_n_steps: rewrite runs/<run>/checkpoints/last.ckpt every this many optimizer steps (null: never by steps).
+    every_n_minutes: ... and whenever this many minutes passed since the last write (null: never by time).
+    save_top_k: keep this many best checkpoints by `monitor`.
+    monitor: the validation metric that ranks checkpoints.
+    mode: "max" if a higher `monitor` is better, "min" if lower is better.
+    """
+
+    every_n_steps: int | None = None
+    every_n_minutes: float | None = 5.0
+    save_top_k: int = 2
+    monitor: str = "val/acc"
+    mode: Literal["min", "max"] = "max"
+
+
+@dataclass
+class EarlyStoppingPolicy:
+    """Stop a run whose monitored metric (checkpointing.monitor) stopped improving.
+
+    patience: validations without an improvement of at least min_delta before stopping (null: never stop early).
+    min_delta: the smallest change that counts as an improvement.
+    """
+
+    patience: int | None = 10
+    min_delta: float = 0.0
+
+
+def automatic_precision(accelerator: str | None) -> str:
+    """Mixed precision where it pays: bf16 on GPUs that support it, else fp16 (with a loss scaler); fp32 on CPU."""
+    import torch
+
+    uses_gpu = accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available())
+    if not uses_gpu:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"

@@ -38,7 +38,7 @@ def add_migrations(copier_yml: Path, migrations: list[dict]) -> None:
 def make_next_release(template: Path) -> None:
     """Commit and tag what stands for the next template release: edits, a moved file, a migration."""
     kit = template / "template" / "src" / "{{ package_name }}" / "kit"
-    edit(kit / "runs" / "directory.py", '"""Runs as directories:', '"""Runs as directories (1.1.0):')
+    edit(kit / "runs" / "directory.py", '"""A run as a directory:', '"""A run as a directory (1.1.0):')
     edit(template / "template" / "README.md.jinja", "## Test\n", "## Test\n\nAll checks, as CI runs them:\n")
     # configs/default.yaml becomes configs/base.yaml (a move, with a before-migration) and changes a value.
     git(template, "mv", "template/configs/default.yaml.jinja", "template/configs/base.yaml.jinja")

@@ -7,6 +7,7 @@ from pathlib import Path
 BENCHMARKS = [
     "overhead.py",
     "kit_calls.py",
+    "idle_hooks.py",
     "ddp_overhead.py",
     "hook_calls.py",
     "checkpointing.py",

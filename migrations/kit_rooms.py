@@ -74,6 +74,7 @@ NAMES_MOVED = {
         "EarlyStoppingPolicy": "training.fit_policies",
         "automatic_precision": "training.fit_policies",
     },
+    "comparisons": {name: "analysis.sweeps" for name in ("sweep_trials", "sweep_size", "sweep_main", "results_main")},
     "data_commands": {
         name: "data.raw_data"
         for name in ("HASH_MEMO", "RawDataChangedError", "raw_data_differences", "refuse_changed_raw_data")

@@ -122,7 +122,7 @@ def test_intervals_match_scipy_on_fixed_numbers(example_package) -> None:
 
 
 def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
-    from digits_mlp.kit.analysis.comparisons import sweep_trials
+    from digits_mlp.kit.analysis.sweeps import sweep_trials
 
     grid = sweep_trials({"parameters": {"a": [1, 2], "b": ["x", "y", "z"]}})
     assert len(grid) == 6 and {"a": 2, "b": "z"} in grid
@@ -137,7 +137,7 @@ def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
 
 
 def test_sweep_then_results_end_to_end(example_package, tmp_path, monkeypatch, capsys) -> None:
-    from digits_mlp.kit.analysis.comparisons import results_main, sweep_main
+    from digits_mlp.kit.analysis.sweeps import results_main, sweep_main
 
     monkeypatch.chdir(example_package)
     monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))

@@ -1,9 +1,6 @@
-"""Sweeps, seed repeats and honest comparisons. Managed by the copier-lightning template.
+"""Seed repeats and honest comparisons. Managed by the copier-lightning template.
 
-* `<package> sweep FILE` runs every trial of a sweep file (grid or random over config options), one
-  after another; each trial is a normal run, so an interrupted sweep resumes where it stopped.
-  `strategy: optuna` searches instead (kit/analysis/optuna_search.py), in a study that resumes too.
-* `<package> results NAME` gathers a sweep's trials into one table (CSV and Markdown) and a plot.
+(Sweeps, `sweep` and `results`, are sweeps.py's.)
 * `<package> seeds --n 5 [config options]` runs the same config with seeds 0..n-1 and reports the
   mean and a 95 % confidence interval of the best monitored metric.
 * `<package> compare LABEL_A LABEL_B` says whether two seed groups differ by more than seed noise:
@@ -13,26 +10,21 @@
 The t intervals are scipy.stats' own (`ttest_1samp`, `ttest_rel`, `ttest_ind(equal_var=False)`
 and their `confidence_interval()`); from BOOTSTRAP_MIN_SEEDS seeds per group a bootstrap interval
 of the same difference is shown beside it.
-Records go to runs/sweeps/ and runs/seeds/.
+Records go to runs/seeds/.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
-import itertools
 import json
 import math
-import random
 import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..runs.identity import plain_name_part, sweep_name
+from ..runs.identity import plain_name_part
 from ..runs.root import RunsRoot
 
 # Below this many seeds per group an interval is so wide (t at 1 degree of freedom is 12.7) that
@@ -91,127 +83,6 @@ def _fit(args: list[str]) -> int:
     return run_lightning_cli(["fit", *args])
 
 
-# -- sweeps --------------------------------------------------------------------------------------
-def sweep_trials(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trials a sweep file declares: every combination (grid) or `trials` random draws."""
-    parameters: dict[str, list] = spec["parameters"]
-    if not parameters or not all(isinstance(v, list) and v for v in parameters.values()):
-        raise ValueError("a sweep's `parameters` maps each config option to a non-empty list of values")
-    combinations = [dict(zip(parameters, values, strict=True)) for values in itertools.product(*parameters.values())]
-    strategy = spec.get("strategy", "grid")
-    if strategy == "grid":
-        return combinations
-    if strategy == "random":
-        count = int(spec.get("trials", 10))
-        return random.Random(spec.get("seed", 0)).sample(combinations, min(count, len(combinations)))
-    raise ValueError(f"unknown sweep strategy {strategy!r}: use grid, random or optuna")
-
-
-def sweep_size(spec: dict[str, Any]) -> int:
-    """How many trials (array tasks) a sweep file asks for."""
-    return int(spec["trials"]) if spec.get("strategy") == "optuna" else len(sweep_trials(spec))
-
-
-def _quiet_fit(args: list[str]) -> int:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return _fit(args)
-
-
-def sweep_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sweep", description="Run every trial of a sweep file, one after another.")
-    parser.add_argument("file", type=Path, help="a sweep file, e.g. configs/sweeps/learning-rate.yaml")
-    parser.add_argument("--trial", type=int, help="run only this trial (0-based): one task of a SLURM job array")
-    args, extra_options = parser.parse_known_args(argv)
-    text = args.file.read_text()
-    spec = yaml.safe_load(text)
-    name = sweep_name(spec, args.file)
-    if spec.get("strategy") == "optuna":
-        from .optuna_search import SweepFileError, run_search
-
-        try:
-            return run_search(
-                spec, text, name, extra_options, _fit if args.trial is not None else _quiet_fit, array_task=args.trial
-            )
-        except SweepFileError as bad:
-            print(f"error: {args.file}: {bad}")
-            return 2
-    trials = sweep_trials(spec)
-    if args.trial is not None and not 0 <= args.trial < len(trials):
-        parser.error(f"--trial {args.trial}: the sweep has trials 0 to {len(trials) - 1}")
-    record = {"name": name, "file": str(args.file), "spec": spec, "trials": []}
-    for number, values in enumerate(trials):
-        run_name = f"sweep-{name}-{number:03d}"
-        options = [*spec.get("options", []), *(f"--{key}={json.dumps(value)}" for key, value in values.items())]
-        options += extra_options
-        record["trials"].append({"run_name": run_name, "values": values, "options": options})
-        if args.trial is not None:
-            if number == args.trial:
-                code = _fit([*options, "--run_name", run_name])  # an array task: its output goes to its log
-                if code != 0:
-                    return code
-            continue
-        print(f"sweep {name}: trial {number + 1}/{len(trials)} {values}", flush=True)
-        code = _quiet_fit([*options, "--run_name", run_name])
-        if code != 0:
-            print(f"sweep {name}: trial {run_name} stopped with exit code {code}")
-            return code
-    directory = RunsRoot.current().sweeps
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"sweep {name}: {len(trials)} trials done; gather them with `results {name}`")
-    return 0
-
-
-def results_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="results", description="Gather a sweep's trials into one table and a plot.")
-    parser.add_argument("name", help="the sweep's name (its file name without .yaml)")
-    args = parser.parse_args(argv)
-    directory = RunsRoot.current().sweeps
-    record_path = directory / f"{args.name}.json"
-    if not record_path.exists():
-        print(f"error: no sweep named {args.name!r} in {directory}; run `sweep FILE` first")
-        return 2
-    record = json.loads(record_path.read_text())
-    rows = []
-    for trial in record["trials"]:
-        run = RunsRoot.current().run(trial["run_name"])
-        metric = run.read_manifest().get("monitor", {}).get("metric", "metric")
-        rows.append({"run": trial["run_name"], **trial["values"], f"best {metric}": run.best_value()})
-    columns = list(rows[0])
-    with open(directory / f"{args.name}-results.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    table += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
-    (directory / f"{args.name}-results.md").write_text("\n".join(table) + "\n")
-    _plot_sweep(rows, columns, directory / f"{args.name}-results.png")
-    print("\n".join(table))
-    print(f"Written: {directory / (args.name + '-results.csv')}, .md and .png")
-    return 0
-
-
-def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _plot_sweep(rows: list[dict], columns: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric, parameters = columns[-1], columns[1:-1]
-    figure, axes = plt.subplots(1, len(parameters), figsize=(4 * len(parameters), 3.5), squeeze=False)
-    for axis, parameter in zip(axes[0], parameters, strict=True):
-        axis.scatter([str(row[parameter]) for row in rows], [row[metric] for row in rows])
-        axis.set(xlabel=parameter, ylabel=metric)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-# -- seeds and comparisons -----------------------------------------------------------------------
 def seeds_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="seeds", description="Run one config with seeds 0..n-1; report the mean and 95 % interval."

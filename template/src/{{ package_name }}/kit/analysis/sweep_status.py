@@ -48,7 +48,7 @@ def sweep_trial_names(spec: dict, name: str) -> list[tuple[int, str, str, str, s
         asked = _optuna_trials(name)
         count = max(spec["trials"], len(asked))
         return [(n, f"sweep-{name}-{n:03d}", *asked.get(n, ("", "", ""))) for n in range(count)]
-    from .comparisons import sweep_trials
+    from .sweeps import sweep_trials
 
     return [(n, f"sweep-{name}-{n:03d}", _short(values), str(n), "") for n, values in enumerate(sweep_trials(spec))]
 

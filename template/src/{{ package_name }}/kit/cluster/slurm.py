@@ -261,7 +261,7 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
     package = PACKAGE
     project = Path.cwd()
     if sweep is not None:
-        from ..analysis.comparisons import sweep_size
+        from ..analysis.sweeps import sweep_size
 
         spec = yaml.safe_load(sweep.read_text())
         count = sweep_size(spec)

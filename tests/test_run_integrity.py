@@ -65,6 +65,8 @@ def test_a_second_start_of_a_live_run_is_refused_and_leaves_the_first_untouched(
         assert len([line for line in second.stderr.splitlines() if line.startswith("error:")]) == 1
         assert "Traceback" not in second.stderr
         assert in_progress.exists() and lease_of(project, "two-writers")["pid"] == first.pid
+        listing = run([*example_command, "runs"], cwd=project).stdout  # who trains it, for a person
+        assert f"trained now by host {os.uname().nodename}, process {first.pid}" in listing
     finally:
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=120)
@@ -83,6 +85,8 @@ def test_a_dead_writer_is_taken_over_with_a_line_saying_so(example_project, exam
     killed = train(example_command, project, config, "dead-writer", *SHORT_RUN)
     assert killed.returncode == -9
     dead_pid = lease_of(project, "dead-writer")["pid"]  # SIGKILL gave nothing back
+    listing = run([*example_command, "runs"], cwd=project).stdout
+    assert "dead-writer  [running]" in listing and "no live process trains it" in listing
 
     resumed = train(example_command, project, config, "dead-writer", *SHORT_RUN)
 

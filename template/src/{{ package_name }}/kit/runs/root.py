@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .directory import CONFIG_NAME, MANIFEST_NAME, RunDirectory, comparable_config
+from .lease import RunLease
 
 
 def runs_root() -> Path:
@@ -72,13 +73,17 @@ def find_run_by_config(root: Path, name: str, config_text: str) -> RunDirectory 
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run under `root` with its manifest."""
+    """Every run under `root` with its manifest; a `running` one also says who trains it (`trained_by`:
+    the live lease holder, or None when its process is gone without a word: killed)."""
     if not root.is_dir():
         return []
     runs = []
     for manifest_path in sorted(root.glob(f"*/{MANIFEST_NAME}")):
         manifest = json.loads(manifest_path.read_text())
         manifest["path"] = str(manifest_path.parent)
+        if manifest.get("status") == "running":
+            holder = RunLease(manifest_path.parent).live_holder()
+            manifest["trained_by"] = holder.describe() if holder else None
         runs.append(manifest)
     return runs
 
@@ -91,6 +96,13 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
     for run in runs:
         sha = (run.get("git_sha") or "no-git")[:10] + ("+dirty" if run.get("git_dirty") else "")
         lines.append(f"{run['run_name']}  [{run.get('status', '?')}]  started {run.get('started', '?')}  code {sha}")
+        if run.get("status") == "running":
+            holder = run.get("trained_by")
+            lines.append(
+                f"    trained now by {holder}"
+                if holder
+                else "    no live process trains it (killed without a word?): re-run its command to resume"
+            )
         for name, entry in sorted(run.get("checkpoints", {}).items(), key=lambda item: item[1]["step"]):
             metric = ""
             if entry.get("value") is not None:

@@ -16,8 +16,6 @@ Records go to runs/seeds/.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import statistics
@@ -26,6 +24,7 @@ from typing import Any
 
 from ..runs.identity import plain_name_part
 from ..runs.root import RunsRoot
+from .sweeps import run_fit_quietly
 
 # Below this many seeds per group an interval is so wide (t at 1 degree of freedom is 12.7) that
 # it tells little; the output says so.
@@ -50,8 +49,13 @@ def mean_and_interval(values: list[float]) -> tuple[float, float]:
         return mean, 0.0  # scipy answers nan when there is no spread
     from scipy import stats
 
-    interval = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
-    return mean, float(interval.high - interval.low) / 2
+    return mean, _half_width(stats.ttest_1samp(values, 0.0))
+
+
+def _half_width(result) -> float:
+    """Half the width of a scipy.stats t-test result's 95 % confidence interval."""
+    interval = result.confidence_interval(0.95)
+    return float(interval.high - interval.low) / 2
 
 
 def welch_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -62,8 +66,7 @@ def welch_difference(a: list[float], b: list[float]) -> tuple[float, float, floa
     from scipy import stats
 
     result = stats.ttest_ind(b, a, equal_var=False)
-    interval = result.confidence_interval(0.95)
-    return difference, float(interval.high - interval.low) / 2, float(result.df)
+    return difference, _half_width(result), float(result.df)
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -73,14 +76,7 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, flo
         return statistics.fmean(differences), 0.0, len(differences) - 1
     from scipy import stats
 
-    interval = stats.ttest_rel(b, a).confidence_interval(0.95)
-    return statistics.fmean(differences), float(interval.high - interval.low) / 2, len(differences) - 1
-
-
-def _fit(args: list[str]) -> int:
-    from ..training.lightning_cli import run_lightning_cli
-
-    return run_lightning_cli(["fit", *args])
+    return statistics.fmean(differences), _half_width(stats.ttest_rel(b, a)), len(differences) - 1
 
 
 def seeds_main(argv: list[str]) -> int:
@@ -94,17 +90,17 @@ def seeds_main(argv: list[str]) -> int:
         parser.error("--n must be at least 2 to estimate seed noise")
     config_name = next((Path(o).stem for o in reversed(options) if o.endswith(".yaml")), "default")
     label = plain_name_part(args.label or config_name)
+    root = RunsRoot.current()
     values = {}
     for seed in range(args.n):
         run_name = f"seeds-{label}-{seed}"
         print(f"seeds {label}: seed {seed} ({seed + 1}/{args.n})", flush=True)
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = _fit([*options, f"--seed_everything={seed}", "--run_name", run_name])
+        code = run_fit_quietly([*options, f"--seed_everything={seed}", "--run_name", run_name])
         if code != 0:
             return code
-        values[seed] = RunsRoot.current().run(run_name).best_value()
+        values[seed] = root.run(run_name).best_value()
     mean, half_width = mean_and_interval(list(values.values()))
-    directory = RunsRoot.current().seeds
+    directory = root.seeds
     directory.mkdir(parents=True, exist_ok=True)
     record = {"label": label, "options": options, "values": values, "mean": mean, "ci95_half_width": half_width}
     (directory / f"{label}.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -121,15 +117,16 @@ def compare_main(argv: list[str]) -> int:
     parser.add_argument("a")
     parser.add_argument("b")
     args = parser.parse_args(argv)
+    seeds = RunsRoot.current().seeds
     groups = []
     for label in (args.a, args.b):
-        path = RunsRoot.current().seeds / f"{label}.json"
+        path = seeds / f"{label}.json"
         if not path.exists():
             print(f"error: no seed group {label!r} in {path.parent}; run `seeds --label {label} ...` first")
             return 2
         groups.append({str(seed): float(value) for seed, value in json.loads(path.read_text())["values"].items()})
     comparison = compare_groups(args.a, groups[0], args.b, groups[1])
-    record = RunsRoot.current().seeds / f"compare-{args.a}-vs-{args.b}.json"
+    record = seeds / f"compare-{args.a}-vs-{args.b}.json"
     record.write_text(json.dumps(comparison, indent=2) + "\n")
     print(comparison["summary"])
     return 0

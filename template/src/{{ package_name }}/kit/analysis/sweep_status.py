@@ -134,8 +134,9 @@ def format_table(rows: list[TrialStatus], metric: str, with_jobs: bool) -> str:
 
 
 def _monitor(rows: list[TrialStatus]) -> tuple[str, str]:
+    root = RunsRoot.current()
     for row in rows:
-        monitor = RunsRoot.current().run(row.run_name).read_manifest().get("monitor")
+        monitor = root.run(row.run_name).read_manifest().get("monitor")
         if monitor:
             return monitor.get("metric", "metric"), monitor.get("mode", "max")
     return "metric", "max"

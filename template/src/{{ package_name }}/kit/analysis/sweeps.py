@@ -26,7 +26,8 @@ from ..runs.identity import sweep_name
 from ..runs.root import RunsRoot
 
 
-def _fit(args: list[str]) -> int:
+def run_fit(args: list[str]) -> int:
+    """`fit` with these options, in this process (Lightning is imported only now); its exit code."""
     from ..training.lightning_cli import run_lightning_cli
 
     return run_lightning_cli(["fit", *args])
@@ -52,9 +53,10 @@ def sweep_size(spec: dict[str, Any]) -> int:
     return int(spec["trials"]) if spec.get("strategy") == "optuna" else len(sweep_trials(spec))
 
 
-def _quiet_fit(args: list[str]) -> int:
+def run_fit_quietly(args: list[str]) -> int:
+    """run_fit without its printed lines (a sweep or seed loop prints one line per run instead)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        return _fit(args)
+        return run_fit(args)
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -70,7 +72,12 @@ def sweep_main(argv: list[str]) -> int:
 
         try:
             return run_search(
-                spec, text, name, extra_options, _fit if args.trial is not None else _quiet_fit, array_task=args.trial
+                spec,
+                text,
+                name,
+                extra_options,
+                run_fit if args.trial is not None else run_fit_quietly,
+                array_task=args.trial,
             )
         except SweepFileError as bad:
             print(f"error: {args.file}: {bad}")
@@ -86,12 +93,12 @@ def sweep_main(argv: list[str]) -> int:
         record["trials"].append({"run_name": run_name, "values": values, "options": options})
         if args.trial is not None:
             if number == args.trial:
-                code = _fit([*options, "--run_name", run_name])  # an array task: its output goes to its log
+                code = run_fit([*options, "--run_name", run_name])  # an array task: its output goes to its log
                 if code != 0:
                     return code
             continue
         print(f"sweep {name}: trial {number + 1}/{len(trials)} {values}", flush=True)
-        code = _quiet_fit([*options, "--run_name", run_name])
+        code = run_fit_quietly([*options, "--run_name", run_name])
         if code != 0:
             print(f"sweep {name}: trial {run_name} stopped with exit code {code}")
             return code
@@ -106,7 +113,8 @@ def results_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="results", description="Gather a sweep's trials into one table and a plot.")
     parser.add_argument("name", help="the sweep's name (its file name without .yaml)")
     args = parser.parse_args(argv)
-    directory = RunsRoot.current().sweeps
+    root = RunsRoot.current()
+    directory = root.sweeps
     record_path = directory / f"{args.name}.json"
     if not record_path.exists():
         print(f"error: no sweep named {args.name!r} in {directory}; run `sweep FILE` first")
@@ -114,7 +122,7 @@ def results_main(argv: list[str]) -> int:
     record = json.loads(record_path.read_text())
     rows = []
     for trial in record["trials"]:
-        run = RunsRoot.current().run(trial["run_name"])
+        run = root.run(trial["run_name"])
         metric = run.read_manifest().get("monitor", {}).get("metric", "metric")
         rows.append({"run": trial["run_name"], **trial["values"], f"best {metric}": run.best_value()})
     columns = list(rows[0])

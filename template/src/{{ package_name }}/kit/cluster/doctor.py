@@ -293,7 +293,6 @@ def project_metadata(project: Path) -> tuple[str | None, list[str]]:
 
 def doctor_main(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="doctor", description=__doc__.split("\n\n")[0]).parse_args(argv)
-    console_script = CONSOLE_SCRIPT
     project = Path.cwd()
     requires, dependencies = project_metadata(project)
     gpus, driver = visible_gpus()
@@ -302,19 +301,19 @@ def doctor_main(argv: list[str]) -> int:
     checks: list[Callable[[], Finding]] = [
         lambda: check_python(requires),
         lambda: check_packages(dependencies),
-        lambda: check_compromised(installed_versions(), console_script),
+        lambda: check_compromised(installed_versions(), CONSOLE_SCRIPT),
         lambda: check_lock(
             lock_for_torch(torch),  # relative to the project root, where doctor runs
             inputs_sha256(project / "pyproject.toml"),
             installed_versions(),
-            console_script,
+            CONSOLE_SCRIPT,
             torch,
         ),
         lambda: check_torch_build(torch, gpus, driver, torch_cuda_version()),
         lambda: check_site(project / "configs" / "slurm" / "site.yaml", slurm_partitions()),
         lambda: check_wandb(config.read_text() if config.exists() else "", dict(os.environ), Path.home()),
         lambda: check_runs_dir(runs_root()),
-        lambda: check_raw_data(MANIFEST, console_script),
+        lambda: check_raw_data(MANIFEST, CONSOLE_SCRIPT),
     ]
     findings = [check() for check in checks]
     for finding in findings:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ..base.project_package import CONSOLE_SCRIPT, PACKAGE
+from ..base.project_package import PACKAGE
 from ..runs.code_state import CodeChangedError, SnapshotError, code_files, freeze_code, refuse_changed_code
 from ..runs.directory import REQUEUE_EXIT_CODE, RunDirectory
 from ..runs.identity import RunNameError, option_value, run_name, sweep_name
@@ -258,27 +258,27 @@ class PreparedJob:
 
 
 def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Path | None) -> PreparedJob:
-    package = PACKAGE
     project = Path.cwd()
+    root = RunsRoot.current()
     if sweep is not None:
         from ..analysis.sweeps import sweep_size
 
         spec = yaml.safe_load(sweep.read_text())
         count = sweep_size(spec)
         name = sweep_name(spec, sweep)
-        code = RunsRoot.current().sweeps / f"{name}-code"
+        code = root.sweeps / f"{name}-code"
         python = _python(site, project, code)
         options = shlex.join([*trainer_options(request), *fit_options])
-        command = f"{python} -m {package} sweep --trial $SLURM_ARRAY_TASK_ID {shlex.quote(str(sweep))} {options}"
+        command = f"{python} -m {PACKAGE} sweep --trial $SLURM_ARRAY_TASK_ID {shlex.quote(str(sweep))} {options}"
         script = job_script(request, site, f"sweep-{name}", command, project, array=count, code=code)
-        return PreparedJob(RunsRoot.current().sweeps / f"{name}.sbatch", script, code, None)
+        return PreparedJob(root.sweeps / f"{name}.sbatch", script, code, None)
 
     run_options = [*fit_options, *trainer_options(request)]
-    run = RunsRoot.current().run(run_name(run_options))  # from the options alone: no torch import
+    run = root.run(run_name(run_options))  # from the options alone: no torch import
     if "--run_name" not in run_options:
         run_options += ["--run_name", run.name]  # the job resumes the run this command names
     code = run.code_snapshot_dir
-    command = f"{_python(site, project, code)} -m {package} fit {shlex.join(run_options)}"
+    command = f"{_python(site, project, code)} -m {PACKAGE} fit {shlex.join(run_options)}"
     script = job_script(request, site, run.name, command, project, code=code)
     return PreparedJob(run.slurm_dir / f"{request.kind}.sbatch", script, code, run)
 
@@ -299,7 +299,7 @@ def _freeze(job: PreparedJob, allow_changed_code: bool) -> str:
     if job.run is not None and not allow_changed_code:
         recorded = job.run.recorded_code_files()
         if recorded is not None:
-            refuse_changed_code(job.run.name, recorded, code_files(project), CONSOLE_SCRIPT)
+            refuse_changed_code(job.run.name, recorded, code_files(project))
     record = freeze_code(project, job.code)
     state = (record["git_sha"] or "no commit")[:10] + (" + uncommitted changes" if record["git_dirty"] else "")
     kept = " (unchanged since the last submit: kept)" if record.get("kept") else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..base.file_hashes import file_sha256
+from ..base.project_package import CONSOLE_SCRIPT
 
 MANIFEST = Path("data/raw.sha256")
 
@@ -66,12 +67,12 @@ def raw_data_differences(data) -> list[str]:
         return differences(recorded, files, memo)
 
 
-def refuse_changed_raw_data(problems: list[str], console_script: str) -> None:
+def refuse_changed_raw_data(problems: list[str]) -> None:
     if problems:
         listed = "\n".join(f"  {problem}" for problem in problems)
         raise RawDataChangedError(
             f"the raw data differs from {MANIFEST}, so this run would train on data other than the recorded:\n"
-            f"{listed}\nIf the change is intended, record it (`{console_script} data record`, then commit "
-            f"{MANIFEST}); to restore the recorded data, put the files back (`{console_script} data fetch` fetches "
+            f"{listed}\nIf the change is intended, record it (`{CONSOLE_SCRIPT} data record`, then commit "
+            f"{MANIFEST}); to restore the recorded data, put the files back (`{CONSOLE_SCRIPT} data fetch` fetches "
             f"missing ones); to train on it anyway, add --allow_changed_data (noted in the run's record.json)."
         )

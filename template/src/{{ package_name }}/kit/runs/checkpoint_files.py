@@ -164,11 +164,10 @@ def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: s
 
     Raises MissingTrainedRun, with what to do, when `ckpt_path` names no file or the run has none.
     """
-    console = CONSOLE_SCRIPT
     if ckpt_path:
         if not Path(ckpt_path).is_file():
             raise MissingTrainedRun(
-                f"--ckpt_path {ckpt_path}: no such file. `{console} runs` lists every run's checkpoints; "
+                f"--ckpt_path {ckpt_path}: no such file. `{CONSOLE_SCRIPT} runs` lists every run's checkpoints; "
                 "leave --ckpt_path out to use the run's best one."
             )
         return Path(ckpt_path)
@@ -176,6 +175,6 @@ def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: s
     if best is None:
         raise MissingTrainedRun(
             f"No checkpoint to {action}: run '{run.name}' has none in {run.checkpoint_dir}. Train it first with "
-            f"`{console} fit` and the same config, name the run with --run_name, or pass --ckpt_path FILE."
+            f"`{CONSOLE_SCRIPT} fit` and the same config, name the run with --run_name, or pass --ckpt_path FILE."
         )
     return best

@@ -34,6 +34,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ..base.project_package import CONSOLE_SCRIPT
+
 SNAPSHOT_RECORD = "code-snapshot.json"
 UNCOMMITTED_DIFF = "uncommitted.patch"
 # The template's files in your package: `copier update` changes them, and a run must survive that.
@@ -147,7 +149,7 @@ def code_differences(before: dict[str, str], now: dict[str, str]) -> list[str]:
     return lines
 
 
-def refuse_changed_code(run_name: str, before: dict[str, str], now: dict[str, str], console: str) -> None:
+def refuse_changed_code(run_name: str, before: dict[str, str], now: dict[str, str]) -> None:
     differences = code_differences(before, now)
     if differences:
         shown = "\n".join(f"  {line}" for line in differences[:20])
@@ -157,7 +159,7 @@ def refuse_changed_code(run_name: str, before: dict[str, str], now: dict[str, st
             f"two versions of the model. The differences:\n{shown}{more}\n"
             f"Start a new run for the new code (--run_name NEW_NAME), put the old code back (git stash), or "
             f"continue anyway with --allow_changed_code=true (record.json keeps the difference). "
-            f"(`{console} runs` shows each run's commit.)"
+            f"(`{CONSOLE_SCRIPT} runs` shows each run's commit.)"
         )
 
 

@@ -261,10 +261,10 @@ class ProjectCLI(LightningCLI):
                 print(took_over)
             code, changed_code = self._check_code()  # the code the run was started with, or refused
         fit_kwargs = self.config_init["fit"]
+        resume_from = None
         if fit_kwargs.get("ckpt_path"):
             checkpoint_to_use(self.run, fit_kwargs["ckpt_path"], "start from")  # a given file must exist
-        resume_from = None
-        if not fit_kwargs.get("ckpt_path"):
+        else:
             # Every process reads the same files and so picks the same one; only rank 0 moves damaged ones aside.
             resume_from = newest_checkpoint(
                 self.run.checkpoint_dir,
@@ -282,7 +282,7 @@ class ProjectCLI(LightningCLI):
                 fingerprint = getattr(self.datamodule, "data_fingerprint", None)
                 data_fingerprint = fingerprint() if fingerprint else None
             if not self.config["fit"].get("allow_changed_data"):
-                refuse_changed_raw_data(changed_data, CONSOLE_SCRIPT)
+                refuse_changed_raw_data(changed_data)
             elif changed_data:
                 print("Training on raw data that differs from data/raw.sha256 (--allow_changed_data):")
                 print("\n".join(f"  {problem}" for problem in changed_data))
@@ -307,7 +307,7 @@ class ProjectCLI(LightningCLI):
         if recorded is None or recorded == code:
             return code, []
         if not self.config["fit"].get("allow_changed_code"):
-            refuse_changed_code(self.run.name, recorded, code, CONSOLE_SCRIPT)
+            refuse_changed_code(self.run.name, recorded, code)
         print(f"Run '{self.run.name}': continuing with changed code (--allow_changed_code; noted in record.json).")
         return code, code_differences(recorded, code)
 
@@ -365,9 +365,10 @@ class ProjectCLI(LightningCLI):
     def _evaluation_checkpoint(self) -> None:
         kwargs = self.config_init[self.subcommand]
         given = kwargs.get("ckpt_path")
-        kwargs["ckpt_path"] = str(checkpoint_to_use(self.run, given, self.subcommand))
+        chosen = checkpoint_to_use(self.run, given, self.subcommand)
+        kwargs["ckpt_path"] = str(chosen)
         if not given:
-            print(f"Run '{self.run.name}': using {Path(kwargs['ckpt_path']).name}")
+            print(f"Run '{self.run.name}': using {chosen.name}")
 
     before_validate = before_test = before_predict = _evaluation_checkpoint
 

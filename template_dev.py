@@ -119,7 +119,9 @@ def _site_packages(python: Path) -> Path:
     return Path(done.stdout.strip())
 
 
-def make_project_venv(project: Path, standalone: bool = True, borrow_from: ProjectVenv | None = None) -> ProjectVenv:
+def make_project_venv(
+    project: Path, standalone: bool = True, borrow_from: ProjectVenv | None = None, with_pip: bool = False
+) -> ProjectVenv:
     """Install `project` the way its README says, in `project/.venv`.
 
     standalone: a full install from the project's lock, `locks/cpu.txt` (every package at its
@@ -127,19 +129,22 @@ def make_project_venv(project: Path, standalone: bool = True, borrow_from: Proje
     Otherwise the venv borrows the packages of another environment (a .pth file pointing at its
     site-packages): those of `borrow_from` (e.g. a project venv installed from the lock), else
     those of the interpreter running this code; only the project itself is installed: fast, for
-    tests that render many projects.
+    tests that render many projects. Such a venv has no pip of its own unless `with_pip` (the
+    README's commands call `pip`): this process's pip installs into it, with the build backend
+    it borrows (about 3 s a venv instead of 10: no ensurepip, no isolated build environment).
     """
     venv = project / ".venv"
-    run([sys.executable, "-m", "venv", str(venv)], cwd=project)
     python = venv / "bin" / "python"
     log = []
     if standalone:
+        run([sys.executable, "-m", "venv", str(venv)], cwd=project)
         # PIP_RETRIES=0: the lock names PyTorch's CPU index, which this machine cannot reach (the
         # wheel comes from pip's find-links here); without it pip retries that index for seconds.
         done = run([str(python), "-m", *LOCK_INSTALL], cwd=project, env={"PIP_RETRIES": "0"})
         log.append(done.stdout + done.stderr)
         installed = run([str(python), "-m", "pip", "install", "--no-deps", "-e", "."], cwd=project)
     else:
+        run([sys.executable, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)], cwd=project)
         # From the venv that holds the packages: a .pth file's folder is not searched for .pth files.
         while borrow_from is not None and borrow_from.borrowed is not None:
             borrow_from = borrow_from.borrowed
@@ -147,7 +152,8 @@ def make_project_venv(project: Path, standalone: bool = True, borrow_from: Proje
         _site_packages(python).joinpath("borrowed-test-packages.pth").write_text(f"{borrowed}\n")
         # From a project venv: exactly its packages (pip would not see a .pth'd folder's as installed).
         project_only = ["--no-deps", "-e", "."] if borrow_from else ["-e", ".[example,dev]"]
-        installed = run([str(python), "-m", "pip", "install", *project_only], cwd=project)
+        pip = [sys.executable, "-m", "pip", "--python", str(python)]
+        installed = run([*pip, "install", "--no-build-isolation", *project_only], cwd=project)
         if borrow_from:
             log.append(borrow_from.install_log)  # what this venv's packages came from
     log.append(installed.stdout + installed.stderr)

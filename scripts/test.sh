@@ -10,5 +10,6 @@ if [ "$(id -u)" = 0 ]; then
 fi
 # Two workers, each test file on one of them (--dist loadfile): a file's module fixtures (the Slurm
 # cluster, a rendered project) are made once, and the DDP and Slurm tests of one file never race
-# each other. TEST_WORKERS=0 runs everything in this process.
-exec .venv/bin/python -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+# each other. Files are taken longest first (tests/conftest.py, LONGEST_FIRST), not by test count.
+# TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

@@ -28,7 +28,7 @@ def trained_checkpoint(example_package, tmp_path_factory):
 
 
 def test_evaluate_uses_one_forward_pass_and_matches_a_direct_computation(trained_checkpoint, tmp_path) -> None:
-    from digits_mlp.kit.analysis.evaluation import evaluate_checkpoint
+    from digits_mlp.kit.evaluation.evaluation import evaluate_checkpoint
     from digits_mlp.model import DigitsClassifier
     from torch.utils.data import DataLoader
 
@@ -68,7 +68,7 @@ def test_evaluate_uses_one_forward_pass_and_matches_a_direct_computation(trained
 
 
 def test_evaluate_refuses_a_model_that_is_not_a_classifier(trained_checkpoint, tmp_path) -> None:
-    from digits_mlp.kit.analysis.evaluation import NotAClassifier, evaluate_checkpoint
+    from digits_mlp.kit.evaluation.evaluation import NotAClassifier, evaluate_checkpoint
     from digits_mlp.model import DigitsClassifier
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -86,7 +86,7 @@ def test_evaluate_refuses_a_model_that_is_not_a_classifier(trained_checkpoint, t
 
 
 def test_intervals_match_scipy_on_fixed_numbers(example_package) -> None:
-    from digits_mlp.kit.analysis.comparisons import compare_groups, mean_and_interval, t_critical, welch_difference
+    from digits_mlp.kit.experiments.comparisons import compare_groups, mean_and_interval, t_critical, welch_difference
     from scipy import stats
 
     assert round(t_critical(31), 2) == 2.04  # the hand-kept table said 1.96 beyond 30
@@ -122,7 +122,7 @@ def test_intervals_match_scipy_on_fixed_numbers(example_package) -> None:
 
 
 def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
-    from digits_mlp.kit.analysis.sweeps import sweep_trials
+    from digits_mlp.kit.experiments.sweeps import sweep_trials
 
     grid = sweep_trials({"parameters": {"a": [1, 2], "b": ["x", "y", "z"]}})
     assert len(grid) == 6 and {"a": 2, "b": "z"} in grid
@@ -137,7 +137,7 @@ def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
 
 
 def test_sweep_then_results_end_to_end(example_package, tmp_path, monkeypatch, capsys) -> None:
-    from digits_mlp.kit.analysis.sweeps import results_main, sweep_main
+    from digits_mlp.kit.experiments.sweeps import results_main, sweep_main
 
     monkeypatch.chdir(example_package)
     monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))

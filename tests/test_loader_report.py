@@ -9,7 +9,7 @@ from template_dev import run
 
 def test_a_slow_dataset_is_input_bound_and_the_knobs_are_named(example_package, monkeypatch) -> None:
     from digits_mlp.kit import load_model_and_data
-    from digits_mlp.kit.analysis.loader_report import measure
+    from digits_mlp.kit.diagnostics.loader_report import measure
     from torch.utils.data import DataLoader, Dataset
 
     monkeypatch.chdir(example_package)
@@ -49,7 +49,7 @@ def test_a_heavy_model_is_compute_bound(example_project, example_command) -> Non
 
 def test_the_advice_fits_the_loader(example_package, monkeypatch) -> None:
     """Shards already: no advice to pack; workers that take the training's CPUs: fewer workers, not more."""
-    from digits_mlp.kit.analysis.loader_report import LoaderReport
+    from digits_mlp.kit.diagnostics.loader_report import LoaderReport
 
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
     figures = {"samples_per_second": 1e5, "gpu_busy_share": None, "batch_size": 256, "pin_memory": False}

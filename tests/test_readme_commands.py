@@ -69,7 +69,7 @@ def readme_project(template_repo, example_project, tmp_path_factory):
     render(template_repo, project)
     commit_all(project, "Start from copier-lightning")
     # The packages of example_project's venv, which was installed from locks/cpu.txt as the README says.
-    return project, make_project_venv(project, standalone=False, borrow_from=example_project[1])
+    return project, make_project_venv(project, standalone=False, borrow_from=example_project[1], with_pip=True)
 
 
 def test_readme_has_the_future_self_sections(readme_project) -> None:

@@ -13,7 +13,7 @@ import torch
 @pytest.fixture(scope="module")
 def kit(example_package):
     from digits_mlp.data import DigitsDataModule
-    from digits_mlp.kit.analysis import sanity_checks
+    from digits_mlp.kit.diagnostics import sanity_checks
     from digits_mlp.model import DigitsClassifier
 
     return sanity_checks, DigitsClassifier, DigitsDataModule

@@ -128,7 +128,7 @@ def test_a_pruner_stops_a_trial_that_falls_behind(example_project, example_comma
     ids=["trials", "unknown option", "empty range", "empty choices"],
 )
 def test_a_bad_sweep_file_is_refused_naming_the_line(example_package, tmp_path, monkeypatch, change, message):
-    from digits_mlp.kit.analysis.sweeps import sweep_main
+    from digits_mlp.kit.experiments.sweeps import sweep_main
 
     monkeypatch.chdir(example_package)
     monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
@@ -146,7 +146,7 @@ def test_a_bad_sweep_file_is_refused_naming_the_line(example_package, tmp_path, 
 
 
 def test_a_changed_search_space_is_refused_with_the_difference(example_package, tmp_path, monkeypatch):
-    from digits_mlp.kit.analysis.sweeps import sweep_main
+    from digits_mlp.kit.experiments.sweeps import sweep_main
 
     monkeypatch.chdir(example_package)
     monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
@@ -166,8 +166,8 @@ def test_a_trial_left_without_its_worker_is_trained_not_lost(example_package, tm
     """A search killed between asking the study for a trial and naming its worker (two journal entries)
     leaves that trial RUNNING and unowned: the next `sweep` trains it instead of ending without it."""
     import yaml
-    from digits_mlp.kit.analysis.optuna_search import _open_study, search_distributions
-    from digits_mlp.kit.analysis.sweeps import sweep_main
+    from digits_mlp.kit.experiments.optuna_search import _open_study, search_distributions
+    from digits_mlp.kit.experiments.sweeps import sweep_main
 
     monkeypatch.chdir(example_package)
     monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
@@ -193,7 +193,7 @@ def _printed(function, argv) -> tuple[int, str]:
 
 
 def test_sweep_status_shows_planted_states(example_package, tmp_path, monkeypatch, capsys) -> None:
-    from digits_mlp.kit.analysis.sweep_status import sweep_status_main
+    from digits_mlp.kit.experiments.sweep_status import sweep_status_main
     from digits_mlp.kit.runs.directory import RunDirectory
 
     monkeypatch.chdir(example_package)

@@ -130,8 +130,9 @@ def test_usr1_requeues_and_the_job_resumes_exactly_on_the_code_it_was_submitted_
     """model.py is edited right after submit; the job's first start and its requeue train the submitted code."""
     example, command, site, env, runs = cluster_project
     project, copy_command = copy_of_example_project(example_project, tmp_path / "project")
-    # Long enough that USR1 (sent at the first checkpoint, about epoch 2) lands well before the end.
-    options = ["--trainer.max_epochs=60", *CPU_RUN]
+    # Long enough that USR1 (sent at the first checkpoint, epoch 2) lands well before the end: an
+    # epoch takes 0.3-1 s here, USR1 arrives within about 1.5 s of the checkpoint.
+    options = ["--trainer.max_epochs=20", *CPU_RUN]
     submitted = run(
         [*copy_command, "submit", "--site", str(site), "--gpu", "full:1", *options, "--run_name", "requeued"],
         cwd=project,
@@ -179,7 +180,7 @@ def test_a_job_requeued_across_a_template_update_continues_its_run(
     render(template, project, vcs_ref=LAST_RELEASE, logger="wandb")
     commit_all(project, f"Start from copier-lightning {LAST_RELEASE}")
     console = str(make_project_venv(project, standalone=False).script(PACKAGE))
-    options = ["--trainer.max_epochs=60", *CPU_RUN, "--run_name", "across-update"]
+    options = ["--trainer.max_epochs=20", *CPU_RUN, "--run_name", "across-update"]
     submitted = run([console, "submit", "--site", str(site), "--gpu", "full:1", *options], cwd=project, env=env)
     job = int(re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1))
     checkpoints = runs / "across-update" / "checkpoints"
@@ -208,7 +209,7 @@ def test_two_task_ddp_job_checkpoints_once_requeues_once_and_resumes_exactly(clu
     late_exit = tmp_path / "late-exit.json"
     callbacks = [{"class_path": "digits_mlp.kit.ProgressLines"}, {"class_path": LATE_EXIT, "init_args": {"rank": 1}}]
     late_exit.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
-    options = ["--trainer.max_epochs=50", "--trainer.strategy=ddp", *CPU_RUN]
+    options = ["--trainer.max_epochs=25", "--trainer.strategy=ddp", *CPU_RUN]  # first checkpoint: epoch 4
     job = submit(cluster_project, "--gpu", "full:2", "--config", str(late_exit), *options, "--run_name", "ddp-requeued")
     script = (runs / "ddp-requeued" / "slurm" / "full.sbatch").read_text()
     assert "#SBATCH --ntasks-per-node=2" in script and "--trainer.devices=2 --trainer.num_nodes=1" in script

@@ -10,14 +10,18 @@ name listed in PUBLIC keeps working after every update, wherever the template mo
 `tests/test_kit_api.py` pins the list. Everything else in kit/ may change in any release.
 
 The rooms, one concern each (docs/layout.md has the table):
-  runs/       a run on disk: its directory, manifest and record, checkpoint files, atomic writes
-  training/   what runs inside `fit`: the LightningCLI, resumable loader, random states, rolling
-              checkpoints, DDP agreement, progress lines, the resume-testing callbacks
-  data/       raw-data checksums (`data` command), the preprocessing cache, packed shards and
-              the data module over them, loader settings
-  analysis/   sanity checks, LR and batch-size finders, evaluation, sweeps, seeds and comparisons
-  reporting/  reproduce (artifacts on doit), README table, dataset and model cards
-  cluster/    SLURM jobs, the memory profile for MIG slices, supervise
+  base/         no torch: file hashes, the machine, the package's name, the help cache
+  runs/         a run on disk: its directory, manifest and record, checkpoint files, atomic writes
+  data/         raw-data checksums (`data` command), the preprocessing cache, packed shards and
+                the data module over them, the resumable loader, loader settings
+  training/     what runs inside `fit`: the LightningCLI, random states, rolling checkpoints,
+                DDP agreement, progress lines, the resume-testing callbacks
+  diagnostics/  before a long run: sanity checks (`check`), LR and batch-size finders, `loader`
+  evaluation/   a trained model measured (`evaluate`)
+  experiments/  many runs: sweeps, Optuna searches, seeds and comparisons
+  reporting/    reproduce (artifacts on doit), README table, dataset and model cards
+  deployment/   export (ONNX, torch.export), the inference budget, `predict-files`
+  cluster/      SLURM jobs, the memory profile for MIG slices, supervise, doctor, the lock
 
 Names load on first use (PEP 562 `__getattr__`), so `import <package>.kit` costs nothing and a light
 subcommand that needs one room does not import Lightning through another. The same names are
@@ -49,7 +53,7 @@ PUBLIC = {
     "Artifact": "reporting.reproduce",
     "runs_root": "runs.root",
     "load_model_and_data": "training.project_loading",
-    "evaluate_checkpoint": "analysis.evaluation",
+    "evaluate_checkpoint": "evaluation.evaluation",
     "dataset_card": "reporting.cards",
     "model_card": "reporting.cards",
     "export_run": "deployment.export",
@@ -58,14 +62,12 @@ PUBLIC = {
     "KillAt": "training.resume_testing",
     "RecordBatches": "training.resume_testing",
     "DistinctRankRandomness": "training.resume_testing",
-    "run_all_checks": "analysis.sanity_checks",
+    "run_all_checks": "diagnostics.sanity_checks",
     "RunDirectory": "runs.directory",
 }
 __all__ = sorted(PUBLIC)
 
 if TYPE_CHECKING:  # what editors and type checkers see; at run time each name loads on first use
-    from .analysis.evaluation import evaluate_checkpoint as evaluate_checkpoint
-    from .analysis.sanity_checks import run_all_checks as run_all_checks
     from .data.loader_settings import LoaderSettings as LoaderSettings
     from .data.many_files_example import ManyFilesDataModule as ManyFilesDataModule
     from .data.preprocessing_cache import CacheResult as CacheResult
@@ -78,6 +80,8 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .data.shards import pack_shards as pack_shards
     from .data.worker_processes import end_with_parent as end_with_parent
     from .deployment.export import export_run as export_run
+    from .diagnostics.sanity_checks import run_all_checks as run_all_checks
+    from .evaluation.evaluation import evaluate_checkpoint as evaluate_checkpoint
     from .reporting.cards import dataset_card as dataset_card
     from .reporting.cards import model_card as model_card
     from .reporting.reproduce import Artifact as Artifact

@@ -261,7 +261,7 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
     project = Path.cwd()
     root = RunsRoot.current()
     if sweep is not None:
-        from ..analysis.sweeps import sweep_size
+        from ..experiments.sweeps import sweep_size
 
         spec = yaml.safe_load(sweep.read_text())
         count = sweep_size(spec)

@@ -129,7 +129,7 @@ def serving_preprocessing(data) -> str | None:
 
 def export_model(model, data, checkpoint: Path, directory: Path) -> dict[str, Any]:
     """Export `model` (loaded from `checkpoint`) into `directory`, check parity, write export.json."""
-    from ..analysis.evaluation import checkpoint_fingerprint
+    from ..evaluation.evaluation import checkpoint_fingerprint
 
     missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
@@ -165,7 +165,7 @@ def export_model(model, data, checkpoint: Path, directory: Path) -> dict[str, An
 
 def is_current(directory: Path, checkpoint: Path) -> bool:
     """Whether `directory` holds an export of this very checkpoint (same fingerprint, files intact)."""
-    from ..analysis.evaluation import checkpoint_fingerprint
+    from ..evaluation.evaluation import checkpoint_fingerprint
 
     try:
         record = json.loads((directory / "export.json").read_text())

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from typing_extensions import override
 
 
@@ -43,16 +43,25 @@ class DistributedPolicy:
     timeout_minutes: float = 10.0
 
 
-def apply_collective_timeout(trainer: pl.Trainer, minutes: float) -> None:
-    """Use `minutes` as the DDP process group's timeout (before the group is created at `fit`)."""
+def apply_collective_timeout(minutes: float) -> None:
+    """Make every DDP strategy that a trainer builds from a name wait `minutes` at a collective.
+
+    Call it before the Trainer is built. Configs usually say `strategy: ddp` or `auto` (which
+    Lightning resolves to `ddp` inside the Trainer), and Lightning builds those from its public
+    strategy registry: the DDP names are registered again with `timeout` added to their settings.
+    A strategy written out in the config (`class_path: ...DDPStrategy`) keeps its own `timeout`
+    init argument.
+    """
     if minutes <= 0:
         raise ValueError(f"timeout_minutes must be positive, got {minutes}")
-    if isinstance(trainer.strategy, DDPStrategy):
-        # DDPStrategy passes this attribute to init_process_group; its constructor argument is only
-        # reachable when the config names the class, and configs usually say `strategy: ddp` or `auto`
-        # (which Lightning resolves to a strategy only inside the Trainer): the one private attribute
-        # set here, with no public way in.
-        trainer.strategy._timeout = dt.timedelta(minutes=minutes)
+    timeout = dt.timedelta(minutes=minutes)
+    for name in StrategyRegistry.available_strategies():
+        entry = StrategyRegistry[name]
+        if isinstance(entry["strategy"], type) and issubclass(entry["strategy"], DDPStrategy):
+            settings = {**entry["init_params"], "timeout": timeout}
+            StrategyRegistry.register(
+                name, entry["strategy"], description=entry["description"], override=True, **settings
+            )
 
 
 def is_distributed() -> bool:

@@ -188,7 +188,7 @@ class ProjectCLI(LightningCLI):
         if trainer_config.get("profiler") is None:
             kwargs["profiler"] = NoProfiler()
         if self.subcommand != "fit":
-            return self._prepared(super().instantiate_trainer(**kwargs))
+            return self._prepared(**kwargs)
         policy = self._policy
         stopping: EarlyStoppingPolicy = self.config_init["fit"]["early_stopping"]
         checkpoint_dir = self.run.checkpoint_dir
@@ -234,14 +234,15 @@ class ProjectCLI(LightningCLI):
             plugins.append(SLURMEnvironment(auto_requeue=False))
         kwargs["plugins"] = plugins
         kwargs["callbacks"] = _as_list(trainer_config.get("callbacks")) + callbacks
-        return self._prepared(super().instantiate_trainer(**kwargs))
+        return self._prepared(**kwargs)
 
-    def _prepared(self, trainer: Trainer) -> Trainer:
-        """The trainer with the collective timeout set, and idle per-batch hooks skipped (idle_hooks.py)."""
-        skip_idle_batch_hooks(trainer.callbacks)
+    def _prepared(self, **kwargs) -> Trainer:
+        """The trainer, built with the collective timeout set and with idle per-batch hooks skipped (idle_hooks.py)."""
         if self.subcommand:
             policy: DistributedPolicy = self.config_init[self.subcommand]["distributed"]
-            _refusing_bad_settings("distributed", apply_collective_timeout, trainer, policy.timeout_minutes)
+            _refusing_bad_settings("distributed", apply_collective_timeout, policy.timeout_minutes)
+        trainer = super().instantiate_trainer(**kwargs)
+        skip_idle_batch_hooks(trainer.callbacks)
         return trainer
 
     @property

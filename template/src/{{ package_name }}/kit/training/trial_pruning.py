@@ -1,6 +1,6 @@
 """Pruning for `sweep` with `strategy: optuna` and a `pruner:`. Managed by the copier-lightning template.
 
-A search trains its trials in its own process (kit/analysis/optuna_search.py). While a trial with
+A search trains its trials in its own process (kit/experiments/optuna_search.py). While a trial with
 pruning trains, `pruning_trial(...)` makes it the active trial, and `fit` adds `TrialPruning` to
 the trainer's callbacks: after every validation it reports the monitored value to the study (one
 value per epoch) and stops the run when the study's pruner says the trial is worse than its peers

@@ -1,44 +1,10 @@
-"""Small subcommands that need no Lightning. Managed by the copier-lightning template."""
+"""The `evaluate` subcommand. Managed by the copier-lightning template."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-from ..runs.root import format_runs, list_runs, runs_root
-
-
-def list_runs_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="runs", description="List runs and their checkpoints.")
-    parser.add_argument("--json", action="store_true", help="print the manifests as JSON")
-    args = parser.parse_args(argv)
-    runs = list_runs(runs_root())
-    print(json.dumps(runs, indent=2) if args.json else format_runs(runs))
-    return 0
-
-
-def check_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="check",
-        description="Run the sanity checks (overfit one batch, initial loss, gradients, modes, graph leaks, "
-        "optimizer state, the monitored metric) on the model and data of a config. Options after the ones below "
-        "go to the config parser, e.g. `check --config configs/experiments/wide.yaml`.",
-    )
-    _, config_args = parser.parse_known_args(argv)
-
-    from ..training.project_loading import load_project
-    from .sanity_checks import run_all_checks
-
-    project = load_project(config_args)
-    model, data, monitor = project.model, project.datamodule, project.monitor
-    results = run_all_checks(model, data, monitor)
-    for result in results:
-        print(result.line())
-    failed = [r for r in results if r.passed is False]
-    print(f"{len(results) - len(failed)} of {len(results)} checks passed or did not apply.")
-    return 1 if failed else 0
 
 
 def evaluate_main(argv: list[str]) -> int:

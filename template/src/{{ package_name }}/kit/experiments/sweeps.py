@@ -2,7 +2,7 @@
 
 * `<package> sweep FILE` runs every trial of a sweep file (grid or random over config options), one
   after another; each trial is a normal run, so an interrupted sweep resumes where it stopped.
-  `strategy: optuna` searches instead (kit/analysis/optuna_search.py), in a study that resumes too.
+  `strategy: optuna` searches instead (kit/experiments/optuna_search.py), in a study that resumes too.
   `--trial N` runs one trial: a task of the SLURM job array `submit --sweep FILE` writes.
 * `<package> results NAME` gathers a sweep's trials into one table (CSV and Markdown) and a plot.
 Records go to runs/sweeps/ (RunsRoot.sweeps).

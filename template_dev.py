@@ -152,8 +152,11 @@ def make_project_venv(
         _site_packages(python).joinpath("borrowed-test-packages.pth").write_text(f"{borrowed}\n")
         # From a project venv: exactly its packages (pip would not see a .pth'd folder's as installed).
         project_only = ["--no-deps", "-e", "."] if borrow_from else ["-e", ".[example,dev]"]
-        pip = [sys.executable, "-m", "pip", "--python", str(python)]
-        installed = run([*pip, "install", "--no-build-isolation", *project_only], cwd=project)
+        if with_pip:  # its own pip, whose setuptools (ensurepip's) needs an isolated build
+            installed = run([str(python), "-m", "pip", "install", *project_only], cwd=project)
+        else:
+            pip = [sys.executable, "-m", "pip", "--python", str(python)]
+            installed = run([*pip, "install", "--no-build-isolation", *project_only], cwd=project)
         if borrow_from:
             log.append(borrow_from.install_log)  # what this venv's packages came from
     log.append(installed.stdout + installed.stderr)

@@ -158,14 +158,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # The order the two test processes take files in (scripts/test.sh: --dist loadfile, no reordering by
 # size): the longest first, so that the last file to end is a short one; and an install-free file
 # second, so that the other process works while the first installs the example from its lock.
-# Seconds measured in CI at 5bd8199 (test time per file, both processes together: 2,128 s).
+# Seconds measured in CI (test time per file; both processes together: 2,128 s at 5bd8199).
 LONGEST_FIRST = [
     "test_resume.py",  # 374 s; installs the example from the lock (~70 s) on its way
     "test_update_from_release.py",  # 146 s, needs no install
-    "test_slurm.py",  # 386 s (with the fewer epochs since: ~290 s)
+    "test_readme_commands.py",  # 160-290 s in one test: started early, it does not end the run
+    "test_slurm.py",  # 290 s
     "test_update.py",  # 123 s, needs no install
     "test_distributed.py",  # 271 s
-    "test_readme_commands.py",  # 169 s
     "test_sharded_training.py",  # 115 s
     "test_run_integrity.py",  # 110 s
     "test_reproduce_and_cache.py",  # 96 s
@@ -173,6 +173,7 @@ LONGEST_FIRST = [
     "test_deployment.py",  # 82 s
     "test_bad_storage.py",  # 48 s
     "test_search.py",  # 41 s
+    "test_pretrained_weights.py",  # 40 s
 ]
 
 

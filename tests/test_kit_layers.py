@@ -14,7 +14,7 @@ from template_dev import TOP
 KIT = TOP / "template" / "src" / "{{ package_name }}" / "kit"
 # Bottom to top; a room may import from its own layer and from those below.
 LAYERS = {
-    **{"base": 0, "runs": 1, "data": 2, "training": 3},
+    **{"base": 0, "runs": 1, "weights": 1, "data": 2, "training": 3},
     **dict.fromkeys(["diagnostics", "evaluation", "experiments", "reporting", "deployment", "cluster"], 4),
 }
 COMMANDS = 4  # a room's `commands.py` (its subcommands) stands on top, whatever the room

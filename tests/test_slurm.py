@@ -258,6 +258,25 @@ def test_two_node_job_script(example_project, example_command, tmp_path: Path) -
     assert "--trainer.devices=4" in srun and "--trainer.num_nodes=2" in srun and srun.endswith("&")
 
 
+def test_a_job_reads_pretrained_weights_from_the_site_cache_with_the_hub_off(
+    example_project, example_command, tmp_path: Path
+) -> None:
+    project, _ = example_project
+    site = tmp_path / "site.yaml"
+    for cache_line, exported in (("", None), ("weights_cache: /shared/hf-cache\n", "/shared/hf-cache")):
+        site.write_text(SITE + cache_line)
+        done = run(
+            [*example_command, "submit", "--site", str(site), "--write-only", "--gpu", "full:1"],
+            cwd=project,
+            env={"RUNS_DIR": str(tmp_path / "runs")},
+        )
+        script = Path(re.search(r"Job script: (\S+)", done.stdout).group(1)).read_text()
+        lines = script.splitlines()
+        assert "export HF_HUB_OFFLINE=1" in lines
+        assert (f"export HF_HUB_CACHE={exported}" in lines) if exported else not any("HF_HUB_CACHE" in x for x in lines)
+        assert lines.index("export HF_HUB_OFFLINE=1") < next(i for i, x in enumerate(lines) if x.startswith("srun "))
+
+
 def test_a_container_wraps_only_the_training_command(example_project, example_command, tmp_path: Path) -> None:
     """Rendered only: `container:` in site.yaml runs the srun line in the Apptainer image, with the
     GPUs, the project and the job's code snapshot bound in; the signal relay and the requeue stay in

@@ -20,6 +20,7 @@ The rooms, one concern each (docs/layout.md has the table):
   evaluation/   a trained model measured (`evaluate`)
   experiments/  many runs: sweeps, Optuna searches, seeds and comparisons
   reporting/    reproduce (artifacts on doit), README table, dataset and model cards
+  weights/      pretrained weights from an offline cache (`weights fetch/list/verify`), pinned and recorded
   deployment/   export (ONNX, torch.export), the inference budget, `predict-files`
   cluster/      SLURM jobs, the memory profile for MIG slices, supervise, doctor, the lock
 
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 PUBLIC = {
     # for model.py
     "at_log_interval": "training.logging_interval",
+    "PretrainedSource": "weights.cache",
     # for data.py
     "ResumableDataLoader": "data.resumable_loader",
     "CacheResult": "data.preprocessing_cache",
@@ -93,6 +95,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .training.resume_testing import DistinctRankRandomness as DistinctRankRandomness
     from .training.resume_testing import KillAt as KillAt
     from .training.resume_testing import RecordBatches as RecordBatches
+    from .weights.cache import PretrainedSource as PretrainedSource
 
 
 def __getattr__(name: str) -> Any:

@@ -71,7 +71,16 @@ def load_site(path: Path = SITE_CONFIG) -> dict:
     site["setup"] = site.get("setup") or ""
     site["mig_types"] = [str(t) for t in site["mig_types"] or []]
     site["container"] = str(site.get("container") or "")
+    site["weights_cache"] = str(site.get("weights_cache") or "")  # absent from site files before 0.3.0
     return site
+
+
+def _weight_cache_lines(site: dict) -> list[str]:
+    """A job reads pretrained weights from the shared cache only: it never downloads (kit/weights/)."""
+    lines = ["# Pretrained weights come from the cache that `weights fetch` filled; a job never downloads."]
+    if site["weights_cache"]:
+        lines.append(f"export HF_HUB_CACHE={shlex.quote(site['weights_cache'])}")
+    return [*lines, "export HF_HUB_OFFLINE=1"]
 
 
 def parse_gpu_request(text: str, site: dict, nodes: int = 1) -> GpuRequest:
@@ -157,6 +166,7 @@ def job_script(
             else []
         ),
         f"export RUNS_DIR={shlex.quote(str(RunsRoot.current().path))}",
+        *_weight_cache_lines(site),
         "# Checkpoints are staged next to their target; keep any other temporary file on that filesystem too.",
         'export TMPDIR="$RUNS_DIR/.tmp" && mkdir -p "$TMPDIR"',
         "# Slurm >= 22.05: srun does not inherit --cpus-per-task by itself.",

@@ -19,14 +19,15 @@ def evaluate_main(argv: list[str]) -> int:
 
     from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
     from ..training.project_loading import load_project
+    from ..weights.cache import WeightsError
     from .evaluation import NotAClassifier, evaluate_checkpoint
 
     project = load_project(config_args)
     model, data, run = project.model, project.datamodule, project.run
     try:
         checkpoint = checkpoint_to_use(run, args.ckpt_path, "evaluate")
-    except MissingTrainedRun as missing:
-        print(f"error: {missing}", file=sys.stderr)
+    except (MissingTrainedRun, WeightsError) as refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     data.setup("fit" if args.split == "val" else "test")
     loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()

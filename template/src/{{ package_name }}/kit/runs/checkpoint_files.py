@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..base.project_package import CONSOLE_SCRIPT
+from ..weights.cache import refuse_other_base_weights
 from .directory import (
     CHECKPOINT_SUFFIX,
     FINAL_CHECKPOINT,
@@ -162,8 +163,10 @@ def best_checkpoint(run: RunDirectory) -> Path | None:
 def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: str) -> Path:
     """The checkpoint to `action` (evaluate, export, ...): `ckpt_path` if given, else the run's best.
 
-    Raises MissingTrainedRun, with what to do, when `ckpt_path` names no file or the run has none.
+    Raises MissingTrainedRun, with what to do, when `ckpt_path` names no file or the run has none;
+    WeightsError when the model built here started from other base weights than the run's.
     """
+    refuse_other_base_weights(run.name, run.recorded_pretrained(), action)
     if ckpt_path:
         if not Path(ckpt_path).is_file():
             raise MissingTrainedRun(

@@ -186,10 +186,21 @@ class RunDirectory:
             recorded = snapshot.get("code_files") if snapshot else None
         return recorded
 
-    def start(self, config_text: str, monitor: dict[str, str], code: dict[str, str] | None = None) -> None:
+    def recorded_pretrained(self) -> dict[str, dict] | None:
+        """The base weights (model id -> revision and file hashes) the run started from; None if it used none."""
+        return self.read_manifest().get("pretrained")
+
+    def start(
+        self,
+        config_text: str,
+        monitor: dict[str, str],
+        code: dict[str, str] | None = None,
+        pretrained: dict[str, dict] | None = None,
+    ) -> None:
         """Create the directory on the first start, and mark the run as running on every start.
 
         code: the hashes of the code this start runs (kit/runs/code_state.py's code_files), the run's from now on.
+        pretrained: the base weights it starts from (kit/weights/cache.py's resolved_sources), likewise.
         """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.remove_partial_files()
@@ -203,6 +214,8 @@ class RunDirectory:
         manifest.update(status="running", monitor=monitor, **git_state())
         if code is not None:
             manifest["code_files"] = code
+        if pretrained:
+            manifest["pretrained"] = pretrained
         _write_json_atomically(self.manifest_path, manifest)
 
     def remove_partial_files(self) -> list[Path]:

@@ -103,6 +103,14 @@ def note_changed_raw_data(run_path: Path, differences: list[str]) -> None:
     _write(record_path, record)
 
 
+def note_pretrained(run_path: Path, sources: dict[str, dict]) -> None:
+    """Name this start's base weights: model id, revision and the content hash of each file."""
+    record_path = run_path / RECORD_NAME
+    record = json.loads(record_path.read_text())
+    record["starts"][-1]["pretrained"] = sources
+    _write(record_path, record)
+
+
 def note_changed_code(run_path: Path, differences: list[str]) -> None:
     """Mark this start as running other code than the run's earlier starts (--allow_changed_code)."""
     record_path = run_path / RECORD_NAME

@@ -56,9 +56,10 @@ from ..runs.identity import (
     run_name,
 )
 from ..runs.lease import RunHeldError, RunLease, RunTakenOver, release_held_leases
-from ..runs.record import end_start, note_changed_code, note_changed_raw_data, start_record
+from ..runs.record import end_start, note_changed_code, note_changed_raw_data, note_pretrained, start_record
 from ..runs.root import RunsRoot, find_run_by_config
 from ..runs.storage_errors import storage_error_message
+from ..weights.cache import WeightsError, refuse_other_base_weights, resolved_sources
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .divergence import TrainingDiverged
 from .fit_policies import CheckpointPolicy, EarlyStoppingPolicy, automatic_precision
@@ -261,6 +262,7 @@ class ProjectCLI(LightningCLI):
             if took_over:
                 print(took_over)
             code, changed_code = self._check_code()  # the code the run was started with, or refused
+            pretrained = self._check_pretrained()  # the base weights it started from, or refused
         fit_kwargs = self.config_init["fit"]
         resume_from = None
         if fit_kwargs.get("ckpt_path"):
@@ -287,7 +289,7 @@ class ProjectCLI(LightningCLI):
             elif changed_data:
                 print("Training on raw data that differs from data/raw.sha256 (--allow_changed_data):")
                 print("\n".join(f"  {problem}" for problem in changed_data))
-            self._record_start(changed_data, data_fingerprint, code, changed_code)
+            self._record_start(changed_data, data_fingerprint, code, changed_code, pretrained)
         if fit_kwargs.get("ckpt_path"):
             say(f"Run '{self.run.name}': starting from the given checkpoint {fit_kwargs['ckpt_path']}")
         elif resume_from is None:
@@ -312,11 +314,21 @@ class ProjectCLI(LightningCLI):
         print(f"Run '{self.run.name}': continuing with changed code (--allow_changed_code; noted in record.json).")
         return code, code_differences(recorded, code)
 
+    def _check_pretrained(self) -> dict[str, dict]:
+        """The base weights the model and data loaded (kit/weights/cache.py): the run's own, or refused."""
+        refuse_other_base_weights(self.run.name, self.run.recorded_pretrained(), "resume")
+        return resolved_sources()
+
     def _record_start(
-        self, changed_data: list[str], data_fingerprint: str | None, code: dict[str, str], changed_code: list[str]
+        self,
+        changed_data: list[str],
+        data_fingerprint: str | None,
+        code: dict[str, str],
+        changed_code: list[str],
+        pretrained: dict[str, dict],
     ) -> None:
         monitor = {"metric": self._policy.monitor, "mode": self._policy.mode}
-        self.run.start(self.config_text, monitor=monitor, code=code)
+        self.run.start(self.config_text, monitor=monitor, code=code, pretrained=pretrained)
         placement = {key: self.config["fit"]["trainer"].get(key) for key in PLACEMENT_KEYS}
         placement["processes"] = self.trainer.world_size
         seed = self.config["fit"].get("seed_everything")
@@ -325,6 +337,8 @@ class ProjectCLI(LightningCLI):
             note_changed_raw_data(self.run.path, changed_data)
         if changed_code:
             note_changed_code(self.run.path, changed_code)
+        if pretrained:
+            note_pretrained(self.run.path, pretrained)
 
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run:
@@ -460,6 +474,16 @@ def build_cli(cli_class: type[ProjectCLI], args: list[str], run: bool) -> Projec
         subcommand = args[0] if run and args and args[0] in SUBCOMMANDS else "fit"
         print(f"error: {bad}\n(every option: `{CONSOLE_SCRIPT} {subcommand} --help`)", file=sys.stderr)
         raise SystemExit(2) from None
+    except ValueError as wrapped:
+        # jsonargparse wraps what a model's or data module's constructor raised ("Does not validate
+        # against any of the Union subtypes"); a refusal in that chain is said as itself.
+        refused = _refusal_behind(wrapped)
+        if refused is None:
+            raise
+        if run:
+            raise refused from None
+        print(f"error: {refused}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_lightning_cli(args: list[str]) -> int:
@@ -468,6 +492,34 @@ def run_lightning_cli(args: list[str]) -> int:
         return _run_lightning_cli(args)
     finally:
         release_held_leases()
+
+
+# What `fit` and the evaluation commands refuse with one line and exit code 2: nothing was changed.
+REFUSALS = (
+    ConfigChangedError,
+    RunNameError,
+    MissingTrainedRun,
+    WorldSizeChangedError,
+    BadSettingError,
+    RawDataChangedError,
+    MissingDataError,
+    ShardError,
+    MissingMonitoredMetric,
+    RunHeldError,
+    CodeChangedError,
+    WeightsError,
+)
+
+
+def _refusal_behind(error: BaseException | None) -> BaseException | None:
+    """The first refusal in `error`'s chain of causes, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, REFUSALS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _run_lightning_cli(args: list[str]) -> int:
@@ -488,19 +540,7 @@ def _run_lightning_cli(args: list[str]) -> int:
         if _is_first_process():
             print(f"error: training diverged: {diverged}", file=sys.stderr)
         return DIVERGED_EXIT_CODE
-    except (
-        ConfigChangedError,
-        RunNameError,
-        MissingTrainedRun,
-        WorldSizeChangedError,
-        BadSettingError,
-        RawDataChangedError,
-        MissingDataError,
-        ShardError,
-        MissingMonitoredMetric,
-        RunHeldError,
-        CodeChangedError,
-    ) as refused:
+    except REFUSALS as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
     except Exception as error:

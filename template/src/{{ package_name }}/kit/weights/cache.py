@@ -1,0 +1,157 @@
+"""Pretrained weights from a cache, never downloaded by a training job. Managed by the copier-lightning template.
+
+A base model is named by its hub id and a pinned revision, a commit hash (`PretrainedSource`): a
+branch or tag moves, and a run must say which weights it started from. `weights fetch` downloads
+a snapshot on a machine that reaches the hub (a login node); everything else resolves it from the
+cache only (`local_files_only`), so no job downloads 100 GB again and a model that is not there
+ends in one line naming the fetch command. The cache is huggingface_hub's own
+(`models--org--name/snapshots/<commit>/`, at HF_HUB_CACHE, else HF_HOME/hub), so that
+transformers, peft and the hub's own tools see the same files; `weights_cache:` in
+configs/slurm/site.yaml points jobs at the shared one.
+
+Each source resolved in this process is remembered (`resolved_sources`): `fit` records the
+sources and their files' content hashes in record.json, and a resume on other weights is refused.
+The hashes come from the cache's own file names (a snapshot's files link to blobs named by their
+sha256, or git's sha1 for small files), so a start does not re-read 100 GB; `weights verify`
+re-reads them when a cache is in doubt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..base.project_package import CONSOLE_SCRIPT
+
+COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+MISSING_EXTRA = "pretrained weights need the `finetune` extra: pip install -e '.[finetune]'"
+_RESOLVED: dict[PretrainedSource, Path] = {}
+
+
+class WeightsError(Exception):
+    """A base model that cannot be used as named: the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    """A base model on the hub: its id (`org/name`) and the commit it is pinned to."""
+
+    model_id: str
+    revision: str
+
+    def __post_init__(self) -> None:
+        if not COMMIT_HASH.match(self.revision):
+            raise WeightsError(
+                f"{self.model_id}: revision {self.revision!r} is not a commit hash; pin one (a branch or tag "
+                f"moves under a run): `{CONSOLE_SCRIPT} weights fetch {self.model_id} --revision {self.revision}` "
+                "prints the commit it is now"
+            )
+
+    def local_path(self) -> Path:
+        """The snapshot's folder in the cache, found without the network; remembered for the run's record."""
+        try:
+            from huggingface_hub import snapshot_download
+            from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+        except ImportError:
+            raise WeightsError(MISSING_EXTRA) from None
+
+        try:
+            path = Path(
+                snapshot_download(self.model_id, revision=self.revision, cache_dir=cache_dir(), local_files_only=True)
+            )
+        except (LocalEntryNotFoundError, HFValidationError) as missing:
+            raise WeightsError(
+                f"{self.model_id} at {self.revision[:12]} is not in the weight cache ({cache_dir()}): run "
+                f"`{CONSOLE_SCRIPT} weights fetch {self.model_id} --revision {self.revision}` on a machine "
+                f"that reaches the hub ({type(missing).__name__})"
+            ) from None
+        _RESOLVED[self] = path
+        return path
+
+
+def cache_dir() -> Path:
+    """huggingface_hub's cache folder (HF_HUB_CACHE, HF_HOME/hub, or the default), read at each call:
+    huggingface_hub reads the variable once, at import."""
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+
+
+def resolved_sources() -> dict[str, dict]:
+    """What this process resolved: {model id: {revision, files: {name: content hash}}}, for record.json."""
+    return {
+        source.model_id: {"revision": source.revision, "files": snapshot_files(path)}
+        for source, path in sorted(_RESOLVED.items(), key=lambda item: item[0].model_id)
+    }
+
+
+def snapshot_files(snapshot: Path) -> dict[str, str]:
+    """Each file of a snapshot and its content hash: the name of the blob it links to, else its sha256."""
+    files = {}
+    for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+        name = path.relative_to(snapshot).as_posix()
+        files[name] = Path(os.readlink(path)).name if path.is_symlink() else _sha256(path)
+    return files
+
+
+def verify_snapshot(snapshot: Path) -> list[str]:
+    """The files whose content does not match the hash the cache names them by (reads every byte)."""
+    damaged = []
+    for name, recorded in snapshot_files(snapshot).items():
+        path = snapshot / name
+        actual = _sha256(path) if len(recorded) == 64 else _git_blob_sha1(path)
+        if actual != recorded:
+            damaged.append(f"{name}: content hash {actual[:12]}, named {recorded[:12]}")
+    return damaged
+
+
+def changed_sources(recorded: dict[str, dict], now: dict[str, dict]) -> list[str]:
+    """How the base weights of this start differ from those the run started from, one line each."""
+    lines = []
+    for model_id in sorted(set(recorded) | set(now)):
+        before, after = recorded.get(model_id), now.get(model_id)
+        if before is None or after is None:
+            lines.append(f"{model_id}: {'not used' if after is None else 'new'} in this start")
+        elif before["revision"] != after["revision"]:
+            lines.append(f"{model_id}: revision {before['revision'][:12]} then, {after['revision'][:12]} now")
+        elif before["files"] != after["files"]:
+            changed = sorted(
+                n for n in set(before["files"]) | set(after["files"]) if before["files"].get(n) != after["files"].get(n)
+            )
+            lines.append(f"{model_id}: files changed in the cache: {', '.join(changed)}")
+    return lines
+
+
+def refuse_other_base_weights(run_name: str, recorded: dict[str, dict] | None, action: str) -> None:
+    """Raise WeightsError when this process's base weights differ from those the run trained from.
+
+    Only where this process has resolved its sources already (the model built from the config): a
+    process that has not cannot tell, and is let through.
+    """
+    now = resolved_sources()
+    differences = changed_sources(recorded, now) if recorded is not None and now else []
+    if differences:
+        raise WeightsError(
+            f"Run '{run_name}' was trained from other base weights than those in the cache now: "
+            + "; ".join(differences)
+            + f". To {action} it on these would mix two models. Fetch the run's revision again "
+            f"(`{CONSOLE_SCRIPT} weights fetch ID --revision COMMIT`), or start a new run for these weights."
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _git_blob_sha1(path: Path) -> str:
+    """The hub names small (non-LFS) files by git's blob hash: sha1 of "blob <size>\\0" and the bytes."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    digest.update(path.read_bytes())
+    return digest.hexdigest()

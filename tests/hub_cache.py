@@ -1,0 +1,54 @@
+"""A tiny pretrained model in a Hugging Face hub cache, made here (the hub is not reachable).
+
+The model is a real architecture (LLaMA) with random weights and a few hundred thousand
+parameters, saved with `save_pretrained` (safetensors), then laid out as huggingface_hub lays out
+a download: `models--org--name/blobs/<content hash>`, `snapshots/<commit>/<file>` linking to the
+blob, `refs/main` naming the commit. Large files are named by their sha256 (the hub's LFS files),
+small ones by git's blob sha1, as on the hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+LFS_SUFFIXES = (".safetensors", ".bin")
+
+
+def tiny_llama(seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def put_in_hub_cache(folder: Path, cache: Path, model_id: str, commit: str) -> Path:
+    """Lay the files of `folder` (a save_pretrained output) into `cache` as a download of `model_id` at `commit`."""
+    repo = cache / f"models--{model_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for source in sorted(p for p in folder.rglob("*") if p.is_file()):
+        content = source.read_bytes()
+        if source.suffix in LFS_SUFFIXES:
+            name = hashlib.sha256(content).hexdigest()
+        else:
+            name = hashlib.sha1(f"blob {len(content)}\0".encode() + content, usedforsecurity=False).hexdigest()
+        (repo / "blobs" / name).write_bytes(content)
+        link = snapshot / source.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(repo / "blobs" / name, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

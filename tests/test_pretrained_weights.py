@@ -106,9 +106,10 @@ class DigitsFromPretrained(DigitsClassifier):
 '''
 
 
-def test_fit_records_the_base_weights_and_refuses_to_resume_on_others(template_repo, tmp_path: Path) -> None:
+def test_fit_records_the_base_weights_and_refuses_to_resume_on_others(template_repo, cache_module, tmp_path) -> None:
     """A run stopped by SIGTERM, the cached snapshot's weights swapped under the same commit: refused, one
-    line; the original put back: the run resumes and finishes. A model not in the cache: one line."""
+    line; the original put back: the run resumes and finishes, and its model card names the base model.
+    A model not in the cache: one line."""
     from template_dev import commit_all, make_project_venv, render, run
 
     project = tmp_path / "project"
@@ -119,6 +120,7 @@ def test_fit_records_the_base_weights_and_refuses_to_resume_on_others(template_r
     command = [str(make_project_venv(project, standalone=False).script("digits_mlp")), "fit"]
     cache = tmp_path / "hub"
     tiny_llama().save_pretrained(tmp_path / "saved", safe_serialization=True)
+    (tmp_path / "saved" / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A tiny LLaMA\n")
     tiny_llama(seed=1).save_pretrained(tmp_path / "other", safe_serialization=True)
     put_in_hub_cache(tmp_path / "saved", cache, MODEL_ID, COMMIT)
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
@@ -142,11 +144,8 @@ def test_fit_records_the_base_weights_and_refuses_to_resume_on_others(template_r
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     run_dir = project / "runs" / "on-tiny-llama"
     recorded = json.loads((run_dir / "manifest.json").read_text())["pretrained"][MODEL_ID]
-    assert recorded["revision"] == COMMIT and set(recorded["files"]) == {
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-    }
+    assert recorded["revision"] == COMMIT and recorded["license"] == "apache-2.0"
+    assert set(recorded["files"]) == {"README.md", "config.json", "generation_config.json", "model.safetensors"}
     start = json.loads((run_dir / "record.json").read_text())["starts"][0]
     assert start["pretrained"][MODEL_ID] == recorded
 
@@ -166,6 +165,13 @@ def test_fit_records_the_base_weights_and_refuses_to_resume_on_others(template_r
     put_in_hub_cache(tmp_path / "saved", cache, MODEL_ID, COMMIT)
     resumed = run([*command, *options], cwd=project, env=env, check=False)
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
+    from digits_mlp.kit import model_card  # the same kit as the project's; the card reads the run's files
+
+    model_card(run_dir, tmp_path / "card.md")
+    card = (tmp_path / "card.md").read_text()
+    weights_hash = recorded["files"]["model.safetensors"][:12]
+    assert f"**Base model** `{MODEL_ID}` at revision `{COMMIT}`, licence apache-2.0" in card
+    assert f"model.safetensors `{weights_hash}`" in card
 
     weights = [command[0], "weights"]
     listed = run([*weights, "list"], cwd=project, env=env)

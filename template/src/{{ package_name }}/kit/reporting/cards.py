@@ -93,6 +93,21 @@ def _shipping(export_dir: Path) -> list[str]:
     return lines
 
 
+def _base_models(pretrained: dict[str, dict]) -> list[str]:
+    """Who made the weights the model started from, which revision, under which licence (kit/weights/)."""
+    lines = []
+    for model_id, source in sorted(pretrained.items()):
+        weights = {name: digest for name, digest in source["files"].items() if name.endswith((".safetensors", ".bin"))}
+        hashes = ", ".join(f"{name} `{digest[:12]}`" for name, digest in sorted(weights.items())) or "none"
+        lines += [
+            f"**Base model** `{model_id}` at revision `{source['revision']}`, licence "
+            f"{source.get('license') or 'not stated in its card: check it before you share this model'}; "
+            f"weights {hashes}.",
+            "",
+        ]
+    return lines
+
+
 def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) -> None:
     """Write the card of the model a run trained, compared with a previous run if given."""
     run = RunDirectory(run_dir)
@@ -114,6 +129,7 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
         "",
         f"**Training data** fingerprint `{start.get('data_fingerprint')}` (`{config['data']['class_path']}`).",
         "",
+        *_base_models(manifest.get("pretrained") or {}),
         "**Hyperparameters.**",
         "",
         "```yaml",

@@ -81,11 +81,29 @@ def cache_dir() -> Path:
 
 
 def resolved_sources() -> dict[str, dict]:
-    """What this process resolved: {model id: {revision, files: {name: content hash}}}, for record.json."""
+    """What this process resolved, for record.json and the model card:
+    {model id: {revision, license, files: {name: content hash}}}."""
     return {
-        source.model_id: {"revision": source.revision, "files": snapshot_files(path)}
+        source.model_id: {"revision": source.revision, "license": model_license(path), "files": snapshot_files(path)}
         for source, path in sorted(_RESOLVED.items(), key=lambda item: item[0].model_id)
     }
+
+
+def model_license(snapshot: Path) -> str | None:
+    """The `license:` of the model's own card (README.md's front matter on the hub), if it says one."""
+    import yaml
+
+    card = snapshot / "README.md"
+    text = card.read_text(errors="replace") if card.is_file() else ""
+    if not text.startswith("---"):
+        return None
+    front, _, _ = text[3:].partition("\n---")
+    try:
+        meta = yaml.safe_load(front) or {}
+    except yaml.YAMLError:
+        return None
+    license_name = meta.get("license") if isinstance(meta, dict) else None
+    return str(license_name) if license_name else None
 
 
 def snapshot_files(snapshot: Path) -> dict[str, str]:

@@ -257,12 +257,13 @@ class ProjectCLI(LightningCLI):
             return
         lead = self.trainer.is_global_zero  # under DDP every process runs this; one records and prints
         say = print if lead else _silent
+        # Every process checks its base weights (it read them itself): under srun all refuse together.
+        pretrained = self._check_pretrained()  # the base weights the run started from, or refused
         if lead:
             took_over = self.lease.acquire()  # one writer per run: refused here if another process holds it
             if took_over:
                 print(took_over)
             code, changed_code = self._check_code()  # the code the run was started with, or refused
-            pretrained = self._check_pretrained()  # the base weights it started from, or refused
         fit_kwargs = self.config_init["fit"]
         resume_from = None
         if fit_kwargs.get("ckpt_path"):

@@ -13,7 +13,8 @@ Each source resolved in this process is remembered (`resolved_sources`): `fit` r
 sources and their files' content hashes in record.json, and a resume on other weights is refused.
 The hashes come from the cache's own file names (a snapshot's files link to blobs named by their
 sha256, or git's sha1 for small files), so a start does not re-read 100 GB; `weights verify`
-re-reads them when a cache is in doubt.
+re-reads them when a cache is in doubt. That check is written here: huggingface_hub's own
+(`HfApi.verify_repo_checksums`) asks the hub for the checksums, which a compute node cannot reach.
 """
 
 from __future__ import annotations

@@ -97,25 +97,23 @@ def start_record(
 
 def note_changed_raw_data(run_path: Path, differences: list[str]) -> None:
     """Mark this start as trained on raw data that differs from data/raw.sha256 (--allow_changed_data)."""
-    record_path = run_path / RECORD_NAME
-    record = json.loads(record_path.read_text())
-    record["starts"][-1]["raw_data_differs_from_record"] = differences
-    _write(record_path, record)
+    _note_on_this_start(run_path, "raw_data_differs_from_record", differences)
 
 
 def note_pretrained(run_path: Path, sources: dict[str, dict]) -> None:
     """Name this start's base weights: model id, revision and the content hash of each file."""
-    record_path = run_path / RECORD_NAME
-    record = json.loads(record_path.read_text())
-    record["starts"][-1]["pretrained"] = sources
-    _write(record_path, record)
+    _note_on_this_start(run_path, "pretrained", sources)
 
 
 def note_changed_code(run_path: Path, differences: list[str]) -> None:
     """Mark this start as running other code than the run's earlier starts (--allow_changed_code)."""
+    _note_on_this_start(run_path, "code_differs_from_earlier_starts", differences)
+
+
+def _note_on_this_start(run_path: Path, key: str, value: Any) -> None:
     record_path = run_path / RECORD_NAME
     record = json.loads(record_path.read_text())
-    record["starts"][-1]["code_differs_from_earlier_starts"] = differences
+    record["starts"][-1][key] = value
     _write(record_path, record)
 
 

@@ -29,7 +29,7 @@ from ..base.project_package import CONSOLE_SCRIPT
 
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 MISSING_EXTRA = "pretrained weights need the `finetune` extra: pip install -e '.[finetune]'"
-_RESOLVED: dict[PretrainedSource, Path] = {}
+_RESOLVED: dict[str, dict] = {}  # model id -> what this process loaded (resolved_sources)
 
 
 class WeightsError(Exception):
@@ -69,7 +69,12 @@ class PretrainedSource:
                 f"`{CONSOLE_SCRIPT} weights fetch {self.model_id} --revision {self.revision}` on a machine "
                 f"that reaches the hub ({type(missing).__name__})"
             ) from None
-        _RESOLVED[self] = path
+        # Read once, when resolved: the files this process loads from (names only, for linked blobs).
+        _RESOLVED[self.model_id] = {
+            "revision": self.revision,
+            "license": model_license(path),
+            "files": snapshot_files(path),
+        }
         return path
 
 
@@ -84,10 +89,7 @@ def cache_dir() -> Path:
 def resolved_sources() -> dict[str, dict]:
     """What this process resolved, for record.json and the model card:
     {model id: {revision, license, files: {name: content hash}}}."""
-    return {
-        source.model_id: {"revision": source.revision, "license": model_license(path), "files": snapshot_files(path)}
-        for source, path in sorted(_RESOLVED.items(), key=lambda item: item[0].model_id)
-    }
+    return {model_id: dict(_RESOLVED[model_id]) for model_id in sorted(_RESOLVED)}
 
 
 def model_license(snapshot: Path) -> str | None:

@@ -8,6 +8,7 @@ BENCHMARKS = [
     "overhead.py",
     "kit_calls.py",
     "idle_hooks.py",
+    "finetune_overhead.py",
     "ddp_overhead.py",
     "hook_calls.py",
     "checkpointing.py",

@@ -16,21 +16,32 @@ from pathlib import Path
 LFS_SUFFIXES = (".safetensors", ".bin")
 
 
-def tiny_llama(seed: int = 0):
+def tiny_llama(seed: int = 0, vocab_size: int = 96, **size: int):
+    """size: LlamaConfig values to change (hidden_size, num_hidden_layers, ...), for a larger model."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = LlamaConfig(vocab_size=vocab_size, num_key_value_heads=2, max_position_embeddings=64, **{**shape, **size})
     return LlamaForCausalLM(config)
+
+
+def save_tiny_llama_with_tokenizer(folder: Path, texts: list[str], seed: int = 0, **size: int) -> None:
+    """A tiny LLaMA and a word-level tokenizer made from `texts`, saved as a hub repository holds them
+    (config, safetensors weights, tokenizer files), for AutoTokenizer and AutoModel*.from_pretrained."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    words.normalizer = normalizers.Lowercase()
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "</s>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    tokenizer.save_pretrained(folder)
+    model = tiny_llama(seed, vocab_size=-(-len(tokenizer) // 32) * 32, **size)
+    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    model.save_pretrained(folder, safe_serialization=True)
 
 
 def put_in_hub_cache(folder: Path, cache: Path, model_id: str, commit: str) -> Path:

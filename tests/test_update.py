@@ -103,10 +103,13 @@ def assert_same_files(updated: Path, fresh: Path) -> None:
     assert without_commit[0] == without_commit[1]
 
 
-def test_untouched_project_updated_equals_a_fresh_copy_of_the_new_release(releases: Path, tmp_path: Path) -> None:
-    project = project_at_old_release(releases, tmp_path / "updated")
+@pytest.mark.parametrize("example", ["digits", "finetune"])
+def test_untouched_project_updated_equals_a_fresh_copy_of_the_new_release(
+    releases: Path, tmp_path: Path, example: str
+) -> None:
+    project = project_at_old_release(releases, tmp_path / "updated", example=example)
     update(project)
-    render(releases, tmp_path / "fresh", vcs_ref=NEW)
+    render(releases, tmp_path / "fresh", vcs_ref=NEW, example=example)
     assert_same_files(project, tmp_path / "fresh")
     assert yaml.safe_load((project / ".copier-answers.yml").read_text())["_commit"] == NEW
     assert "<<<<<<<" not in "".join(text for text in map(Path.read_text, map(project.joinpath, tree(project))))

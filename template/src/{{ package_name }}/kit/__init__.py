@@ -39,6 +39,7 @@ PUBLIC = {
     # for model.py
     "at_log_interval": "training.logging_interval",
     "PretrainedSource": "weights.cache",
+    "save_only_trainable_weights": "weights.trainable_checkpoints",
     # for data.py
     "ResumableDataLoader": "data.resumable_loader",
     "CacheResult": "data.preprocessing_cache",
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .training.resume_testing import KillAt as KillAt
     from .training.resume_testing import RecordBatches as RecordBatches
     from .weights.cache import PretrainedSource as PretrainedSource
+    from .weights.trainable_checkpoints import save_only_trainable_weights as save_only_trainable_weights
 
 
 def __getattr__(name: str) -> Any:

@@ -2,8 +2,9 @@
 
 Managed by the copier-lightning template.
 
-Inputs: files or folders of them, `.npy` (one sample, or one per row) or `.csv` / `.csv.gz` /
-`.txt` (one sample per comma-separated row), read in sorted order. Each sample goes through the
+Inputs: files or folders of them, `.npy` (one sample, or one per row), `.csv` / `.csv.gz` /
+`.txt` (one sample per comma-separated row) or `.jsonl` (one JSON value per line: a text, a list
+of numbers, ...), read in sorted order. Each sample goes through the
 data module's `serving_preprocessing`, the very function its training features use (data.py), so
 the model sees in serving what it saw in training; then through the run's best checkpoint (or,
 with `--engine onnx`, its export), in batches of `--batch-size`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-SUFFIXES = (".npy", ".csv", ".csv.gz", ".txt")
+SUFFIXES = (".npy", ".csv", ".csv.gz", ".txt", ".jsonl")
 
 
 class InputError(ValueError):
@@ -47,14 +49,16 @@ def input_files(paths: list[Path]) -> list[Path]:
     return found
 
 
-def read_samples(path: Path) -> np.ndarray:
-    """The file's samples, one per row (a 1-D .npy is one sample)."""
+def read_samples(path: Path) -> np.ndarray | list:
+    """The file's samples, one per row (a 1-D .npy is one sample; a .jsonl file's lines, as a list)."""
     try:
+        if path.name.endswith(".jsonl"):
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if path.name.endswith(".npy"):
             samples = np.load(path, allow_pickle=False)
             return samples[None] if samples.ndim == 1 else samples
         return np.loadtxt(path, delimiter=",", ndmin=2)
-    except (OSError, ValueError) as bad:
+    except (OSError, ValueError) as bad:  # json's JSONDecodeError is a ValueError
         raise InputError(f"{path}: cannot read it: {bad}") from None
 
 
@@ -133,7 +137,7 @@ def predict_files_main(argv: list[str]) -> int:
         description="Batch inference over files with the training preprocessing; resumable. Other options go to "
         "the config parser (--config, --run_name, ...), as for `fit`.",
     )
-    parser.add_argument("inputs", nargs="+", type=Path, help="files or folders (.npy, .csv, .csv.gz, .txt)")
+    parser.add_argument("inputs", nargs="+", type=Path, help="files or folders (.npy, .csv, .csv.gz, .txt, .jsonl)")
     parser.add_argument("--output", type=Path, required=True, help="the CSV of predictions (appended to on a re-run)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--engine", choices=["pytorch", "onnx"], default="pytorch",
@@ -152,7 +156,7 @@ def predict_files_main(argv: list[str]) -> int:
 
     project = load_project(config_args)
     model, data, run = project.model, project.datamodule, project.run
-    preprocess = getattr(type(data), "serving_preprocessing", None)
+    preprocess = getattr(data, "serving_preprocessing", None)
     if preprocess is None:
         print(f"error: {type(data).__name__} has no `serving_preprocessing`: give it the function that turns raw "
               "samples into model inputs, the one its training features use (see the example's data.py)",

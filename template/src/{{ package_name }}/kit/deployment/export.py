@@ -5,6 +5,9 @@ Managed by the copier-lightning template.
 Writes `runs/<run>/export/`:
 - `model.onnx` (torch.onnx's exporter, batch size left free) and `model.pt2` (torch.export), each
   written atomically;
+- `merged/`, for a model with LoRA adapters (peft): the adapters merged into the base weights, in
+  Hugging Face format (safetensors, with the tokenizer), which `from_pretrained` loads
+  (pretrained_export.py);
 - `export.json`: the files and their sha256, the opset, the versions of torch, onnx and
   onnxruntime, the checkpoint (and its fingerprint: a new checkpoint makes the export stale), the
   preprocessing function serving must apply (the data module's `serving_preprocessing`, the one
@@ -38,6 +41,7 @@ from ..base.file_hashes import file_sha256
 from ..runs.atomic_files import atomic_output, atomic_write_text
 from ..runs.directory import RunDirectory
 from .onnx_runtime import onnx_session
+from .pretrained_export import export_merged
 
 PARITY_TOLERANCE = 1e-4  # largest absolute difference allowed between ONNX and PyTorch outputs (float32)
 
@@ -120,7 +124,7 @@ def parity(model: torch.nn.Module, session, inputs: torch.Tensor, batch_size: in
 
 def serving_preprocessing(data) -> str | None:
     """'module:function' of the data module's `serving_preprocessing` (what serving applies to raw inputs)."""
-    function = getattr(type(data), "serving_preprocessing", None)
+    function = getattr(data, "serving_preprocessing", None)
     if function is None:
         return None
     function = inspect.unwrap(function)
@@ -146,6 +150,14 @@ def export_model(model, data, checkpoint: Path, directory: Path) -> dict[str, An
             f"the ONNX model's outputs differ from PyTorch's by up to {checked['max_abs_difference']:.2e} on the "
             f"validation split (allowed: {PARITY_TOLERANCE:.0e}); {onnx_path} is not to be served"
         )
+    merged = export_merged(model, data, inputs, directory)
+    if merged and merged["parity"]["max_abs_difference"] > merged["parity"]["tolerance"]:
+        checked_merge = merged["parity"]
+        raise ExportError(
+            f"the merged model's outputs differ from the adapters' by up to {checked_merge['max_abs_difference']:.2e} "
+            f"on the validation split (allowed: {checked_merge['tolerance']:.0e}); {directory / 'merged'} is not to be "
+            "served"
+        )
     import onnx
 
     record = {
@@ -157,6 +169,7 @@ def export_model(model, data, checkpoint: Path, directory: Path) -> dict[str, An
         "input_dtype": str(inputs.dtype).removeprefix("torch."),
         "preprocessing": serving_preprocessing(data),
         "parity": checked,
+        "merged": merged,  # adapters merged, in Hugging Face format (pretrained_export.py); None without adapters
         "versions": {name: _version(name) for name in ("torch", "onnx", "onnxruntime", "onnxscript")},
     }
     atomic_write_text(directory / "export.json", json.dumps(record, indent=2) + "\n")
@@ -215,6 +228,12 @@ def export_main(argv: list[str]) -> int:
         f"{checked['max_abs_difference']:.2e} (allowed {checked['tolerance']:.0e}), same prediction for "
         f"{checked['same_prediction_fraction']:.2%}"
     )
+    if record.get("merged"):
+        merged = record["merged"]
+        print(
+            f"Merged {merged['class']} in {merged['directory']}/ (from_pretrained loads it): largest difference from "
+            f"the adapters {merged['parity']['max_abs_difference']:.2e} (allowed {merged['parity']['tolerance']:.0e})"
+        )
     if record["preprocessing"]:
         print(f"Serving applies {record['preprocessing']} to raw inputs, as training does.")
     print(f"Record: {RunDirectory(Path(record['checkpoint']).parent.parent).export_dir / 'export.json'}")

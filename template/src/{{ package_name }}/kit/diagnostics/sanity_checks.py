@@ -92,6 +92,15 @@ def number_of_classes(model: pl.LightningModule, batch: Any) -> int | None:
     return int(output.shape[-1]) if output.ndim == 2 and output.shape[-1] > 1 else None
 
 
+def pretrained_base(model: pl.LightningModule) -> str | None:
+    """The base model this model was built from, if its hyperparameters name one this process loaded from the
+    weight cache (kit/weights/)."""
+    from ..weights.cache import resolved_sources
+
+    named = {str(value) for value in dict(getattr(model, "hparams", {})).values() if isinstance(value, str)}
+    return next((model_id for model_id in resolved_sources() if model_id in named), None)
+
+
 def manual_optimization_skip(name: str, model: pl.LightningModule) -> CheckResult | None:
     """A SKIP for checks that call training_step alone: with manual optimization it steps its own
     optimizers (`self.optimizers()`), which exist only inside a Trainer."""
@@ -106,6 +115,10 @@ def check_initial_loss(model: pl.LightningModule, data: pl.LightningDataModule, 
     name = "initial loss is about log(K)"
     if skipped := manual_optimization_skip(name, model):
         return skipped
+    if base := pretrained_base(model):
+        return CheckResult(
+            name, None, f"starts from pretrained weights ({base}): log(K) is the loss of a model that knows nothing"
+        )
     batch = first_training_batch(data)
     classes = number_of_classes(model, batch)
     if classes is None:
@@ -153,27 +166,38 @@ def check_overfits_one_batch(
 
 
 def check_gradients_reach_every_parameter(model: pl.LightningModule, data: pl.LightningDataModule) -> CheckResult:
+    """Every trainable tensor gets a gradient: at once, or after one optimizer step for a tensor whose
+    gradient is zero only because a layer after it starts at zero (LoRA's B matrices do, by design)."""
     name = "gradients reach every trainable parameter"
     if skipped := manual_optimization_skip(name, model):
         return skipped
     batch = first_training_batch(data)
     model.train()
-    model.zero_grad(set_to_none=True)
-    training_loss(model, batch).backward()
-    missing = [
-        parameter_name
-        for parameter_name, parameter in model.named_parameters()
-        if parameter.requires_grad and (parameter.grad is None or not bool(parameter.grad.abs().sum()))
-    ]
+    missing = _without_gradient(model, batch)
+    if any(parameter.grad is not None for parameter in missing.values()):
+        optimizer = model_optimizer(model)  # held: a scheduler wraps its step with a weak reference to it
+        optimizer.step()
+        missing = {name: parameter for name, parameter in _without_gradient(model, batch).items() if name in missing}
     trainable = sum(1 for p in model.parameters() if p.requires_grad)
     return CheckResult(
         name,
         not missing,
         f"{trainable - len(missing)} of {trainable} trainable tensors got a gradient"
-        + (f"; none for: {', '.join(missing[:8])}" if missing else ""),
+        + (f"; none for: {', '.join(list(missing)[:8])}" if missing else ""),
         "a .detach(), torch.no_grad() or .item() on the path to the loss, or layers that forward() never uses "
         "(freeze them with requires_grad_(False) if that is intended)",
     )
+
+
+def _without_gradient(model: pl.LightningModule, batch: Any) -> dict[str, nn.Parameter]:
+    """The trainable parameters whose gradient, after one backward pass on `batch`, is missing or all zero."""
+    model.zero_grad(set_to_none=True)
+    training_loss(model, batch).backward()
+    return {
+        parameter_name: parameter
+        for parameter_name, parameter in model.named_parameters()
+        if parameter.requires_grad and (parameter.grad is None or not bool(parameter.grad.abs().sum()))
+    }
 
 
 def _tensors_with_graph(value: Any) -> bool:

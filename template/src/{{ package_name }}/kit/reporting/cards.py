@@ -59,7 +59,8 @@ def dataset_card(data, path: Path, transform=None) -> None:
         inputs, labels = split.tensors[0], split.tensors[1]
         counts = torch.bincount(labels).tolist()
         shape = tuple(inputs.shape[1:])
-        lines.append(f"| {name} | {len(labels)} | {shape} | {inputs.mean():.4f} | {inputs.std():.4f} | {counts} |")
+        mean, std = inputs.float().mean(), inputs.float().std()  # float: token ids are integers
+        lines.append(f"| {name} | {len(labels)} | {shape} | {mean:.4f} | {std:.4f} | {counts} |")
     hparams = dict(data.hparams)
     lines += [
         "",
@@ -108,6 +109,24 @@ def _base_models(pretrained: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _trained_parameters(summary: dict | None) -> list[str]:
+    """How much of the model trained, and with which adapters (kit/weights/adapters.py)."""
+    if not summary:
+        return []
+    total = summary["trainable"] + summary["frozen"]
+    line = f"**Trained parameters** {summary['trainable']:,} of {total:,}"
+    adapters = summary.get("adapters")
+    if adapters:
+        line += (
+            f"; adapters {adapters['method']} with rank {adapters.get('r')}, alpha {adapters.get('lora_alpha')}, "
+            f"dropout {adapters.get('lora_dropout')} on {', '.join(adapters.get('target_modules') or [])}"
+        )
+        if adapters.get("modules_to_save"):
+            line += f", fully trained: {', '.join(adapters['modules_to_save'])}"
+    line += f"; checkpoints hold {summary['checkpoints_hold']} parameters."
+    return [line, ""]
+
+
 def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) -> None:
     """Write the card of the model a run trained, compared with a previous run if given."""
     run = RunDirectory(run_dir)
@@ -130,6 +149,7 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
         f"**Training data** fingerprint `{start.get('data_fingerprint')}` (`{config['data']['class_path']}`).",
         "",
         *_base_models(manifest.get("pretrained") or {}),
+        *_trained_parameters(start.get("parameters")),
         "**Hyperparameters.**",
         "",
         "```yaml",

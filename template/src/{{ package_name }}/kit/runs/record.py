@@ -105,6 +105,11 @@ def note_pretrained(run_path: Path, sources: dict[str, dict]) -> None:
     _note_on_this_start(run_path, "pretrained", sources)
 
 
+def note_parameters(run_path: Path, summary: dict[str, Any]) -> None:
+    """What this start trains: parameter counts, what checkpoints hold, adapters (kit/weights/adapters.py)."""
+    _note_on_this_start(run_path, "parameters", summary)
+
+
 def note_changed_code(run_path: Path, differences: list[str]) -> None:
     """Mark this start as running other code than the run's earlier starts (--allow_changed_code)."""
     _note_on_this_start(run_path, "code_differs_from_earlier_starts", differences)

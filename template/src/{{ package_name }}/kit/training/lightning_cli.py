@@ -56,9 +56,17 @@ from ..runs.identity import (
     run_name,
 )
 from ..runs.lease import RunHeldError, RunLease, RunTakenOver, release_held_leases
-from ..runs.record import end_start, note_changed_code, note_changed_raw_data, note_pretrained, start_record
+from ..runs.record import (
+    end_start,
+    note_changed_code,
+    note_changed_raw_data,
+    note_parameters,
+    note_pretrained,
+    start_record,
+)
 from ..runs.root import RunsRoot, find_run_by_config
 from ..runs.storage_errors import storage_error_message
+from ..weights.adapters import parameter_summary
 from ..weights.cache import WeightsError, refuse_other_base_weights, resolved_sources
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .divergence import TrainingDiverged
@@ -67,6 +75,7 @@ from .idle_hooks import skip_idle_batch_hooks
 from .no_profiler import NoProfiler
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
+from .refused_inputs import refused_data_message, refused_settings_message
 from .rolling_checkpoint import RollingCheckpoint
 from .run_bookkeeping import MissingMonitoredMetric, RunBookkeeping
 from .trial_pruning import active_trial_pruning
@@ -340,6 +349,7 @@ class ProjectCLI(LightningCLI):
             note_changed_code(self.run.path, changed_code)
         if pretrained:
             note_pretrained(self.run.path, pretrained)
+        note_parameters(self.run.path, parameter_summary(self.model))
 
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run:
@@ -480,6 +490,9 @@ def build_cli(cli_class: type[ProjectCLI], args: list[str], run: bool) -> Projec
         # against any of the Union subtypes"); a refusal in that chain is said as itself.
         refused = _refusal_behind(wrapped)
         if refused is None:
+            if settings := refused_settings_message(wrapped):
+                print(f"error: {settings}", file=sys.stderr)
+                raise SystemExit(2) from None
             raise
         if run:
             raise refused from None
@@ -545,6 +558,9 @@ def _run_lightning_cli(args: list[str]) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 2
     except Exception as error:
+        if refused := refused_data_message(error):
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
         explained = storage_error_message(error) or lost_peer_message(error)
         if explained is None:
             raise

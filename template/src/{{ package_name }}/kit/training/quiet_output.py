@@ -11,7 +11,9 @@ errors about the researcher's code and settings are kept.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import warnings
 
 # Lines Lightning logs at INFO that say nothing the kit does not say better ("Run '...' finished").
@@ -41,7 +43,12 @@ LIGHTNING_INTERNAL_DEPRECATIONS = (
     r"(?s)Be aware that when using `ckpt_path`, callbacks used to create the checkpoint.*",
     # On a login node with SLURM installed, a local run is meant to be local (jobs go through `submit`).
     r"(?s)The `srun` command is available on your system but is not used.*",
+    # peft asking transformers with a name transformers has since renamed.
+    r".*`is_gradient_checkpointing` is deprecated.*",
 )
+# Hugging Face libraries' progress bars and load reports (a fine-tune's new head is "MISSING" from
+# the base weights by design); their warnings and errors are kept. A value the researcher set wins.
+HUGGING_FACE_QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 
 
 class _DropChatter(logging.Filter):
@@ -58,3 +65,12 @@ def quiet_lightning_chatter() -> None:
             logger.addFilter(_DropChatter())
     for pattern in LIGHTNING_INTERNAL_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=pattern)
+    researcher_chose = "TRANSFORMERS_VERBOSITY" in os.environ
+    for name, value in HUGGING_FACE_QUIET.items():
+        os.environ.setdefault(name, value)
+    # Imported already (Lightning imports it), transformers has read its variable: tell it directly.
+    if "transformers" in sys.modules and not researcher_chose:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()

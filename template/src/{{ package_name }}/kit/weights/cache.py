@@ -77,6 +77,11 @@ class PretrainedSource:
         }
         return path
 
+    def file_hashes(self) -> dict[str, str]:
+        """Each file of the snapshot and its content hash (what record.json keeps), resolved from the cache."""
+        self.local_path()
+        return dict(_RESOLVED[self.model_id]["files"])
+
 
 def cache_dir() -> Path:
     """huggingface_hub's cache folder (HF_HUB_CACHE, HF_HOME/hub, or the default), read at each call:

@@ -1,0 +1,65 @@
+"""A model or data module refusing its settings or data, in one line. Managed by the copier-lightning template.
+
+A data module's `prepare_data` or `setup` (or a model's `setup`) that raises ValueError (a column
+that is not there, a label it does not know, texts longer than it accepts) or FileNotFoundError is
+telling the researcher about the data or its settings, not about a bug in the kit: `fit`, `test`,
+`validate` and `predict` print its message, where it was raised (file, line, function) and exit 2,
+instead of Lightning's fifty lines of traceback. Any other exception keeps its traceback.
+
+Likewise a ValueError or TypeError raised by a LightningModule's or LightningDataModule's own
+`__init__` (a setting it does not accept), which jsonargparse reports wrapped in its Union errors,
+seventy lines with the cause in the middle: every command that builds them prints the cause.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+DATA_HOOKS = ("prepare_data", "setup")
+REFUSED_TYPES = (ValueError, FileNotFoundError)
+
+
+def refused_data_message(error: BaseException) -> str | None:
+    """One line for a ValueError or FileNotFoundError raised inside a data module's prepare_data or setup
+    (or a model's setup, where it checks the data it is given)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    if not isinstance(error, REFUSED_TYPES):
+        return None
+    frames = list(traceback.walk_tb(error.__traceback__))
+    owner = next(
+        (
+            frame.f_locals["self"]
+            for frame, _ in frames
+            if frame.f_code.co_name in DATA_HOOKS
+            and isinstance(frame.f_locals.get("self"), LightningDataModule | LightningModule)
+        ),
+        None,
+    )
+    if owner is None:
+        return None
+    return f"{type(owner).__name__} refused its data ({_where(frames)}): {error}"
+
+
+def _where(frames: list) -> str:
+    raised_at, line = frames[-1]
+    return f"{Path(raised_at.f_code.co_filename).name} line {line}, in {raised_at.f_code.co_name}"
+
+
+def refused_settings_message(error: BaseException) -> str | None:
+    """One line for a ValueError or TypeError that a model's or data module's `__init__` raised, found in
+    `error`'s chain of causes (jsonargparse wraps it)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ValueError | TypeError):
+            frames = list(traceback.walk_tb(error.__traceback__))
+            for frame, _ in frames:
+                owner = frame.f_locals.get("self")
+                if frame.f_code.co_name == "__init__" and isinstance(owner, LightningModule | LightningDataModule):
+                    return f"{type(owner).__name__} refused its settings ({_where(frames)}): {error}"
+        error = error.__cause__ or error.__context__
+    return None

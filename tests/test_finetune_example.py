@@ -1,0 +1,226 @@
+"""The fine-tune example (`example: finetune`): a pretrained LLaMA-style model adapted with LoRA to sort
+support tickets, rendered, installed and driven through its commands as a researcher would.
+
+The base model is a tiny LLaMA with random weights and a word-level tokenizer, saved by
+transformers and laid out in a hub cache under the id and commit the project's config names (the
+hub is not reachable here): the project loads it through its real offline path. Checked: the
+project's own tests; a stop by SIGTERM or USR1, with one and two processes, resumes to the
+uninterrupted run's weights exactly; checkpoints hold only the adapters and the head; `export`
+writes a merged model that `from_pretrained` loads and that predicts as the adapters do, and ONNX;
+`predict-files`, `evaluate` and `budget` work on it; bad inputs end in one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hub_cache import put_in_hub_cache, save_tiny_llama_with_tokenizer
+from training_runs import max_abs_difference, train
+
+from template_dev import commit_all, make_project_venv, render
+
+PACKAGE = "ticket_topics"
+BASE_MODEL = "HuggingFaceTB/SmolLM2-135M"
+REVISION = "93efa2f097d58c2a74874c7e644dbc9b0cee75a2"
+OTHER_REVISION = "fedcba9876543210fedcba9876543210fedcba98"
+# 8 batches of 16 tickets an epoch, 3 epochs; the rolling checkpoint every 3 steps.
+SHORT_RUN = [
+    "--trainer.max_epochs=3",
+    "--trainer.limit_train_batches=8",
+    "--trainer.limit_val_batches=2",
+    "--checkpointing.every_n_steps=3",
+    "--checkpointing.every_n_minutes=null",
+    "--early_stopping.patience=null",
+]
+TWO_PROCESSES = ["--trainer.devices=2", "--trainer.strategy=ddp"]
+
+
+@pytest.fixture(scope="module")
+def finetune(template_repo: Path, tmp_path_factory) -> tuple[Path, list[str], dict[str, str]]:
+    """The rendered fine-tune project, its command, and the environment that points it at the weight cache."""
+    root = tmp_path_factory.mktemp("finetune")
+    project = root / "ticket-topics"
+    render(template_repo, project, example="finetune", project_name="Ticket Topics", package_name=PACKAGE)
+    commit_all(project, "Start from copier-lightning")
+    venv = make_project_venv(project, standalone=False)
+
+    sys.path.insert(0, str(project / "src"))
+    try:
+        from ticket_topics.data import write_example_tickets
+    finally:
+        sys.path.remove(str(project / "src"))
+    write_example_tickets(root / "tickets.jsonl")
+    texts = [json.loads(line)["text"] for line in (root / "tickets.jsonl").read_text().splitlines()]
+    save_tiny_llama_with_tokenizer(root / "saved", texts)
+    for revision in (REVISION, OTHER_REVISION):  # the same files at another commit: a second base model
+        put_in_hub_cache(root / "saved", root / "hub", BASE_MODEL, revision)
+    env = {"HF_HUB_CACHE": str(root / "hub"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return project, [str(venv.script(PACKAGE))], env
+
+
+def run(finetune, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    project, command, env = finetune
+    return subprocess.run(
+        [*command, *args], cwd=project, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def fit(finetune, run_name: str, *options: str, kill: dict | None = None) -> subprocess.CompletedProcess:
+    project, command, env = finetune
+    callbacks = [{"class_path": f"{PACKAGE}.kit.ProgressLines"}]
+    if kill:
+        marker = project / "runs" / f"{run_name}.killed"
+        callbacks.append({"class_path": f"{PACKAGE}.kit.KillAt", "init_args": {"marker_file": str(marker), **kill}})
+    config = project / f"{run_name}.json"
+    config.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
+    return train(command, project, config, run_name, *SHORT_RUN, *options, env=env)
+
+
+def final_state(project: Path, run_name: str) -> dict[str, torch.Tensor]:
+    checkpoint = project / "runs" / run_name / "checkpoints" / "final.ckpt"
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_the_projects_own_tests_pass(finetune) -> None:
+    project, _, env = finetune
+    python = project / ".venv" / "bin" / "python"
+    done = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " skipped" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "kill", "processes"),
+    [
+        ("sigterm", {"hook": "train_batch_end", "global_step": 11, "signal": "SIGTERM"}, []),
+        ("usr1", {"hook": "train_epoch_end", "epoch": 1, "signal": "SIGUSR1"}, []),
+        ("sigterm-2", {"hook": "train_batch_end", "global_step": 10, "signal": "SIGTERM"}, TWO_PROCESSES),
+    ],
+)
+def test_a_stopped_fine_tune_resumes_to_identical_adapters(finetune, case, kill, processes) -> None:
+    project, _, _ = finetune
+    reference = f"uninterrupted{len(processes)}"
+    if not (project / "runs" / reference / "checkpoints" / "final.ckpt").exists():
+        done = fit(finetune, reference, *processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+    stopped = fit(finetune, case, *processes, kill=kill)
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    assert f"Run '{case}' stopped on {kill['signal']}" in stopped.stdout
+    resumed = fit(finetune, case, *processes, kill=kill)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Run '{case}': resuming from last.ckpt" in resumed.stdout
+
+    expected, got = final_state(project, reference), final_state(project, case)
+    assert set(got) == set(expected) and all("lora_" in name or "modules_to_save" in name for name in got)
+    assert max_abs_difference(got, expected) == 0.0
+
+
+def test_checkpoints_hold_the_adapters_not_the_frozen_base(finetune) -> None:
+    from safetensors.torch import load_file
+
+    project, _, _ = finetune
+    done = fit(finetune, "sizes")
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = torch.load(project / "runs" / "sizes" / "checkpoints" / "final.ckpt", weights_only=True)
+    saved = sum(tensor.numel() for tensor in checkpoint["state_dict"].values())
+    base = sum(tensor.numel() for tensor in load_file(project.parent / "saved" / "model.safetensors").values())
+    assert 0 < saved < base / 5  # here 1,920 of 25,760 numbers; a LoRA on a 7B model keeps about 0.1 %
+    assert set(checkpoint["state_dict"]) == {
+        name for name in checkpoint["state_dict"] if "lora_" in name or "modules_to_save" in name
+    }
+    record = json.loads((project / "runs" / "sizes" / "record.json").read_text())
+    assert record["starts"][0]["pretrained"][BASE_MODEL]["revision"] == REVISION
+    assert record["starts"][0]["parameters"]["trainable"] == saved
+
+    sys.path.insert(0, str(project / "src"))
+    try:
+        from ticket_topics.kit import model_card
+    finally:
+        sys.path.remove(str(project / "src"))
+    model_card(project / "runs" / "sizes", project / "card.md")
+    card = (project / "card.md").read_text()
+    assert f"**Base model** `{BASE_MODEL}` at revision `{REVISION}`" in card
+    assert f"**Trained parameters** {saved:,} of " in card and "adapters LORA with rank 8, alpha 16" in card
+    assert "on q_proj, v_proj" in card and "checkpoints hold only the trained parameters" in card
+    assert "ticket_topics.data.TicketTopicsDataModule" in card and "text_column: text" in card
+
+
+def test_export_merges_the_adapters_into_a_model_from_pretrained_loads(finetune) -> None:
+    project, _, _ = finetune
+    done = fit(finetune, "shipped")
+    assert done.returncode == 0, done.stderr[-3000:]
+    exported = run(finetune, "export", "--run_name", "shipped")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "Merged LlamaForSequenceClassification in merged/" in exported.stdout
+    record = json.loads((project / "runs" / "shipped" / "export" / "export.json").read_text())
+    assert record["parity"]["max_abs_difference"] <= 1e-4
+    assert record["merged"]["parity"]["max_abs_difference"] <= 1e-4
+    assert "model.safetensors" in record["merged"]["files"] and "tokenizer.json" in record["merged"]["files"]
+
+    # What a colleague without the project does: transformers alone, from the merged folder.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    merged = project / "runs" / "shipped" / "export" / "merged"
+    model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    tickets = [json.loads(line) for line in (project / "data" / "serving-example.jsonl").read_text().splitlines()]
+    encoded = tokenizer(tickets, padding="max_length", max_length=48, return_tensors="pt")
+    with torch.inference_mode():
+        merged_predictions = model(**encoded).logits.argmax(-1).tolist()
+
+    predicted = run(finetune, "predict-files", "data/serving-example.jsonl", "--output", "runs/p.csv",
+                    "--run_name", "shipped")  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    rows = (project / "runs" / "p.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[2]) for row in rows] == merged_predictions
+    onnx = run(finetune, "predict-files", "data/serving-example.jsonl", "--output", "runs/p-onnx.csv",
+               "--run_name", "shipped", "--engine", "onnx")  # fmt: skip
+    assert onnx.returncode == 0, onnx.stderr[-3000:]
+    assert [row.split(",")[2] for row in (project / "runs" / "p-onnx.csv").read_text().splitlines()[1:]] == [
+        row.split(",")[2] for row in rows
+    ]
+
+    evaluated = run(finetune, "evaluate", "--run_name", "shipped")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "| accuracy |" in evaluated.stdout
+    budget = run(finetune, "budget", "--run_name", "shipped")
+    assert budget.returncode in (0, 1), budget.stderr[-3000:]  # 1: over budget, which is a verdict, not a failure
+    assert "| onnx |" in budget.stdout and "| pytorch (eager) |" in budget.stdout
+
+
+def test_check_says_the_initial_loss_check_does_not_apply(finetune) -> None:
+    checked = run(finetune, "check")
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
+    assert f"[SKIP] initial loss is about log(K): starts from pretrained weights ({BASE_MODEL})" in checked.stdout
+    assert "[PASS] overfits one batch" in checked.stdout
+    assert "[PASS] gradients reach every trainable parameter" in checked.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--model.base_model=test-org/absent"], "test-org/absent at 93efa2f097d5 is not in the weight cache"),
+        (["--model.lora_targets=[q_proj,attn_out]"], "lora_targets ['attn_out'] are not linear layers"),
+        (["--data.text_column=body"], "tickets.jsonl has no column 'body' (its columns: text, topic)"),
+        (["--data.max_length=4", "--data.overlong=refuse"], "1200 of 1200 texts are longer than max_length=4"),
+        ([f"--data.revision={OTHER_REVISION}"], "the data is tokenized for HuggingFaceTB/SmolLM2-135M at fedcba987654"),
+    ],
+    ids=["absent-model", "unknown-lora-target", "missing-column", "overlong-refused", "other-tokenizer"],
+)
+def test_bad_inputs_end_in_one_line(finetune, options: list[str], says: str) -> None:
+    project, _, _ = finetune
+    name = "bad-" + "-".join(option.split("=")[0].rsplit(".", 1)[-1] for option in options)
+    refused = run(finetune, "fit", "--run_name", name, "--trainer.max_epochs=1", *options)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and says in errors[0], refused.stderr[-3000:]
+    assert not list((project / "runs").glob(f"{name}/checkpoints/*.ckpt"))

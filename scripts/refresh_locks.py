@@ -7,7 +7,9 @@ of compromised releases (compromised-releases.yml):
 
 It renders the template once per Python version that `copier copy` offers and per logger, runs the
 project's own `lock` subcommand in the render (uv keeps the versions the previous lock pinned where
-they still fit), and keeps what it wrote as `<python>-<logger>-<variant>.txt`. The template's tests
+they still fit), and keeps what it wrote as `<python>-<logger>-<variant>.txt`; the fine-tune
+example's (`example: finetune`, whose `example` extra brings transformers, peft and datasets) as
+`<python>-<logger>-finetune-<variant>.txt`. The template's tests
 check that every offered Python gets its locks and that the shipped locks still match the rendered
 pyproject.toml (`lock --check`), so a forgotten refresh fails CI.
 
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from template_dev import EXAMPLE_ANSWERS, TOP, render, run, snapshot_template  # noqa: E402
 
 LOGGERS = ("csv", "tensorboard", "wandb")
+EXAMPLES = {"digits": "", "finetune": "-finetune"}  # the `example` answer -> its locks' infix
 # The Pythons the python_version question offers (copier.yml), and those that get a CPU lock too.
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 CPU_LOCK_PYTHONS = ("3.11",)
@@ -45,25 +48,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-wheels", help="folder with the CPU torch wheel (instead of PyTorch's index)")
     parser.add_argument("--python", action="append", choices=PYTHONS, help="only these Pythons (default: all)")
+    parser.add_argument("--example", action="append", choices=list(EXAMPLES), help="only these examples (default: all)")
     args = parser.parse_args()
     extra = ["--torch-wheels", args.torch_wheels] if args.torch_wheels else []
     package = EXAMPLE_ANSWERS["package_name"]
     pythons = args.python or PYTHONS
+    examples = args.example or list(EXAMPLES)
     for python in PYTHONS:  # the template renders only when each file it includes exists
         for logger in LOGGERS:
-            for variant in variants(python):
-                (RESOLVED / f"{python}-{logger}-{variant}.txt").touch()
+            for infix in EXAMPLES.values():
+                for variant in variants(python):
+                    (RESOLVED / f"{python}-{logger}{infix}-{variant}.txt").touch()
     with tempfile.TemporaryDirectory() as scratch:
         template = snapshot_template(Path(scratch, "template"))
-        for python in pythons:
-            for logger in LOGGERS:
-                project = Path(scratch, f"{python}-{logger}")
-                render(template, project, logger=logger, python_version=python)
-                env = {**os.environ, "PYTHONPATH": str(project / "src")}
-                run([sys.executable, "-m", package, "lock", *variants(python), *extra], cwd=project, env=env)
-                for lock in sorted((project / "locks").glob("*.txt")):
-                    shutil.copyfile(lock, RESOLVED / f"{python}-{logger}-{lock.name}")
-                    print(f"refresh-locks: {python}-{logger}-{lock.name}", flush=True)
+        for example in examples:
+            for python in pythons:
+                for logger in LOGGERS:
+                    stem = f"{python}-{logger}{EXAMPLES[example]}"
+                    project = Path(scratch, stem)
+                    render(template, project, logger=logger, python_version=python, example=example)
+                    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+                    run([sys.executable, "-m", package, "lock", *variants(python), *extra], cwd=project, env=env)
+                    for lock in sorted((project / "locks").glob("*.txt")):
+                        shutil.copyfile(lock, RESOLVED / f"{stem}-{lock.name}")
+                        print(f"refresh-locks: {stem}-{lock.name}", flush=True)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,7 @@ LONGEST_FIRST = [
     "test_update_from_release.py",  # 146 s, needs no install
     "test_readme_commands.py",  # 160-290 s in one test: started early, it does not end the run
     "test_slurm.py",  # 290 s
+    "test_finetune_example.py",  # 240 s
     "test_update.py",  # 123 s, needs no install
     "test_distributed.py",  # 271 s
     "test_sharded_training.py",  # 115 s

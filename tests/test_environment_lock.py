@@ -31,10 +31,12 @@ def lock_command(project: Path, *args: str, check: bool = True):
     return run([sys.executable, "-m", PACKAGE, "lock", *args], cwd=project, env=env, check=check)
 
 
-@pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb"])
-def test_the_shipped_locks_match_each_rendered_project(template_repo, tmp_path, logger) -> None:
+@pytest.mark.parametrize(
+    ("logger", "example"), [("csv", "digits"), ("tensorboard", "digits"), ("wandb", "digits"), ("csv", "finetune")]
+)
+def test_the_shipped_locks_match_each_rendered_project(template_repo, tmp_path, logger, example) -> None:
     project = tmp_path / logger
-    render(template_repo, project, logger=logger)
+    render(template_repo, project, logger=logger, example=example)
     done = lock_command(project, "--check", check=False)
     assert done.returncode == 0, f"run scripts/refresh_locks.py:\n{done.stdout}{done.stderr}"
     cpu, cuda = ((project / "locks" / f"{name}.txt").read_text() for name in ("cpu", "cuda"))
@@ -47,6 +49,9 @@ def test_the_shipped_locks_match_each_rendered_project(template_repo, tmp_path, 
     logger_package = {"csv": None, "tensorboard": "\ntensorboard==", "wandb": "\nwandb=="}[logger]
     if logger_package:
         assert logger_package in cpu
+    # the fine-tune example's own packages, in both variants; the digits example needs none of them
+    for name in ("transformers", "peft", "datasets", "huggingface-hub", "safetensors"):
+        assert all((f"\n{name}==" in lock) == (example == "finetune") for lock in (cpu, cuda)), name
 
 
 def test_check_names_a_stale_lock_and_disagreeing_variants(template_repo, tmp_path) -> None:
@@ -96,15 +101,17 @@ def offered_pythons() -> list[str]:
 
 @pytest.mark.parametrize("python", offered_pythons())
 def test_every_offered_python_gets_its_locks(template_repo, tmp_path, python) -> None:
-    """locks/cuda.txt for every Python; locks/cpu.txt where the CPU wheels' hashes could be had (3.11)."""
-    project = tmp_path / python
-    render(template_repo, project, python_version=python, logger="wandb")
-    locks = sorted(path.name for path in (project / "locks").glob("*.txt"))
-    assert locks == (["cpu.txt", "cuda.txt"] if python == "3.11" else ["cuda.txt"])
-    for name in locks:
-        assert f"python: {python}   platform:" in (project / "locks" / name).read_text()
-    done = lock_command(project, "--check", check=False)
-    assert done.returncode == 0, f"run scripts/refresh_locks.py:\n{done.stdout}{done.stderr}"
+    """locks/cuda.txt for every Python and both examples; locks/cpu.txt where the CPU wheels' hashes could be
+    had (3.11)."""
+    for example in ("digits", "finetune"):
+        project = tmp_path / f"{python}-{example}"
+        render(template_repo, project, python_version=python, logger="wandb", example=example)
+        locks = sorted(path.name for path in (project / "locks").glob("*.txt"))
+        assert locks == (["cpu.txt", "cuda.txt"] if python == "3.11" else ["cuda.txt"])
+        for name in locks:
+            assert f"python: {python}   platform:" in (project / "locks" / name).read_text()
+        done = lock_command(project, "--check", check=False)
+        assert done.returncode == 0, f"run scripts/refresh_locks.py:\n{done.stdout}{done.stderr}"
 
 
 def compromised() -> dict[str, list[str]]:

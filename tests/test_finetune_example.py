@@ -4,8 +4,9 @@ support tickets, rendered, installed and driven through its commands as a resear
 The base model is a tiny LLaMA with random weights and a word-level tokenizer, saved by
 transformers and laid out in a hub cache under the id and commit the project's config names (the
 hub is not reachable here): the project loads it through its real offline path. Checked: the
-project's own tests; a stop by SIGTERM or USR1, with one and two processes, resumes to the
-uninterrupted run's weights exactly; checkpoints hold only the adapters and the head; `export`
+project's own tests (a SIGKILL with one and two processes resumes exactly); a stop by SIGTERM
+(one and two processes) or USR1 resumes to the uninterrupted run's weights exactly; gradient
+checkpointing recomputes and changes nothing; checkpoints hold only the adapters and the head; `export`
 writes a merged model that `from_pretrained` loads and that predicts as the adapters do, and ONNX;
 `predict-files`, `evaluate` and `budget` work on it; bad inputs end in one line with exit code 2.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +93,9 @@ def test_the_projects_own_tests_pass(finetune) -> None:
     project, _, env = finetune
     python = project / ".venv" / "bin" / "python"
     done = subprocess.run(
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env={**os.environ, **env},
+        # -m "slow or not slow": the two-process SIGKILL test too
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow"],
+        cwd=project, env={**os.environ, **env},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
@@ -108,10 +112,7 @@ def test_the_projects_own_tests_pass(finetune) -> None:
 )
 def test_a_stopped_fine_tune_resumes_to_identical_adapters(finetune, case, kill, processes) -> None:
     project, _, _ = finetune
-    reference = f"uninterrupted{len(processes)}"
-    if not (project / "runs" / reference / "checkpoints" / "final.ckpt").exists():
-        done = fit(finetune, reference, *processes)
-        assert done.returncode == 0, done.stderr[-3000:]
+    reference = reference_run(finetune, processes)
     stopped = fit(finetune, case, *processes, kill=kill)
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     assert f"Run '{case}' stopped on {kill['signal']}" in stopped.stdout
@@ -122,6 +123,38 @@ def test_a_stopped_fine_tune_resumes_to_identical_adapters(finetune, case, kill,
     expected, got = final_state(project, reference), final_state(project, case)
     assert set(got) == set(expected) and all("lora_" in name or "modules_to_save" in name for name in got)
     assert max_abs_difference(got, expected) == 0.0
+
+
+def reference_run(finetune, processes: list[str]) -> str:
+    """The uninterrupted run the stopped ones must end equal to (made once per process count)."""
+    project, _, _ = finetune
+    name = f"uninterrupted{len(processes)}"
+    if not (project / "runs" / name / "checkpoints" / "final.ckpt").exists():
+        done = fit(finetune, name, *processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return name
+
+
+def test_gradient_checkpointing_recomputes_and_changes_nothing(finetune, monkeypatch) -> None:
+    project, _, env = finetune
+    done = fit(finetune, "checkpointed", "--model.gradient_checkpointing=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = final_state(project, reference_run(finetune, []))
+    assert max_abs_difference(final_state(project, "checkpointed"), reference) == 0.0
+
+    # ... and it is on: a decoder layer's attention runs twice a step, the second time in the backward pass.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(project / "src"))
+    from ticket_topics.model import TicketTopicClassifier
+
+    for enabled, forwards in ((False, 1), (True, 2)):
+        model = TicketTopicClassifier(gradient_checkpointing=enabled).train()
+        attention = model.network.base_model.model.model.layers[0].self_attn
+        calls: list[int] = []
+        attention.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        model(torch.randint(3, 20, (2, 12))).sum().backward()
+        assert len(calls) == forwards, (enabled, len(calls))
 
 
 def test_checkpoints_hold_the_adapters_not_the_frozen_base(finetune) -> None:
@@ -198,8 +231,9 @@ def test_export_merges_the_adapters_into_a_model_from_pretrained_loads(finetune)
 
 
 def test_check_says_the_initial_loss_check_does_not_apply(finetune) -> None:
-    checked = run(finetune, "check")
+    checked = run(finetune, "check", "--data.max_length=12")  # shorter than most tickets: cut, and said
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
+    assert re.search(r"^data: \d+ of 1200 texts were cut to max_length=12 tokens", checked.stdout, re.M)
     assert f"[SKIP] initial loss is about log(K): starts from pretrained weights ({BASE_MODEL})" in checked.stdout
     assert "[PASS] overfits one batch" in checked.stdout
     assert "[PASS] gradients reach every trainable parameter" in checked.stdout

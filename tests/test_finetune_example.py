@@ -6,7 +6,8 @@ transformers and laid out in a hub cache under the id and commit the project's c
 hub is not reachable here): the project loads it through its real offline path. Checked: the
 project's own tests (a SIGKILL with one and two processes resumes exactly); a stop by SIGTERM
 (one and two processes) or USR1 resumes to the uninterrupted run's weights exactly; gradient
-checkpointing recomputes and changes nothing; checkpoints hold only the adapters and the head; `export`
+checkpointing recomputes and changes nothing; continued pretraining (a causal language model on
+token blocks packed into shards) resumes exactly; checkpoints hold only the adapters and the head; `export`
 writes a merged model that `from_pretrained` loads and that predicts as the adapters do, and ONNX;
 `predict-files`, `evaluate` and `budget` work on it; bad inputs end in one line with exit code 2.
 """
@@ -155,6 +156,28 @@ def test_gradient_checkpointing_recomputes_and_changes_nothing(finetune, monkeyp
         attention.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         model(torch.randint(3, 20, (2, 12))).sum().backward()
         assert len(calls) == forwards, (enabled, len(calls))
+
+
+def test_continued_pretraining_on_packed_token_blocks_resumes_exactly(finetune) -> None:
+    """configs/experiments/language-model.yaml: the same base as a causal language model, on the tickets
+    tokenized, joined and cut into blocks packed as shards; killed mid-epoch, it resumes to the same adapters."""
+    project, _, _ = finetune
+    language_model = ["--config", "configs/experiments/language-model.yaml"]
+    whole = fit(finetune, "lm-whole", *language_model)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = fit(finetune, "lm-killed", *language_model, kill={"hook": "train_batch_end", "global_step": 10})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = fit(finetune, "lm-killed", *language_model, kill={"hook": "train_batch_end", "global_step": 10})
+    assert resumed.returncode == 0 and "Run 'lm-killed': resuming from last.ckpt" in resumed.stdout, resumed.stderr
+    assert max_abs_difference(final_state(project, "lm-killed"), final_state(project, "lm-whole")) == 0.0
+
+    (packed,) = (project / "data" / "processed").glob("pack-*/manifest.json")
+    manifest = json.loads(packed.read_text())
+    assert manifest["fields"]["inputs"]["shape"] == [32] and manifest["fields"]["targets"]["shape"] == [32]
+    record = json.loads((project / "runs" / "lm-whole" / "record.json").read_text())
+    assert record["starts"][0]["parameters"]["adapters"]["target_modules"] == ["q_proj", "v_proj"]
+    metrics = (project / "runs" / "lm-whole" / "logs" / "metrics.csv").read_text()
+    assert "val/loss" in metrics.splitlines()[0]
 
 
 def test_checkpoints_hold_the_adapters_not_the_frozen_base(finetune) -> None:

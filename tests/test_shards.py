@@ -119,3 +119,24 @@ def test_the_resumable_order_survives_a_restart_on_shards(packed, workers) -> No
     resumed.load_state_dict(state)
     seen += [batch[1].tolist() for batch in resumed]
     assert seen == whole and len(whole) == -(-len(dataset) // 128)
+
+
+def test_token_blocks_join_documents_and_shift_targets_by_one(example_package, tmp_path) -> None:
+    from digits_mlp.kit.data.shards import ShardDataset
+    from digits_mlp.kit.data.token_blocks import pack_token_blocks, token_blocks
+
+    assert token_blocks([[5, 6], [7], [8, 9, 10]], 2, end_token=0).tolist() == [[5, 6, 0], [7, 0, 8], [9, 10, 0]]
+    assert token_blocks([[5, 6], [7]], 2, end_token=0).tolist() == [[5, 6, 0]]  # the short rest is dropped
+    documents = {0: [list(range(1, 40))] * 3, 1: [[41, 42, 43, 44, 45, 46, 47]], 2: [[51, 52, 53, 54, 55]]}
+    manifest = pack_token_blocks(tmp_path / "blocks", documents, block_size=4, end_token=99, rows_per_shard=7)
+    assert manifest["fields"]["inputs"] == {"dtype": "int64", "shape": [4]} and len(manifest["shards"]) == 4
+    for split, texts in documents.items():
+        rows = ShardDataset(tmp_path / "blocks", ("inputs", "targets"), where={"split": split})
+        stream = [token for text in texts for token in (*text, 99)]
+        assert len(rows) == len(stream) // 5 > 0
+        for number in range(len(rows)):
+            inputs, targets = rows[number]
+            assert inputs.tolist() == stream[5 * number : 5 * number + 4]  # no block crosses into another split
+            assert targets.tolist() == stream[5 * number + 1 : 5 * number + 5]
+    with pytest.raises(ValueError, match="the validation split has 3 tokens, fewer than one block of 5"):
+        pack_token_blocks(tmp_path / "short", {0: [[1] * 9], 1: [[1, 2]]}, block_size=4, end_token=99)

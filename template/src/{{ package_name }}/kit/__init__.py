@@ -49,6 +49,7 @@ PUBLIC = {
     "ShardedDataModule": "data.sharded_data_module",
     "LoaderSettings": "data.loader_settings",
     "pack_shards": "data.shards",
+    "pack_token_blocks": "data.token_blocks",
     "ShardDataset": "data.shards",
     "ManyFilesDataModule": "data.many_files_example",
     "end_with_parent": "data.worker_processes",
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .data.sharded_data_module import ShardedDataModule as ShardedDataModule
     from .data.shards import ShardDataset as ShardDataset
     from .data.shards import pack_shards as pack_shards
+    from .data.token_blocks import pack_token_blocks as pack_token_blocks
     from .data.worker_processes import end_with_parent as end_with_parent
     from .deployment.export import export_run as export_run
     from .diagnostics.sanity_checks import run_all_checks as run_all_checks

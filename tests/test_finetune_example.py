@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,6 +252,29 @@ def test_export_merges_the_adapters_into_a_model_from_pretrained_loads(finetune)
     budget = run(finetune, "budget", "--run_name", "shipped")
     assert budget.returncode in (0, 1), budget.stderr[-3000:]  # 1: over budget, which is a verdict, not a failure
     assert "| onnx |" in budget.stdout and "| pytorch (eager) |" in budget.stdout
+
+
+def test_a_run_on_other_base_weights_is_refused_by_every_command_that_loads_it(finetune) -> None:
+    """As if the cache's weight file changed since the run trained (its recorded hash no longer matches)."""
+    project, _, _ = finetune
+    run_dir = project / "runs" / "moved-base"
+    shutil.copytree(project / "runs" / reference_run(finetune, []), run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["pretrained"][BASE_MODEL]["files"]["model.safetensors"] = "0" * 64
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    for command in (
+        ["evaluate"],
+        ["export"],
+        ["predict-files", "data/serving-example.jsonl", "--output", "runs/x.csv"],
+    ):
+        refused = run(finetune, *command, "--run_name", "moved-base")
+        errors = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert refused.returncode == 2 and len(errors) == 1, (command, refused.stderr[-2000:])
+        assert (
+            "trained from other base weights" in errors[0]
+            and "files changed in the cache: model.safetensors" in errors[0]
+        )
+    assert not (run_dir / "export").exists() and not (project / "runs" / "x.csv").exists()
 
 
 def test_check_says_the_initial_loss_check_does_not_apply(finetune) -> None:

@@ -153,6 +153,7 @@ def predict_files_main(argv: list[str]) -> int:
 
     from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
     from ..training.project_loading import load_project
+    from ..weights.cache import WeightsError
 
     project = load_project(config_args)
     model, data, run = project.model, project.datamodule, project.run
@@ -172,8 +173,8 @@ def predict_files_main(argv: list[str]) -> int:
     else:
         try:
             checkpoint = checkpoint_to_use(run, args.ckpt_path, "predict with")
-        except MissingTrainedRun as missing:
-            print(f"error: {missing}", file=sys.stderr)
+        except (MissingTrainedRun, WeightsError) as refused:  # no trained run; other base weights than its own
+            print(f"error: {refused}", file=sys.stderr)
             return 2
         model = type(model).load_from_checkpoint(checkpoint, map_location="cpu").eval()
 

@@ -193,13 +193,14 @@ def export_run(config_args: list[str] = (), ckpt_path: str | None = None, force:
     """Export the best checkpoint of the run these options name (artifacts.py calls this); returns export.json."""
     from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
     from ..training.project_loading import load_project
+    from ..weights.cache import WeightsError
 
     project = load_project(list(config_args))
     model, data, run = project.model, project.datamodule, project.run
     try:
         checkpoint = checkpoint_to_use(run, ckpt_path, "export")
-    except MissingTrainedRun as missing:
-        raise ExportError(str(missing)) from None
+    except (MissingTrainedRun, WeightsError) as refused:  # no trained run; other base weights than its own
+        raise ExportError(str(refused)) from None
     directory = run.export_dir
     if not force and is_current(directory, checkpoint):
         return json.loads((directory / "export.json").read_text())

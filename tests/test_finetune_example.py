@@ -7,9 +7,10 @@ hub is not reachable here): the project loads it through its real offline path. 
 project's own tests (a SIGKILL with one and two processes resumes exactly); a stop by SIGTERM
 (one and two processes) or USR1 resumes to the uninterrupted run's weights exactly; gradient
 checkpointing recomputes and changes nothing; continued pretraining (a causal language model on
-token blocks packed into shards) resumes exactly; checkpoints hold only the adapters and the head; `export`
-writes a merged model that `from_pretrained` loads and that predicts as the adapters do, and ONNX;
-`predict-files`, `evaluate` and `budget` work on it; bad inputs end in one line with exit code 2.
+token blocks packed into shards) resumes exactly; checkpoints hold only the adapters and the head;
+`reproduce --all` exports a merged model that `from_pretrained` loads and that predicts as the
+adapters do, and ONNX; `predict-files`, `evaluate` and `budget` work on it; a run on other base
+weights and bad inputs end in one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -211,22 +212,28 @@ def test_checkpoints_hold_the_adapters_not_the_frozen_base(finetune) -> None:
     assert "ticket_topics.data.TicketTopicsDataModule" in card and "text_column: text" in card
 
 
-def test_export_merges_the_adapters_into_a_model_from_pretrained_loads(finetune) -> None:
+def test_reproduce_builds_every_artifact_and_the_merged_model_loads_without_the_project(finetune) -> None:
+    """`reproduce --all` trains runs/example, exports it (ONNX, torch.export, merged safetensors), measures
+    it on the test split and writes the cards; the merged model then predicts what `predict-files` does."""
     project, _, _ = finetune
-    done = fit(finetune, "shipped")
-    assert done.returncode == 0, done.stderr[-3000:]
-    exported = run(finetune, "export", "--run_name", "shipped")
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    assert "Merged LlamaForSequenceClassification in merged/" in exported.stdout
-    record = json.loads((project / "runs" / "shipped" / "export" / "export.json").read_text())
+    assert run(finetune, "data", "fetch").returncode == 0
+    reproduced = run(finetune, "reproduce", "--all", timeout=900)
+    assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
+    example = project / "runs" / "example"
+    record = json.loads((example / "export" / "export.json").read_text())
     assert record["parity"]["max_abs_difference"] <= 1e-4
     assert record["merged"]["parity"]["max_abs_difference"] <= 1e-4
     assert "model.safetensors" in record["merged"]["files"] and "tokenizer.json" in record["merged"]["files"]
+    assert "| accuracy |" in (project / "artifacts" / "tables" / "final_metrics.md").read_text()
+    assert (project / "artifacts" / "figures" / "learning_curves.png").stat().st_size > 0
+    card = (project / "artifacts" / "cards" / "model-example.md").read_text()
+    assert f"**Base model** `{BASE_MODEL}` at revision `{REVISION}`" in card and "adapters LORA with rank 8" in card
+    assert "TicketTopicsDataModule" in (project / "artifacts" / "cards" / "dataset.md").read_text()
 
     # What a colleague without the project does: transformers alone, from the merged folder.
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    merged = project / "runs" / "shipped" / "export" / "merged"
+    merged = example / "export" / "merged"
     model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
     tokenizer = AutoTokenizer.from_pretrained(merged)
     tickets = [json.loads(line) for line in (project / "data" / "serving-example.jsonl").read_text().splitlines()]
@@ -234,22 +241,16 @@ def test_export_merges_the_adapters_into_a_model_from_pretrained_loads(finetune)
     with torch.inference_mode():
         merged_predictions = model(**encoded).logits.argmax(-1).tolist()
 
-    predicted = run(finetune, "predict-files", "data/serving-example.jsonl", "--output", "runs/p.csv",
-                    "--run_name", "shipped")  # fmt: skip
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    rows = (project / "runs" / "p.csv").read_text().splitlines()[1:]
-    assert [int(row.split(",")[2]) for row in rows] == merged_predictions
-    onnx = run(finetune, "predict-files", "data/serving-example.jsonl", "--output", "runs/p-onnx.csv",
-               "--run_name", "shipped", "--engine", "onnx")  # fmt: skip
-    assert onnx.returncode == 0, onnx.stderr[-3000:]
-    assert [row.split(",")[2] for row in (project / "runs" / "p-onnx.csv").read_text().splitlines()[1:]] == [
-        row.split(",")[2] for row in rows
-    ]
-
-    evaluated = run(finetune, "evaluate", "--run_name", "shipped")
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert "| accuracy |" in evaluated.stdout
-    budget = run(finetune, "budget", "--run_name", "shipped")
+    for engine in ("pytorch", "onnx"):
+        output = f"runs/predicted-{engine}.csv"
+        predicted = run(finetune, "predict-files", "data/serving-example.jsonl", "--output", output,
+                        "--run_name", "example", "--engine", engine)  # fmt: skip
+        assert predicted.returncode == 0, predicted.stderr[-3000:]
+        rows = (project / output).read_text().splitlines()[1:]
+        assert [int(row.split(",")[2]) for row in rows] == merged_predictions, engine
+    evaluated = run(finetune, "evaluate", "--run_name", "example")
+    assert evaluated.returncode == 0 and "| accuracy |" in evaluated.stdout, evaluated.stderr[-3000:]
+    budget = run(finetune, "budget", "--run_name", "example")
     assert budget.returncode in (0, 1), budget.stderr[-3000:]  # 1: over budget, which is a verdict, not a failure
     assert "| onnx |" in budget.stdout and "| pytorch (eager) |" in budget.stdout
 

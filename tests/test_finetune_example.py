@@ -48,8 +48,12 @@ TWO_PROCESSES = ["--trainer.devices=2", "--trainer.strategy=ddp"]
 
 @pytest.fixture(scope="module")
 def finetune(template_repo: Path, tmp_path_factory) -> tuple[Path, list[str], dict[str, str]]:
-    """The rendered fine-tune project, its command, and the environment that points it at the weight cache."""
-    root = tmp_path_factory.mktemp("finetune")
+    return finetune_project(template_repo, tmp_path_factory.mktemp("finetune"))
+
+
+def finetune_project(template_repo: Path, root: Path) -> tuple[Path, list[str], dict[str, str]]:
+    """The fine-tune project rendered in `root`, its command, and the environment that points it at a weight
+    cache in `root/hub` holding the tiny base under the config's id and commit (and under OTHER_REVISION)."""
     project = root / "ticket-topics"
     render(template_repo, project, example="finetune", project_name="Ticket Topics", package_name=PACKAGE)
     commit_all(project, "Start from copier-lightning")

@@ -277,6 +277,30 @@ def test_a_job_reads_pretrained_weights_from_the_site_cache_with_the_hub_off(
         assert lines.index("export HF_HUB_OFFLINE=1") < next(i for i, x in enumerate(lines) if x.startswith("srun "))
 
 
+def test_a_fine_tune_job_trains_from_the_site_weight_cache_with_the_hub_off(
+    cluster_project, template_repo, tmp_path_factory
+) -> None:
+    """The fine-tune example as a job: the job script alone points it at the cache (`weights_cache:` in
+    the site config) and turns the hub off; the submitting shell knows of no cache."""
+    from test_finetune_example import REVISION, finetune_project
+
+    root = tmp_path_factory.mktemp("finetune-job")
+    project, command, cache_env = finetune_project(template_repo, root)
+    site = root / "site.yaml"
+    site.write_text(SITE + f"weights_cache: {cache_env['HF_HUB_CACHE']}\n")
+    runs = root / "runs"
+    env = {"RUNS_DIR": str(runs), "HF_HUB_CACHE": str(root / "empty"), "HF_HUB_OFFLINE": "0"}
+    done = run([*command, "submit", "--site", str(site), "--gpu", "mig:1g.10gb", "--trainer.max_epochs=1",
+                *CPU_RUN, "--run_name", "fine-tune-job"], cwd=project, env=env)  # fmt: skip
+    job = int(re.search(r"Submitted batch job (\d+)", done.stdout).group(1))
+    assert wait_until_done(job) == "COMPLETED", log_of(runs, job)
+    assert "Run 'fine-tune-job' finished" in log_of(runs, job)
+    record = json.loads((runs / "fine-tune-job" / "record.json").read_text())
+    assert record["starts"][0]["pretrained"]["HuggingFaceTB/SmolLM2-135M"]["revision"] == REVISION
+    assert record["starts"][0]["slurm"]["SLURM_JOB_ID"] == str(job)
+    assert record["starts"][0]["parameters"]["checkpoints_hold"] == "only the trained"
+
+
 def test_a_container_wraps_only_the_training_command(example_project, example_command, tmp_path: Path) -> None:
     """Rendered only: `container:` in site.yaml runs the srun line in the Apptainer image, with the
     GPUs, the project and the job's code snapshot bound in; the signal relay and the requeue stay in

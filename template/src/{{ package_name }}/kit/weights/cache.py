@@ -78,9 +78,13 @@ class PretrainedSource:
         return path
 
     def file_hashes(self) -> dict[str, str]:
-        """Each file of the snapshot and its content hash (what record.json keeps), resolved from the cache."""
-        self.local_path()
-        return dict(_RESOLVED[self.model_id]["files"])
+        """Each file of the snapshot and its content hash (what record.json keeps): as read when this process
+        resolved it, else resolved from the cache now (once, not at each call)."""
+        entry = _RESOLVED.get(self.model_id)
+        if entry is None or entry["revision"] != self.revision:
+            self.local_path()
+            entry = _RESOLVED[self.model_id]
+        return dict(entry["files"])
 
 
 def cache_dir() -> Path:

@@ -352,7 +352,8 @@ def test_the_apptainer_image_builds(example_project, tmp_path) -> None:
         (["--gpu", "mig:4g.40gb"], "unknown MIG profile '4g.40gb': this site offers 1g.10gb, 2g.20gb"),
         (["--gpu", "mig:1g.10gb:2"], "one CUDA process can use only one MIG slice"),
         (["--gpu", "mig:1g.10gb", "--nodes", "2"], "one CUDA process can use only one MIG slice"),
-        (["--gpu", "mig:1g.10gb", "--trainer.strategy=ddp"], "DDP or several devices asked for on a MIG slice"),
+        (["--gpu", "mig:1g.10gb", "--trainer.strategy=ddp"], "DDP, sharded training or several devices asked for"),
+        (["--gpu", "mig:1g.10gb", "--trainer.strategy=fsdp2"], "DDP, sharded training or several devices asked for"),
         (["--gpu", "full:two"], "write mig:TYPE"),
     ],
 )

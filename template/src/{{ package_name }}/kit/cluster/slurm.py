@@ -111,8 +111,8 @@ def refuse_multi_process_on_mig(request: GpuRequest, fit_options: list[str]) -> 
     joined = " ".join(fit_options)
     if re.search(r"strategy[= ]\S*(ddp|fsdp|deepspeed)", joined) or re.search(r"devices[= ]([2-9]|[1-9][0-9])", joined):
         raise SlurmSetupError(
-            "DDP or several devices asked for on a MIG slice: one CUDA process can use only one slice. "
-            "Use --gpu full:N for multi-GPU training."
+            "DDP, sharded training or several devices asked for on a MIG slice: one CUDA process can use only "
+            "one slice, and slices cannot talk to each other. Use --gpu full:N for multi-GPU training."
         )
 
 

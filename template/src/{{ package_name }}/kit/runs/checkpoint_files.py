@@ -24,6 +24,7 @@ import torch
 
 from ..base.project_package import CONSOLE_SCRIPT
 from ..weights.cache import refuse_other_base_weights
+from .checksums import checkpoint_checksum
 from .directory import (
     CHECKPOINT_SUFFIX,
     FINAL_CHECKPOINT,
@@ -32,6 +33,7 @@ from .directory import (
     PREVIOUS_CHECKPOINT,
     RunDirectory,
 )
+from .sharded_checkpoints import consolidated_checkpoint, is_sharded_checkpoint, read_sharded_states
 
 QUARANTINE_DIRNAME = "unreadable"
 # At equal global steps prefer the rolling checkpoint over a best-k copy (any other file name: 1).
@@ -64,10 +66,14 @@ class CheckpointInfo:
 
 
 def read_checkpoint_info(path: Path) -> CheckpointInfo:
-    """Read the step counters of a checkpoint; raises if the file is truncated or corrupt."""
-    # mmap reads the archive index and the small entries, not every tensor: cheap on big files,
-    # and a truncated zip archive still fails here because its index sits at the end.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """Read the step counters of a checkpoint; raises if the file is truncated or corrupt, or a
+    sharded checkpoint (a directory) incomplete."""
+    if is_sharded_checkpoint(path):
+        checkpoint = read_sharded_states(path)
+    else:
+        # mmap reads the archive index and the small entries, not every tensor: cheap on big files,
+        # and a truncated zip archive still fails here because its index sits at the end.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
     return CheckpointInfo(
         path=path,
@@ -160,24 +166,39 @@ def best_checkpoint(run: RunDirectory) -> Path | None:
     return None
 
 
-def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: str) -> Path:
+def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: str, one_file: bool = True) -> Path:
     """The checkpoint to `action` (evaluate, export, ...): `ckpt_path` if given, else the run's best.
 
-    Raises MissingTrainedRun, with what to do, when `ckpt_path` names no file or the run has none;
+    one_file: a sharded checkpoint is returned as its consolidated file (kit/runs/sharded_checkpoints.py);
+    False (a fit starting from it) returns it as it is.
+    Raises MissingTrainedRun, with what to do, when `ckpt_path` names no checkpoint or the run has none;
     WeightsError when the model built here started from other base weights than the run's.
     """
     refuse_other_base_weights(run.name, run.recorded_pretrained(), action)
     if ckpt_path:
-        if not Path(ckpt_path).is_file():
+        if not Path(ckpt_path).is_file() and not is_sharded_checkpoint(ckpt_path):
             raise MissingTrainedRun(
                 f"--ckpt_path {ckpt_path}: no such file. `{CONSOLE_SCRIPT} runs` lists every run's checkpoints; "
                 "leave --ckpt_path out to use the run's best one."
             )
-        return Path(ckpt_path)
-    best = best_checkpoint(run)
-    if best is None:
+        chosen = Path(ckpt_path)
+    else:
+        chosen = best_checkpoint(run)
+    if chosen is None:
         raise MissingTrainedRun(
             f"No checkpoint to {action}: run '{run.name}' has none in {run.checkpoint_dir}. Train it first with "
             f"`{CONSOLE_SCRIPT} fit` and the same config, name the run with --run_name, or pass --ckpt_path FILE."
         )
-    return best
+    if one_file and is_sharded_checkpoint(chosen):
+        return _consolidated(chosen)
+    return chosen
+
+
+def _consolidated(sharded: Path) -> Path:
+    checksum = checkpoint_checksum(sharded)
+    if checksum is None:
+        raise MissingTrainedRun(
+            f"Sharded checkpoint {sharded} is incomplete or damaged: a shard's checksum is not the one written "
+            f"with it. Pass another with --ckpt_path (`{CONSOLE_SCRIPT} runs` lists them)."
+        )
+    return consolidated_checkpoint(sharded, checksum)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import yaml
 
 from .. import PUBLIC
 from .atomic_files import TEMPORARY_SUFFIX, atomic_write_text
-from .checksums import ALGORITHM, file_checksum
+from .checksums import ALGORITHM, checkpoint_checksum
 from .code_state import git_state, read_snapshot_record
 from .identity import what_is_trained
 
@@ -219,14 +220,18 @@ class RunDirectory:
         _write_json_atomically(self.manifest_path, manifest)
 
     def remove_partial_files(self) -> list[Path]:
-        """Delete what a write killed half-way left behind (`.<name>.*.partial`, never a finished file)."""
+        """Delete what a write killed half-way left behind (`.<name>.*.partial`, never a finished file;
+        a directory for a sharded checkpoint's staging)."""
         leftovers = sorted(
             path
             for path in self.path.glob(f"**/.*{TEMPORARY_SUFFIX}")
             if self.code_snapshot_dir not in path.parents  # your code, copied: not the run's writes
         )
         for leftover in leftovers:
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         if leftovers:
             print(f"Run '{self.name}': removed {len(leftovers)} partial file(s) left by an interrupted write.")
         return leftovers
@@ -257,7 +262,8 @@ class RunDirectory:
         if not checksums or global_step < checksums["since_step"]:
             return None
         known = set(checksums["recent"]) | {e["checksum"] for e in manifest["checkpoints"].values() if "checksum" in e}
-        return file_checksum(path) in known
+        checksum = checkpoint_checksum(path)  # a sharded checkpoint's: None if a shard is damaged
+        return checksum is not None and checksum in known
 
     def record_checkpoint(self, path: Path, checkpoint: dict[str, Any], checksum: str | None = None) -> None:
         """Add a just-written checkpoint to the manifest; forget files that no longer exist."""

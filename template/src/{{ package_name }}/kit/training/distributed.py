@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
 from typing_extensions import override
 
 
@@ -46,9 +46,9 @@ class DistributedPolicy:
 def apply_collective_timeout(minutes: float) -> None:
     """Make every DDP strategy that a trainer builds from a name wait `minutes` at a collective.
 
-    Call it before the Trainer is built. Configs usually say `strategy: ddp` or `auto` (which
+    Call it before the Trainer is built. Configs usually say `strategy: ddp`, `fsdp2` or `auto` (which
     Lightning resolves to `ddp` inside the Trainer), and Lightning builds those from its public
-    strategy registry: the DDP names are registered again with `timeout` added to their settings.
+    strategy registry: the DDP and sharded names are registered again with `timeout` added to their settings.
     A strategy written out in the config (`class_path: ...DDPStrategy`) keeps its own `timeout`
     init argument.
     """
@@ -57,7 +57,7 @@ def apply_collective_timeout(minutes: float) -> None:
     timeout = dt.timedelta(minutes=minutes)
     for name in StrategyRegistry.available_strategies():
         entry = StrategyRegistry[name]
-        if isinstance(entry["strategy"], type) and issubclass(entry["strategy"], DDPStrategy):
+        if isinstance(entry["strategy"], type) and issubclass(entry["strategy"], DDPStrategy | ModelParallelStrategy):
             settings = {**entry["init_params"], "timeout": timeout}
             StrategyRegistry.register(
                 name, entry["strategy"], description=entry["description"], override=True, **settings

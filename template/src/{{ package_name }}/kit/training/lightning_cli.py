@@ -78,6 +78,7 @@ from .random_states import RandomStateCheckpoint
 from .refused_inputs import refused_data_message, refused_settings_message
 from .rolling_checkpoint import RollingCheckpoint
 from .run_bookkeeping import MissingMonitoredMetric, RunBookkeeping
+from .sharded_training import ShardingRefused, register_sharded_training
 from .trial_pruning import active_trial_pruning
 
 # argparse takes an unambiguous prefix of an option by default: `--trainer.max_epoch=3` would set
@@ -250,6 +251,7 @@ class ProjectCLI(LightningCLI):
         """The trainer, built with the collective timeout set and with idle per-batch hooks skipped (idle_hooks.py)."""
         if self.subcommand:
             policy: DistributedPolicy = self.config_init[self.subcommand]["distributed"]
+            register_sharded_training()  # the name `fsdp2`, before the timeout is added to every such name
             _refusing_bad_settings("distributed", apply_collective_timeout, policy.timeout_minutes)
         trainer = super().instantiate_trainer(**kwargs)
         skip_idle_batch_hooks(trainer.callbacks)
@@ -276,7 +278,7 @@ class ProjectCLI(LightningCLI):
         fit_kwargs = self.config_init["fit"]
         resume_from = None
         if fit_kwargs.get("ckpt_path"):
-            checkpoint_to_use(self.run, fit_kwargs["ckpt_path"], "start from")  # a given file must exist
+            checkpoint_to_use(self.run, fit_kwargs["ckpt_path"], "start from", one_file=False)  # it must exist
         else:
             # Every process reads the same files and so picks the same one; only rank 0 moves damaged ones aside.
             resume_from = newest_checkpoint(
@@ -522,6 +524,7 @@ REFUSALS = (
     RunHeldError,
     CodeChangedError,
     WeightsError,
+    ShardingRefused,
 )
 
 

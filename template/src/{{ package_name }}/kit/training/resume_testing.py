@@ -4,7 +4,8 @@ Add them to a config (trainer.callbacks) to test resumption on your own model:
 * `KillAt` kills the training process with SIGKILL at a chosen point, once: it leaves a marker
   file behind, so re-running the same command (same config) resumes instead of dying again. The
   points: a batch's start or end, validation's start, an epoch's end, a checkpoint save, and
-  `train_end` (after the last epoch's `last.ckpt`, before `final.ckpt`).
+  `train_end` (after the last epoch's `last.ckpt`, before `final.ckpt`); under sharded training
+  also `shards_written` (this process's shard is on disk, the checkpoint not yet committed).
   Under DDP it kills every process at that point, or only the one of global rank `rank`. Other
   signals: SIGSTOP freezes the process (a stalled peer); SIGINT, SIGTERM and SIGUSR1 ask it to
   stop (a checkpoint at the next batch, then exit code 3); `whole_group` sends the signal to every
@@ -47,6 +48,7 @@ class KillAt(pl.Callback):
             "train_epoch_end",
             "save_checkpoint",
             "train_end",
+            "shards_written",
         ] = "train_batch_end",
         global_step: int | None = None,
         epoch: int | None = None,
@@ -109,6 +111,10 @@ class KillAt(pl.Callback):
     @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._maybe_kill(trainer, "train_epoch_end")
+
+    def on_shards_written(self, trainer) -> None:
+        """Called by sharded training (kit/training/sharded_training.py) mid-save."""
+        self._maybe_kill(trainer, "shards_written")
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:

@@ -1,0 +1,167 @@
+"""Sharded training (FSDP2: `--trainer.strategy=fsdp2`) with two processes on the CPU (gloo), for real.
+
+The example's model says nothing about sharding; the kit shards it layer by layer. Every checkpoint
+is a directory of shards, staged and checksummed before one rename commits it
+(kit/training/sharded_training.py). A killed sharded run, wherever it dies (a step, an epoch's last
+batch, validation, half-way through writing its shards), resumes to the weights of an uninterrupted
+sharded run, bit for bit, on the same batches; a damaged shard is found by its checksum, moved aside,
+and the previous checkpoint used; the evaluation commands get one consolidated file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from training_runs import (
+    EPOCHS,
+    SHORT_RUN,
+    effective_batches,
+    max_abs_difference,
+    read_records,
+    records_by_rank,
+    resume_test_config,
+    train,
+    validated_epochs,
+)
+
+TWO_SHARDED = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=fsdp2"]
+STEPS_PER_EPOCH = 5  # 1,259 examples over 2 ranks, batches of 128 (as under DDP: test_distributed.py)
+KILL_POINTS = {
+    "mid_epoch": {"hook": "train_batch_end", "global_step": 7},
+    "last_batch_of_epoch": {"hook": "train_batch_end", "global_step": 2 * STEPS_PER_EPOCH},
+    "before_validation": {"hook": "validation_start", "epoch": 1},
+    "while_writing_shards": {"hook": "shards_written", "global_step": 9},
+}
+SHARD_FILES = {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt", "checksums.json"}
+
+
+def fit_sharded(command, project, config, run_name, *extra):
+    return train(command, project, config, run_name, *TWO_SHARDED, *SHORT_RUN, *extra)
+
+
+def sharded_weights(checkpoint) -> dict[str, torch.Tensor]:
+    """The full weights of a sharded checkpoint, gathered by torch's own converter."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    gathered = checkpoint.parent / f"{checkpoint.name}.gathered.pt"
+    dcp_to_torch_save(checkpoint, gathered)
+    weights = torch.load(gathered, weights_only=True)["state_dict"]
+    gathered.unlink()
+    return weights
+
+
+def final_sharded_weights(project, run_name) -> dict[str, torch.Tensor]:
+    return sharded_weights(project / "runs" / run_name / "checkpoints" / "final.ckpt")
+
+
+@pytest.fixture(scope="module")
+def reference(example_project, example_command, tmp_path_factory):
+    """An uninterrupted two-process sharded run: the weights and batches every resumed run must match."""
+    project, _ = example_project
+    work = tmp_path_factory.mktemp("fsdp-reference")
+    records = work / "records.jsonl"
+    config = resume_test_config(work / "c.json", records, None, work / "unused", distinct_ranks=True)
+    done = fit_sharded(example_command, project, config, "fsdp-reference")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return final_sharded_weights(project, "fsdp-reference"), records_by_rank(read_records(records)), done
+
+
+def test_every_checkpoint_is_a_committed_directory_of_checksummed_shards(example_package, reference) -> None:
+    project = example_package
+    weights, batches_by_rank, done = reference
+    run = project / "runs" / "fsdp-reference"
+    checkpoints = run / "checkpoints"
+    assert done.stdout.count("Run 'fsdp-reference': new run") == 1 and sorted(batches_by_rank) == [0, 1]
+    assert {"final.ckpt", "last.ckpt", "previous.ckpt"} <= {p.name for p in checkpoints.iterdir()}
+    for name in ("final.ckpt", "last.ckpt", "previous.ckpt"):
+        assert {p.name for p in (checkpoints / name).iterdir()} == SHARD_FILES, name
+    assert not list(run.glob("**/.*.partial")), "a staging directory was left behind"
+    manifest = json.loads((run / "manifest.json").read_text())
+    # Each entry's checksum is that of the shard listing inside, which lists every file's own.
+    from digits_mlp.kit.runs.checksums import checkpoint_checksum
+
+    for name, entry in manifest["checkpoints"].items():
+        assert entry["checksum"] == checkpoint_checksum(checkpoints / name), name
+    assert manifest["status"] == "finished"
+    # The two shards hold different halves: each process wrote part of every layer.
+    shard_sizes = [(checkpoints / "final.ckpt" / f"__{rank}_0.distcp").stat().st_size for rank in (0, 1)]
+    assert min(shard_sizes) > 0.3 * sum(shard_sizes)
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def assert_resumed_exactly(project, run_name, records, reference) -> None:
+    reference_weights, reference_batches, _ = reference
+    assert max_abs_difference(final_sharded_weights(project, run_name), reference_weights) == 0.0
+    by_rank = records_by_rank(read_records(records))
+    for rank in (0, 1):
+        kept = effective_batches(by_rank[rank])
+        assert [b["examples"] for b in kept] == [b["examples"] for b in reference_batches[rank]], f"rank {rank}"
+    assert validated_epochs(project, run_name) == set(range(EPOCHS))
+
+
+@pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
+def test_a_killed_sharded_run_resumes_to_identical_weights(
+    example_project, example_command, reference, tmp_path, kill_point
+) -> None:
+    project, _ = example_project
+    run_name = f"fsdp-killed-{kill_point}"
+    records = tmp_path / "records.jsonl"
+    config = resume_test_config(
+        tmp_path / "c.json", records, KILL_POINTS[kill_point], tmp_path / "killed", distinct_ranks=True
+    )
+    killed = fit_sharded(example_command, project, config, run_name)
+    assert killed.returncode != 0, killed.stdout[-2000:]
+    assert (tmp_path / "killed").read_text().count("SIGKILL") >= 1
+    if kill_point == "while_writing_shards":  # the new checkpoint's shards are staged, never committed
+        checkpoints = project / "runs" / run_name / "checkpoints"
+        assert list(checkpoints.glob(".last.ckpt.*.partial")), sorted(p.name for p in checkpoints.iterdir())
+    resumed = fit_sharded(example_command, project, config, run_name)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count(f"Run '{run_name}': resuming from") == 1
+    assert_resumed_exactly(project, run_name, records, reference)
+
+
+def test_a_damaged_shard_is_set_aside_and_the_previous_checkpoint_used(
+    example_project, example_command, reference, tmp_path
+) -> None:
+    project, _ = example_project
+    run_name = "fsdp-damaged"
+    records = tmp_path / "records.jsonl"
+    kill = {"hook": "train_batch_end", "global_step": 8}  # last.ckpt at step 6; previous.ckpt at 5 (epoch 0 ended)
+    config = resume_test_config(tmp_path / "c.json", records, kill, tmp_path / "killed", distinct_ranks=True)
+    assert fit_sharded(example_command, project, config, run_name).returncode != 0
+    shard = project / "runs" / run_name / "checkpoints" / "last.ckpt" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensors: the file still loads
+    shard.write_bytes(bytes(data))
+
+    resumed = fit_sharded(example_command, project, config, run_name)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "last.ckpt is damaged" in resumed.stderr, resumed.stderr[-3000:]
+    assert f"Run '{run_name}': resuming from previous.ckpt (epoch 0, step 5)" in resumed.stdout, resumed.stdout
+    assert list((project / "runs" / run_name / "checkpoints" / "unreadable").glob("last.ckpt.*"))
+    assert_resumed_exactly(project, run_name, records, reference)
+
+
+def test_the_evaluation_commands_use_one_consolidated_file(example_project, example_command, reference) -> None:
+    project, _ = example_project
+    tested = subprocess.run(
+        [*example_command, "test", "--run_name", "fsdp-reference", "--trainer.accelerator=cpu"],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "test/acc" in tested.stdout
+    checkpoints = project / "runs" / "fsdp-reference" / "checkpoints"
+    consolidated = list((checkpoints / "consolidated").glob("*.ckpt"))
+    assert len(consolidated) == 1 and consolidated[0].name.startswith("best-")  # the run's best, made one file
+    sharded = checkpoints / (consolidated[0].name.rsplit("-", 1)[0] + ".ckpt")  # its name ends in the checksum
+    one_file = torch.load(consolidated[0], weights_only=True)
+    assert max_abs_difference(one_file["state_dict"], sharded_weights(sharded)) == 0.0
+    assert "optimizer_states" not in one_file and one_file["global_step"] > 0
+    evaluated = subprocess.run(
+        [*example_command, "evaluate", "--run_name", "fsdp-reference"], cwd=project, capture_output=True, text=True
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -167,6 +167,7 @@ LONGEST_FIRST = [
     "test_finetune_example.py",  # 240 s
     "test_update.py",  # 123 s, needs no install
     "test_distributed.py",  # 271 s
+    "test_fsdp_training.py",  # ~170 s (new)
     "test_sharded_training.py",  # 115 s
     "test_run_integrity.py",  # 110 s
     "test_reproduce_and_cache.py",  # 96 s

@@ -18,7 +18,9 @@ import torch
 from training_runs import (
     EPOCHS,
     SHORT_RUN,
+    checkpoint_weights,
     effective_batches,
+    final_weights,
     max_abs_difference,
     read_records,
     records_by_rank,
@@ -42,21 +44,6 @@ def fit_sharded(command, project, config, run_name, *extra):
     return train(command, project, config, run_name, *TWO_SHARDED, *SHORT_RUN, *extra)
 
 
-def sharded_weights(checkpoint) -> dict[str, torch.Tensor]:
-    """The full weights of a sharded checkpoint, gathered by torch's own converter."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    gathered = checkpoint.parent / f"{checkpoint.name}.gathered.pt"
-    dcp_to_torch_save(checkpoint, gathered)
-    weights = torch.load(gathered, weights_only=True)["state_dict"]
-    gathered.unlink()
-    return weights
-
-
-def final_sharded_weights(project, run_name) -> dict[str, torch.Tensor]:
-    return sharded_weights(project / "runs" / run_name / "checkpoints" / "final.ckpt")
-
-
 @pytest.fixture(scope="module")
 def reference(example_project, example_command, tmp_path_factory):
     """An uninterrupted two-process sharded run: the weights and batches every resumed run must match."""
@@ -66,7 +53,7 @@ def reference(example_project, example_command, tmp_path_factory):
     config = resume_test_config(work / "c.json", records, None, work / "unused", distinct_ranks=True)
     done = fit_sharded(example_command, project, config, "fsdp-reference")
     assert done.returncode == 0, done.stderr[-3000:]
-    return final_sharded_weights(project, "fsdp-reference"), records_by_rank(read_records(records)), done
+    return final_weights(project, "fsdp-reference"), records_by_rank(read_records(records)), done
 
 
 def test_every_checkpoint_is_a_committed_directory_of_checksummed_shards(example_package, reference) -> None:
@@ -94,7 +81,7 @@ def test_every_checkpoint_is_a_committed_directory_of_checksummed_shards(example
 
 def assert_resumed_exactly(project, run_name, records, reference) -> None:
     reference_weights, reference_batches, _ = reference
-    assert max_abs_difference(final_sharded_weights(project, run_name), reference_weights) == 0.0
+    assert max_abs_difference(final_weights(project, run_name), reference_weights) == 0.0
     by_rank = records_by_rank(read_records(records))
     for rank in (0, 1):
         kept = effective_batches(by_rank[rank])
@@ -159,9 +146,38 @@ def test_the_evaluation_commands_use_one_consolidated_file(example_project, exam
     assert len(consolidated) == 1 and consolidated[0].name.startswith("best-")  # the run's best, made one file
     sharded = checkpoints / (consolidated[0].name.rsplit("-", 1)[0] + ".ckpt")  # its name ends in the checksum
     one_file = torch.load(consolidated[0], weights_only=True)
-    assert max_abs_difference(one_file["state_dict"], sharded_weights(sharded)) == 0.0
+    assert max_abs_difference(one_file["state_dict"], checkpoint_weights(sharded)) == 0.0
     assert "optimizer_states" not in one_file and one_file["global_step"] > 0
     evaluated = subprocess.run(
         [*example_command, "evaluate", "--run_name", "fsdp-reference"], cwd=project, capture_output=True, text=True
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+
+
+def test_another_process_count_resumes_at_an_epoch_boundary_and_is_refused_mid_epoch(
+    example_project, example_command, tmp_path
+) -> None:
+    """torch's distributed checkpoint reshards 2 shards onto 1 process; a mid-epoch position cannot move."""
+    project, _ = example_project
+    one_process = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=fsdp2", *SHORT_RUN]
+    records = tmp_path / "records.jsonl"
+    config = resume_test_config(tmp_path / "c.json", records, KILL_POINTS["mid_epoch"], tmp_path / "k")
+    # Checkpoints every 3 steps: the run dies at step 7 with last.ckpt at step 6, mid-epoch.
+    assert fit_sharded(example_command, project, config, "fsdp-mid-epoch").returncode != 0
+    refused = train(example_command, project, config, "fsdp-mid-epoch", *one_process)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "written mid-epoch by 2 training process(es); this run has 1" in refused.stderr
+    assert (project / "runs" / "fsdp-mid-epoch" / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # kept
+
+    epoch_ends_only = ["--checkpointing.every_n_steps=null"]
+    config = resume_test_config(tmp_path / "e.json", records, KILL_POINTS["mid_epoch"], tmp_path / "k2")
+    assert fit_sharded(example_command, project, config, "fsdp-epoch-end", *epoch_ends_only).returncode != 0
+    resumed = train(example_command, project, config, "fsdp-epoch-end", *one_process, *epoch_ends_only)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from last.ckpt (epoch 0, step 5)" in resumed.stdout
+    one = [r for r in read_records(records) if r["pid"] == read_records(records)[-1]["pid"]]
+    assert sorted({r["epoch"] for r in one}) == [1, 2]
+    for epoch in (1, 2):
+        seen = [example for r in one if r["epoch"] == epoch for example in r["examples"]]
+        assert len(seen) == len(set(seen)) == 1_259, f"epoch {epoch}: every example once"
+    assert validated_epochs(project, "fsdp-epoch-end") == set(range(EPOCHS))

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import LAST_RELEASE, copy_of_example_project
 from copier import run_update
-from training_runs import resume_test_config
+from training_runs import checkpoint_weights, resume_test_config
 
 from template_dev import EXAMPLE_ANSWERS, TOP, TORCH_PIN, commit_all, git, make_project_venv, render, run
 
@@ -198,22 +197,26 @@ def test_a_job_requeued_across_a_template_update_continues_its_run(
 
 
 def final_weights(runs: Path, name: str) -> dict:
-    return torch.load(runs / name / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
+    return checkpoint_weights(runs / name / "checkpoints" / "final.ckpt")
 
 
-def test_two_task_ddp_job_checkpoints_once_requeues_once_and_resumes_exactly(cluster_project, tmp_path) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_task_job_checkpoints_once_requeues_once_and_resumes_exactly(cluster_project, tmp_path, strategy) -> None:
     """The full-GPU job script with a CPU override: srun starts two tasks, Lightning's SLURM environment
     makes them ranks 0 and 1, USR1 reaches both through srun, and the pair stops at the same batch.
-    Rank 1 ends 5 s after rank 0 (LateExit, as a slow GPU teardown would): still one requeue."""
+    Rank 1 ends 5 s after rank 0 (LateExit, as a slow GPU teardown would): still one requeue.
+    The same with sharded training (fsdp2): its checkpoints are directories of shards."""
     project, command, _, env, runs = cluster_project
     late_exit = tmp_path / "late-exit.json"
     callbacks = [{"class_path": "digits_mlp.kit.ProgressLines"}, {"class_path": LATE_EXIT, "init_args": {"rank": 1}}]
     late_exit.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
-    options = ["--trainer.max_epochs=25", "--trainer.strategy=ddp", *CPU_RUN]  # first checkpoint: epoch 4
-    job = submit(cluster_project, "--gpu", "full:2", "--config", str(late_exit), *options, "--run_name", "ddp-requeued")
-    script = (runs / "ddp-requeued" / "slurm" / "full.sbatch").read_text()
+    options = ["--trainer.max_epochs=25", f"--trainer.strategy={strategy}", *CPU_RUN]  # first checkpoint: epoch 4
+    job = submit(
+        cluster_project, "--gpu", "full:2", "--config", str(late_exit), *options, "--run_name", f"{strategy}-requeued"
+    )
+    script = (runs / f"{strategy}-requeued" / "slurm" / "full.sbatch").read_text()
     assert "#SBATCH --ntasks-per-node=2" in script and "--trainer.devices=2 --trainer.num_nodes=1" in script
-    checkpoints = runs / "ddp-requeued" / "checkpoints"
+    checkpoints = runs / f"{strategy}-requeued" / "checkpoints"
     wait_for(lambda: job_state(job) == "RUNNING" and (checkpoints / "last.ckpt").exists(), 180, "a first checkpoint")
     run(["scancel", "--signal=USR1", "--batch", str(job)], cwd=project)
     ended = ("COMPLETED", "FAILED", "CANCELLED")
@@ -227,17 +230,19 @@ def test_two_task_ddp_job_checkpoints_once_requeues_once_and_resumes_exactly(clu
     log = log_of(runs, job)
     assert "All distributed processes registered. Starting with 2 processes" in log
     assert log.count("stopped on SIGUSR1") == 1 and log.count("requeueing") == 1  # rank 0 speaks; one requeue
-    assert "Run 'ddp-requeued': resuming from last.ckpt" in log and "Run 'ddp-requeued' finished" in log
-    manifest = (runs / "ddp-requeued" / "manifest.json").read_text()
+    assert f"Run '{strategy}-requeued': resuming from last.ckpt" in log and f"Run '{strategy}-requeued' finished" in log
+    manifest = (runs / f"{strategy}-requeued" / "manifest.json").read_text()
     assert '"starts": 2' in manifest  # one per job start, not one per process
 
-    reference = run(
-        [*command, "fit", *options, "--trainer.devices=2", "--trainer.num_nodes=1", "--run_name", "ddp-uninterrupted"],
-        cwd=project,
-        env=env,
+    # The reference is the same job, uninterrupted: the same launcher, environment and threads per process.
+    job_options = ["--gpu", "full:2", "--config", str(late_exit), *options]
+    reference = submit(cluster_project, *job_options, "--run_name", f"{strategy}-uninterrupted")
+    assert wait_until_done(reference, timeout=400) == "COMPLETED", log_of(runs, reference)
+    assert f"Run '{strategy}-uninterrupted' finished" in log_of(runs, reference)
+    requeued, uninterrupted = (
+        final_weights(runs, f"{strategy}-requeued"),
+        final_weights(runs, f"{strategy}-uninterrupted"),
     )
-    assert "Run 'ddp-uninterrupted' finished" in reference.stdout
-    requeued, uninterrupted = final_weights(runs, "ddp-requeued"), final_weights(runs, "ddp-uninterrupted")
     assert max((requeued[k] - uninterrupted[k]).abs().max().item() for k in requeued) == 0
 
 

@@ -103,8 +103,18 @@ def validated_epochs(project: Path, run_name: str) -> set[int]:
 
 
 def final_weights(project: Path, run_name: str) -> dict[str, torch.Tensor]:
-    checkpoint = project / "runs" / run_name / "checkpoints" / "final.ckpt"
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    return checkpoint_weights(project / "runs" / run_name / "checkpoints" / "final.ckpt")
+
+
+def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint file, or of a sharded checkpoint (a directory) gathered by torch's converter."""
+    if not checkpoint.is_dir():
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as scratch:
+        dcp_to_torch_save(checkpoint, Path(scratch) / "gathered.pt")
+        return torch.load(Path(scratch) / "gathered.pt", weights_only=True)["state_dict"]
 
 
 def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

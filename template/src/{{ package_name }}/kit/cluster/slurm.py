@@ -171,6 +171,8 @@ def job_script(
         'export TMPDIR="$RUNS_DIR/.tmp" && mkdir -p "$TMPDIR"',
         "# Slurm >= 22.05: srun does not inherit --cpus-per-task by itself.",
         "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK",
+        "# One compute thread per CPU of the task: torch would start one per core of the node.",
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"',
         'echo "job ${SLURM_JOB_ID} on $(hostname) at $(date -Is), restart ${SLURM_RESTART_COUNT:-0}"',
         "",
         "# USR1 reaches this shell; pass it on to the training processes, which checkpoint and exit with 3.",

@@ -1,4 +1,5 @@
-"""What the template's resume and safety machinery costs under DDP: default `fit` vs Lightning's bare DDP Trainer.
+"""What the template's resume and safety machinery costs under DDP or sharded training (FSDP2):
+default `fit` vs Lightning's bare Trainer with the same strategy.
 
 Two processes, gloo on the CPU, launched by Lightning's own launcher on both sides, the example
 model, data and batch size:
@@ -13,7 +14,11 @@ Per-step time = rank 0's training batches of an epoch / steps (validation exclud
 of every run is a warm-up). Sides alternate in ABBA order over the repeats, in this one run; each
 side is its own pair of processes (DDP cannot be torn down and rebuilt in one process).
 
-    .venv/bin/python bench/ddp_overhead.py [--repeats 4] [--epochs 10]
+With `--strategy fsdp2` both sides use the kit's `fsdp2` (FSDP2, the model sharded layer by layer):
+the bare side is a plain Trainer with that strategy and nothing else, so the difference is the
+template's per-step machinery under sharding.
+
+    .venv/bin/python bench/ddp_overhead.py [--repeats 4] [--epochs 10] [--strategy ddp|fsdp2]
 """
 
 from __future__ import annotations
@@ -30,16 +35,18 @@ from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
 
-TWO_PROCESSES = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+TWO_PROCESSES = {"accelerator": "cpu", "devices": 2, "strategy": os.environ.get("BENCH_STRATEGY", "ddp")}
 
 
 def bare_lightning(epochs: int, label: str) -> None:
     import lightning.pytorch as pl
     from digits_mlp.kit import load_model_and_data
+    from digits_mlp.kit.training.sharded_training import register_sharded_training
     from step_timer import StepTimer
     from torch.utils.data import DataLoader
 
     pl.seed_everything(42, verbose=False)
+    register_sharded_training()  # the name fsdp2, as fit registers it
     model, data = load_model_and_data()
     data.setup("fit")
     train_loader = DataLoader(data.splits["train"], batch_size=data.hparams.batch_size, shuffle=True)
@@ -96,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--strategy", choices=["ddp", "fsdp2"], default="ddp")
     parser.add_argument("--side", choices=["fit", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--label", help=argparse.SUPPRESS)
@@ -108,19 +116,22 @@ def main() -> None:
     from example_project import use_rendered_example
 
     work, _ = use_rendered_example("bench-ddp-")
+    env = {**os.environ, "BENCH_STRATEGY": args.strategy}
     times: dict[str, list[float]] = {"bare": [], "fit": []}
     for repeat in range(args.repeats):
         for side in ("bare", "fit") if repeat % 2 == 0 else ("fit", "bare"):
-            label, out = f"ddp-{side}-{repeat}", work / f"{side}-{repeat}.json"
+            label, out = f"{args.strategy}-{side}-{repeat}", work / f"{side}-{repeat}.json"
             command = [sys.executable, __file__, "--side", side, "--project", str(work / "project")]
             command += ["--epochs", str(args.epochs), "--label", label, "--out", str(out)]
-            subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ.copy())
+            subprocess.run(command, check=True, capture_output=True, text=True, env=env)
             times[side] += per_step_ms(out)
     bare, fit = statistics.median(times["bare"]), statistics.median(times["fit"])
     fastest = min(times["fit"]) / min(times["bare"])
-    print(f"two-process DDP (gloo, CPU), per-step time, median over {args.repeats} repeats x {args.epochs - 1} epochs")
-    print(f"{'bare Lightning DDP':<28} {bare:>8.3f} ms")
-    print(f"{'template fit (DDP)':<28} {fit:>8.3f} ms")
+    name = args.strategy
+    timed = f"{args.repeats} repeats x {args.epochs - 1} epochs"
+    print(f"two-process {name} (gloo, CPU), per-step time, median over {timed}")
+    print(f"{'bare Lightning ' + name:<28} {bare:>8.3f} ms")
+    print(f"{'template fit (' + name + ')':<28} {fit:>8.3f} ms")
     print(f"ratio {fit / bare:.3f}x (+{fit - bare:.3f} ms per step); fastest epochs {fastest:.3f}x")
 
 

@@ -70,6 +70,28 @@ def test_measuring_run_completes_and_combines_the_readings(profiler, example_pac
     profile = profiler.measure(["--data.init_args.batch_size=64"], steps=3, accelerator="cpu")
     assert (profile.peak_reserved_bytes, profile.context_overhead_bytes) == (3 * gib, gib)
     assert profile.needed_gib == pytest.approx(4.0)
+    # The states sharding splits, counted from the trained model and its AdamW: fp32 weights, their
+    # gradients, two moments per weight and one step counter per tensor.
+    from digits_mlp.kit import load_model_and_data
+
+    model, _ = load_model_and_data([])
+    weights = sum(p.numel() for p in model.parameters())
+    tensors = len(list(model.parameters()))
+    assert profile.model_state_bytes == 4 * weights * 4 + 4 * tensors
+
+
+def test_sharding_splits_the_model_states_and_names_the_fewest_gpus(profiler) -> None:
+    gib = profiler.GIB
+    # 100 GiB peak of which 90 GiB model states; 1 GiB outside the allocator.
+    profile = profiler.MemoryProfile(100 * gib, gib, model_state_bytes=90 * gib)
+    assert [profile.sharded_gib(n) for n in (1, 2, 4, 8)] == [101.0, 56.0, 33.5, 22.25]
+    assert profiler.fewest_gpus(profile, 131.0, 0.15) == 1  # H200: 101 x 1.15 = 116 <= 131
+    assert profiler.fewest_gpus(profile, 76.0, 0.15) == 2  # 80 GB: 56 x 1.15 = 64 <= 76
+    assert profiler.fewest_gpus(profile, 37.5, 0.15) == 8  # 40 GB: 33.5 x 1.15 = 38.5 > 37.5 with 4
+    text = profiler.format_sharding(profile, 0.15)
+    assert "model states 90.00 GiB" in text and "2 GPUs 56.00 GiB" in text and "on A100 40GB: 8 GPU(s)" in text
+    tiny = profiler.MemoryProfile(10 * gib, 0, model_state_bytes=1 * gib)  # activations dominate: no count fits
+    assert profiler.fewest_gpus(tiny, 9.0, 0.15) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the profile measures real GPU memory")

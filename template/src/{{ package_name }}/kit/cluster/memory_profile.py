@@ -10,6 +10,12 @@ and prints every MIG profile of the A100 40 GB / 80 GB, H100 and H200 with its u
 whether `needed` fits with the headroom (15 % by default; 10-20 % is the usual advice, since fewer
 SMs can change kernel choices and workspaces). It recommends the smallest profile this site offers
 (configs/slurm/site.yaml, mig_types) and `--write` makes it the site's default for `submit`.
+
+For a model too large for one GPU it also estimates sharded training (`--trainer.strategy=fsdp2`):
+the model states (weights, gradients, optimizer state: counted from the model and optimizer after
+the measured steps) are split N ways, the rest of the peak (activations, workspaces, one layer's
+gathered weights) stays per GPU, so per GPU = states / N + (peak - states) + context, and it names
+the fewest full GPUs that hold that.
 """
 
 from __future__ import annotations
@@ -35,14 +41,62 @@ MIG_PROFILES: dict[str, list[tuple[str, float]]] = {
 }  # fmt: skip
 
 
+FULL_GPUS_GIB = {"A100 40GB": 37.5, "A100 80GB / H100 80GB": 76.0, "H200 141GB": 131.0}  # usable, as above
+SHARDED_PROCESS_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+
+
 @dataclass
 class MemoryProfile:
     peak_reserved_bytes: int
     context_overhead_bytes: int
+    model_state_bytes: int = 0  # weights + gradients + optimizer state: what sharding splits
 
     @property
     def needed_gib(self) -> float:
         return (self.peak_reserved_bytes + self.context_overhead_bytes) / GIB
+
+    def sharded_gib(self, processes: int) -> float:
+        """Per-GPU memory with the model states sharded over `processes` GPUs (see the module's docstring)."""
+        states = min(self.model_state_bytes, self.peak_reserved_bytes)
+        rest = self.peak_reserved_bytes - states
+        return (states / processes + rest + self.context_overhead_bytes) / GIB
+
+
+def model_state_bytes(model, optimizers) -> int:
+    """Bytes of the model's weights, its trainable weights' gradients and the optimizers' state tensors."""
+    import torch
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    states = sum(
+        value.numel() * value.element_size()
+        for optimizer in optimizers
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )
+    return weights + gradients + states
+
+
+def fewest_gpus(profile: MemoryProfile, usable_gib: float, headroom: float) -> int | None:
+    """The fewest GPUs of `usable_gib` whose sharded share fits, or None if none of the counts tried does."""
+    for processes in SHARDED_PROCESS_COUNTS:
+        if fits(profile.sharded_gib(processes), usable_gib, headroom):
+            return processes
+    return None
+
+
+def format_sharding(profile: MemoryProfile, headroom: float) -> str:
+    lines = [
+        f"sharded training (--trainer.strategy=fsdp2): model states {profile.model_state_bytes / GIB:.2f} GiB "
+        "split over the GPUs, the rest per GPU",
+        "  per GPU: " + ", ".join(f"{n} GPUs {profile.sharded_gib(n):.2f} GiB" for n in (1, 2, 4, 8)),
+    ]
+    for gpu, usable in FULL_GPUS_GIB.items():
+        count = fewest_gpus(profile, usable, headroom)
+        needs = f"{count} GPU(s)" if count else f"more than {SHARDED_PROCESS_COUNTS[-1]} GPUs"
+        lines.append(f"  on {gpu}: {needs}")
+    return "\n".join(lines)
 
 
 def fits(needed_gib: float, usable_gib: float, headroom: float) -> bool:
@@ -107,11 +161,12 @@ def measure(options: list[str], steps: int, accelerator: str = "gpu") -> MemoryP
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=data)
+    states = model_state_bytes(model, trainer.optimizers)
     trainer.validate(model, datamodule=data, verbose=False)  # validation can peak higher (larger batches)
     torch.cuda.synchronize()
     free, total = torch.cuda.mem_get_info()
     overhead = (total - free) - torch.cuda.memory_reserved()
-    return MemoryProfile(int(torch.cuda.max_memory_reserved()), max(int(overhead), 0))
+    return MemoryProfile(int(torch.cuda.max_memory_reserved()), max(int(overhead), 0), states)
 
 
 def set_default_gpu(site_path: Path, mig_type: str) -> None:
@@ -140,6 +195,7 @@ def profile_main(argv: list[str]) -> int:
         return 1
     profile = measure(options, args.steps)
     print(format_table(profile, args.headroom))
+    print(format_sharding(profile, args.headroom))
     from .slurm import load_site
 
     site = load_site(args.site)

@@ -110,9 +110,12 @@ class ShardedTraining(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
-        path = Path(self.broadcast(str(filepath)))
-        self._confirm_write()
-        staging = Path(self.broadcast(self._new_staging(path) if self.is_global_zero else None))
+        # Rank 0 decides the target, the staging directory and whether this writer may write; one broadcast.
+        decided = self._decide_write(Path(filepath)) if self.is_global_zero else None
+        target, staging_name, refusal = self.broadcast(decided)
+        if refusal is not None:
+            raise refusal
+        path, staging = Path(target), Path(staging_name)
         tensors = {"state_dict": checkpoint.pop("state_dict")}
         for index, optimizer_state in enumerate(checkpoint.pop("optimizer_states", [])):
             tensors[f"optimizer_{index}"] = optimizer_state
@@ -134,25 +137,19 @@ class ShardedTraining(ModelParallelStrategy):
             if hook is not None:
                 hook(trainer)
 
-    def _confirm_write(self) -> None:
-        """Rank 0's lease check (kit/runs/lease.py), agreed: a refused writer stops every process."""
+    def _decide_write(self, path: Path) -> tuple[str, str | None, BaseException | None]:
+        """Rank 0: the target, a new staging directory beside it, or the lease's refusal (kit/runs/lease.py),
+        which every process then raises: a writer whose run was taken over stops, all ranks together."""
         io = self._kit_checkpoint_io
-        refusal: BaseException | None = None
-        if self.is_global_zero and io is not None and io.before_write is not None:
+        if io is not None and io.before_write is not None:
             try:
                 io.before_write()
-            except Exception as error:  # noqa: BLE001 - handed to every process and raised there
-                refusal = error
-        refusal = self.broadcast(refusal)
-        if refusal is not None:
-            raise refusal
-
-    @staticmethod
-    def _new_staging(path: Path) -> str:
+            except Exception as refusal:  # noqa: BLE001 - handed to every process and raised there
+                return str(path), None, refusal
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's is private; teammates read runs too
-        return staging
+        return str(path), staging, None
 
     def _commit(self, checkpoint: dict[str, Any], path: Path, staging: Path, listings: list[dict[str, str]]) -> None:
         """Rank 0: the states, the listing, the manifest entry, then one rename (see the module's docstring)."""

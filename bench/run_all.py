@@ -10,6 +10,8 @@ BENCHMARKS = [
     "idle_hooks.py",
     "finetune_overhead.py",
     "ddp_overhead.py",
+    "ddp_overhead.py --strategy fsdp2",
+    "sharded_checkpointing.py",
     "hook_calls.py",
     "checkpointing.py",
     "copier_speed.py",
@@ -20,6 +22,7 @@ BENCHMARKS = [
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent
-    for name in BENCHMARKS:
-        print(f"== {name}", flush=True)
-        subprocess.run([sys.executable, str(here / name)], check=True)
+    for benchmark in BENCHMARKS:
+        name, *options = benchmark.split()
+        print(f"== {benchmark}", flush=True)
+        subprocess.run([sys.executable, str(here / name), *options], check=True)

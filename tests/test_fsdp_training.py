@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 import torch
@@ -133,7 +134,7 @@ def test_a_damaged_shard_is_set_aside_and_the_previous_checkpoint_used(
     assert_resumed_exactly(project, run_name, records, reference)
 
 
-def test_the_evaluation_commands_use_one_consolidated_file(example_project, example_command, reference) -> None:
+def test_test_evaluate_and_export_use_one_consolidated_file(example_project, example_command, reference) -> None:
     project, _ = example_project
     tested = subprocess.run(
         [*example_command, "test", "--run_name", "fsdp-reference", "--trainer.accelerator=cpu"],
@@ -148,10 +149,13 @@ def test_the_evaluation_commands_use_one_consolidated_file(example_project, exam
     one_file = torch.load(consolidated[0], weights_only=True)
     assert max_abs_difference(one_file["state_dict"], checkpoint_weights(sharded)) == 0.0
     assert "optimizer_states" not in one_file and one_file["global_step"] > 0
-    evaluated = subprocess.run(
-        [*example_command, "evaluate", "--run_name", "fsdp-reference"], cwd=project, capture_output=True, text=True
-    )
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    for command in ("evaluate", "export"):
+        done = subprocess.run(
+            [*example_command, command, "--run_name", "fsdp-reference"], cwd=project, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Record: {project / 'runs' / 'fsdp-reference' / 'export' / 'export.json'}" in done.stdout
+    assert len(list((checkpoints / "consolidated").glob("*.ckpt"))) == 1  # made once, then reused
 
 
 def test_another_process_count_resumes_at_an_epoch_boundary_and_is_refused_mid_epoch(
@@ -181,3 +185,27 @@ def test_another_process_count_resumes_at_an_epoch_boundary_and_is_refused_mid_e
         seen = [example for r in one if r["epoch"] == epoch for example in r["examples"]]
         assert len(seen) == len(set(seen)) == 1_259, f"epoch {epoch}: every example once"
     assert validated_epochs(project, "fsdp-epoch-end") == set(range(EPOCHS))
+
+
+def test_a_frozen_process_ends_the_other_in_bounded_time_and_the_rerun_resumes(
+    example_project, example_command, reference, tmp_path
+) -> None:
+    """Rank 1 frozen (SIGSTOP) mid-epoch: rank 0 gives up at the collective timeout with one message."""
+    project, _ = example_project
+    run_name = "fsdp-frozen-rank"
+    records = tmp_path / "records.jsonl"
+    kill = {**KILL_POINTS["mid_epoch"], "rank": 1, "signal": "SIGSTOP"}
+    config = resume_test_config(tmp_path / "c.json", records, kill, tmp_path / "marker", distinct_ranks=True)
+    timeout_seconds = 15
+    started = time.monotonic()
+    bounded = f"--distributed.timeout_minutes={timeout_seconds / 60}"
+    failed = fit_sharded(example_command, project, config, run_name, bounded)
+    elapsed = time.monotonic() - started
+    assert failed.returncode != 0
+    assert elapsed < 10 + timeout_seconds + 20, f"the surviving process took {elapsed:.0f} s to end"
+    assert "Training process 0 of 2 stopped during training step" in failed.stderr, failed.stderr[-3000:]
+    assert "it waited for the other processes and they did not answer" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    resumed = fit_sharded(example_command, project, config, run_name)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_resumed_exactly(project, run_name, records, reference)

@@ -237,7 +237,7 @@ def export_main(argv: list[str]) -> int:
         )
     if record["preprocessing"]:
         print(f"Serving applies {record['preprocessing']} to raw inputs, as training does.")
-    print(f"Record: {RunDirectory(Path(record['checkpoint']).parent.parent).export_dir / 'export.json'}")
+    print(f"Record: {RunDirectory.holding(Path(record['checkpoint'])).export_dir / 'export.json'}")
     return 0
 
 

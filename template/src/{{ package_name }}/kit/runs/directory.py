@@ -35,6 +35,7 @@ MANIFEST_NAME = "manifest.json"
 # A run's checkpoint files, named here once: rolling_checkpoint.py writes them, checkpoint_files.py
 # ranks them for a resume, evaluation takes the best one.
 CHECKPOINT_SUFFIX = ".ckpt"
+CHECKPOINTS_DIRNAME = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 PREVIOUS_CHECKPOINT = "previous.ckpt"  # the last.ckpt before, kept until the new one is complete
 FINAL_CHECKPOINT = "final.ckpt"  # written when training ends: the run is finished
@@ -79,13 +80,18 @@ class ConfigChangedError(RuntimeError):
 class RunDirectory:
     path: Path
 
+    @classmethod
+    def holding(cls, checkpoint: Path) -> RunDirectory:
+        """The run a checkpoint belongs to: in its checkpoints/ folder, or below it (consolidated/)."""
+        return cls(next(folder.parent for folder in checkpoint.parents if folder.name == CHECKPOINTS_DIRNAME))
+
     @property
     def name(self) -> str:
         return self.path.name
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS_DIRNAME
 
     # The run's other subfolders: loggers' files, `evaluate` outputs, `find-lr` results, job scripts.
     @property

@@ -5,9 +5,10 @@ The base model is a tiny LLaMA with random weights and a word-level tokenizer, s
 transformers and laid out in a hub cache under the id and commit the project's config names (the
 hub is not reachable here): the project loads it through its real offline path. Checked: the
 project's own tests (a SIGKILL with one and two processes resumes exactly); a stop by SIGTERM
-(one and two processes) or USR1 resumes to the uninterrupted run's weights exactly; gradient
-checkpointing recomputes and changes nothing; continued pretraining (a causal language model on
-token blocks packed into shards) resumes exactly; checkpoints hold only the adapters and the head;
+(one process, two with DDP, two sharded with fsdp2) or USR1 resumes to the uninterrupted run's
+weights exactly; gradient checkpointing recomputes and changes nothing; continued pretraining (a
+causal language model on token blocks packed into shards) resumes exactly; checkpoints hold only
+the adapters and the head;
 `reproduce --all` exports a merged model that `from_pretrained` loads and that predicts as the
 adapters do, and ONNX; `predict-files`, `evaluate` and `budget` work on it; a run on other base
 weights and bad inputs end in one line with exit code 2.
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from hub_cache import put_in_hub_cache, save_tiny_llama_with_tokenizer
-from training_runs import max_abs_difference, train
+from training_runs import checkpoint_weights, max_abs_difference, train
 
 from template_dev import commit_all, make_project_venv, render
 
@@ -44,6 +45,7 @@ SHORT_RUN = [
     "--early_stopping.patience=null",
 ]
 TWO_PROCESSES = ["--trainer.devices=2", "--trainer.strategy=ddp"]
+TWO_SHARDED = ["--trainer.devices=2", "--trainer.strategy=fsdp2"]  # FSDP2: each decoder layer sharded
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +94,7 @@ def fit(finetune, run_name: str, *options: str, kill: dict | None = None) -> sub
 
 
 def final_state(project: Path, run_name: str) -> dict[str, torch.Tensor]:
-    checkpoint = project / "runs" / run_name / "checkpoints" / "final.ckpt"
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    return checkpoint_weights(project / "runs" / run_name / "checkpoints" / "final.ckpt")
 
 
 def test_the_projects_own_tests_pass(finetune) -> None:
@@ -115,6 +116,7 @@ def test_the_projects_own_tests_pass(finetune) -> None:
         ("sigterm", {"hook": "train_batch_end", "global_step": 11, "signal": "SIGTERM"}, []),
         ("usr1", {"hook": "train_epoch_end", "epoch": 1, "signal": "SIGUSR1"}, []),
         ("sigterm-2", {"hook": "train_batch_end", "global_step": 10, "signal": "SIGTERM"}, TWO_PROCESSES),
+        ("sigterm-2-sharded", {"hook": "train_batch_end", "global_step": 10, "signal": "SIGTERM"}, TWO_SHARDED),
     ],
 )
 def test_a_stopped_fine_tune_resumes_to_identical_adapters(finetune, case, kill, processes) -> None:
@@ -133,9 +135,9 @@ def test_a_stopped_fine_tune_resumes_to_identical_adapters(finetune, case, kill,
 
 
 def reference_run(finetune, processes: list[str]) -> str:
-    """The uninterrupted run the stopped ones must end equal to (made once per process count)."""
+    """The uninterrupted run the stopped ones must end equal to (made once per process count and strategy)."""
     project, _, _ = finetune
-    name = f"uninterrupted{len(processes)}"
+    name = "uninterrupted-" + ("-".join(option.split("=")[1] for option in processes) or "one-process")
     if not (project / "runs" / name / "checkpoints" / "final.ckpt").exists():
         done = fit(finetune, name, *processes)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -125,6 +125,14 @@ def test_a_damaged_shard_is_set_aside_and_the_previous_checkpoint_used(
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensors: the file still loads
     shard.write_bytes(bytes(data))
+    # Asked for one file of it, the evaluation refuses in one line and makes nothing.
+    evaluated = subprocess.run(
+        [*example_command, "evaluate", "--run_name", run_name, "--ckpt_path", str(shard.parent)],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert evaluated.returncode == 2 and "Traceback" not in evaluated.stderr, evaluated.stderr[-3000:]
+    assert f"Sharded checkpoint {shard.parent} is incomplete or damaged" in evaluated.stderr + evaluated.stdout
+    assert not (shard.parent.parent / "consolidated").exists()
 
     resumed = fit_sharded(example_command, project, config, run_name)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

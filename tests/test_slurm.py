@@ -159,7 +159,7 @@ def test_usr1_requeues_and_the_job_resumes_exactly_on_the_code_it_was_submitted_
     reference = run(  # the submitted code, uninterrupted, in the unedited example project
         [*command, "fit", *options, "--trainer.devices=1", "--trainer.num_nodes=1", "--run_name", "uninterrupted"],
         cwd=example,
-        env=env,
+        env={**env, "OMP_NUM_THREADS": "1"},  # one compute thread, as the job's task has one CPU (cpus_per_gpu: 1)
     )
     assert "Run 'uninterrupted' finished" in reference.stdout
     final = {name: final_weights(runs, name) for name in ("requeued", "uninterrupted")}

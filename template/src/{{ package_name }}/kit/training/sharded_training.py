@@ -86,6 +86,8 @@ class ShardedTraining(ModelParallelStrategy):
     @override
     def setup_environment(self) -> None:
         # Every process holds a shard (data parallel); Lightning's "auto" would make them tensor-parallel.
+        # Its constructor takes these sizes as numbers, and the number of processes is known only here,
+        # so the two attributes it reads next are set directly (the one private use in this module).
         self._data_parallel_size = self.num_nodes * self.num_processes
         self._tensor_parallel_size = 1
         super().setup_environment()

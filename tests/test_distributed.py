@@ -12,14 +12,13 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 from training_runs import (
     EPOCHS,
     SHORT_RUN,
-    effective_batches,
+    assert_resumed_exactly,
     examples_per_epoch,
     final_weights,
     max_abs_difference,
@@ -74,16 +73,6 @@ def test_two_processes_record_one_start_and_shard_the_epoch_evenly(example_proje
         assert sum(seen.values()) == TRAINING_EXAMPLES + 1  # and one padded in, as DistributedSampler does
     ranks_differ = [b["examples"] for b in batches_by_rank[0]] != [b["examples"] for b in batches_by_rank[1]]
     assert ranks_differ
-
-
-def assert_resumed_exactly(project: Path, run_name: str, records: Path, reference) -> None:
-    reference_weights, reference_batches, _ = reference
-    assert max_abs_difference(final_weights(project, run_name), reference_weights) == 0.0
-    by_rank = records_by_rank(read_records(records))
-    for rank in (0, 1):
-        kept = effective_batches(by_rank[rank])
-        assert [b["examples"] for b in kept] == [b["examples"] for b in reference_batches[rank]], f"rank {rank}"
-    assert validated_epochs(project, run_name) == set(range(EPOCHS))
 
 
 @pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))

@@ -19,8 +19,8 @@ import torch
 from training_runs import (
     EPOCHS,
     SHORT_RUN,
+    assert_resumed_exactly,
     checkpoint_weights,
-    effective_batches,
     final_weights,
     max_abs_difference,
     read_records,
@@ -78,16 +78,6 @@ def test_every_checkpoint_is_a_committed_directory_of_checksummed_shards(example
     shard_sizes = [(checkpoints / "final.ckpt" / f"__{rank}_0.distcp").stat().st_size for rank in (0, 1)]
     assert min(shard_sizes) > 0.3 * sum(shard_sizes)
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
-
-
-def assert_resumed_exactly(project, run_name, records, reference) -> None:
-    reference_weights, reference_batches, _ = reference
-    assert max_abs_difference(final_weights(project, run_name), reference_weights) == 0.0
-    by_rank = records_by_rank(read_records(records))
-    for rank in (0, 1):
-        kept = effective_batches(by_rank[rank])
-        assert [b["examples"] for b in kept] == [b["examples"] for b in reference_batches[rank]], f"rank {rank}"
-    assert validated_epochs(project, run_name) == set(range(EPOCHS))
 
 
 @pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))

@@ -135,3 +135,15 @@ def examples_per_epoch(batches: list[dict]) -> dict[int, Counter]:
     for batch in batches:
         seen.setdefault(batch["epoch"], Counter()).update(batch["examples"])
     return seen
+
+
+def assert_resumed_exactly(project: Path, run_name: str, records: Path, reference) -> None:
+    """A resumed two-process run ends as the uninterrupted `reference` (weights, records, its run): the same
+    weights (max abs diff 0), each rank on the same batches, every epoch validated."""
+    reference_weights, reference_batches, _ = reference
+    assert max_abs_difference(final_weights(project, run_name), reference_weights) == 0.0
+    by_rank = records_by_rank(read_records(records))
+    for rank in (0, 1):
+        kept = effective_batches(by_rank[rank])
+        assert [b["examples"] for b in kept] == [b["examples"] for b in reference_batches[rank]], f"rank {rank}"
+    assert validated_epochs(project, run_name) == set(range(EPOCHS))

@@ -38,11 +38,13 @@ KILL_POINTS = {
     "before_validation": {"hook": "validation_start", "epoch": 1},
     "while_writing_shards": {"hook": "shards_written", "global_step": 9},
 }
+TWO_DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+EPOCH_ENDS_ONLY = ["--checkpointing.every_n_steps=null"]  # checkpoints at each epoch's end only
 SHARD_FILES = {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt", "checksums.json"}
 
 
-def fit_sharded(command, project, config, run_name, *extra):
-    return train(command, project, config, run_name, *TWO_SHARDED, *SHORT_RUN, *extra)
+def fit_sharded(command, project, config, run_name, *extra, env=None):
+    return train(command, project, config, run_name, *TWO_SHARDED, *SHORT_RUN, *extra, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +173,15 @@ def test_another_process_count_resumes_at_an_epoch_boundary_and_is_refused_mid_e
     assert "written mid-epoch by 2 training process(es); this run has 1" in refused.stderr
     assert (project / "runs" / "fsdp-mid-epoch" / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # kept
 
-    epoch_ends_only = ["--checkpointing.every_n_steps=null"]
     config = resume_test_config(tmp_path / "e.json", records, KILL_POINTS["mid_epoch"], tmp_path / "k2")
-    assert fit_sharded(example_command, project, config, "fsdp-epoch-end", *epoch_ends_only).returncode != 0
-    resumed = train(example_command, project, config, "fsdp-epoch-end", *one_process, *epoch_ends_only)
+    assert fit_sharded(example_command, project, config, "fsdp-epoch-end", *EPOCH_ENDS_ONLY).returncode != 0
+    # DDP (and one process without a strategy) reads one file: refused in one line, the shards kept.
+    by_ddp = train(example_command, project, config, "fsdp-epoch-end", *SHORT_RUN, *EPOCH_ENDS_ONLY, *TWO_DDP)
+    assert by_ddp.returncode == 2 and "Traceback" not in by_ddp.stderr, by_ddp.stderr[-3000:]
+    assert "last.ckpt is a sharded checkpoint (a directory of shards written with --trainer.strategy=fsdp2); " \
+        "this run's strategy (DDPStrategy) reads one file" in by_ddp.stderr  # fmt: skip
+    assert (project / "runs" / "fsdp-epoch-end" / "checkpoints" / "last.ckpt" / "meta.pt").is_file()
+    resumed = train(example_command, project, config, "fsdp-epoch-end", *one_process, *EPOCH_ENDS_ONLY)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from last.ckpt (epoch 0, step 5)" in resumed.stdout
     one = [r for r in read_records(records) if r["pid"] == read_records(records)[-1]["pid"]]
@@ -183,6 +190,97 @@ def test_another_process_count_resumes_at_an_epoch_boundary_and_is_refused_mid_e
         seen = [example for r in one if r["epoch"] == epoch for example in r["examples"]]
         assert len(seen) == len(set(seen)) == 1_259, f"epoch {epoch}: every example once"
     assert validated_epochs(project, "fsdp-epoch-end") == set(range(EPOCHS))
+
+
+def test_a_ddp_run_continues_sharded_from_an_epochs_end(example_project, example_command, tmp_path) -> None:
+    """Sharded training loads DDP's one-file checkpoint and shards it; the run goes on with every example once."""
+    project, _ = example_project
+    records = tmp_path / "records.jsonl"
+    config = resume_test_config(tmp_path / "c.json", records, KILL_POINTS["mid_epoch"], tmp_path / "k")
+    killed = train(example_command, project, config, "ddp-then-fsdp", *SHORT_RUN, *EPOCH_ENDS_ONLY, *TWO_DDP)
+    assert killed.returncode != 0
+    killed_batches = len(read_records(records))
+    last = project / "runs" / "ddp-then-fsdp" / "checkpoints" / "last.ckpt"
+    assert last.is_file()  # DDP's: one file
+    resumed = fit_sharded(example_command, project, config, "ddp-then-fsdp", *EPOCH_ENDS_ONLY)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Run 'ddp-then-fsdp': resuming from last.ckpt (epoch 0, step 5)" in resumed.stdout
+    assert {p.name for p in last.iterdir()} == SHARD_FILES  # from here on sharded
+    after = read_records(records)[killed_batches:]  # the two resumed processes
+    for epoch in (1, 2):
+        seen = [example for r in after if r["epoch"] == epoch for example in r["examples"]]
+        # Every example, one of them twice: the distributed sampler pads 1,259 examples to 2 x 630.
+        assert len(set(seen)) == 1_259 and len(seen) == 1_260, f"epoch {epoch}"
+    assert validated_epochs(project, "ddp-then-fsdp") == set(range(EPOCHS))
+
+
+A_MODEL_HOLDING_A_PARAMETER = """
+import torch
+from torch import nn
+
+from digits_mlp.model import DigitsClassifier
+
+
+class ScaledDigits(DigitsClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = nn.Parameter(torch.ones(1))  # the LightningModule's own, in no submodule
+"""
+
+
+def test_a_model_the_default_cannot_shard_is_refused_before_the_run_is_recorded(
+    example_project, example_command, tmp_path
+) -> None:
+    project, _ = example_project
+    (tmp_path / "scaled_digits.py").write_text(A_MODEL_HOLDING_A_PARAMETER)
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "records.jsonl", None, tmp_path / "unused")
+    model, path = "--model=scaled_digits.ScaledDigits", {"PYTHONPATH": str(tmp_path)}
+    refused = fit_sharded(example_command, project, config, "fsdp-unshardable", model, env=path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert refused.stderr.count("error: ScaledDigits holds parameters itself (temperature): sharded training") == 1
+    assert not (project / "runs" / "fsdp-unshardable").exists()
+
+
+TAKE_THE_RUN = """
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+class TakeTheRunAt(pl.Callback):
+    # Another writer takes the run's lease at `global_step`, as a new start does from a writer frozen too long.
+
+    def __init__(self, lease_file: str, global_step: int) -> None:
+        self.lease_file, self.global_step = Path(lease_file), global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero and trainer.global_step == self.global_step:
+            taker = {"host": "node-9", "pid": 1, "pid_started": None, "job": "77", "since": "now", "token": "other"}
+            self.lease_file.write_text(json.dumps(taker))
+"""
+
+
+def test_a_sharded_run_whose_lease_was_taken_stops_every_process_without_writing(
+    example_project, example_command, tmp_path
+) -> None:
+    """Rank 0 finds the lease gone at the next save and tells every process: none writes a shard, one says why."""
+    project, _ = example_project
+    run_dir = project / "runs" / "fsdp-taken-over"
+    (tmp_path / "take_the_run.py").write_text(TAKE_THE_RUN)
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "records.jsonl", None, tmp_path / "unused")
+    settings = json.loads(config.read_text())
+    taker = {"lease_file": str(run_dir / "lease.json"), "global_step": 7}  # checkpoints at steps 3, 5, 6, 9
+    settings["trainer"]["callbacks"].append({"class_path": "take_the_run.TakeTheRunAt", "init_args": taker})
+    config.write_text(json.dumps(settings))
+    stopped = fit_sharded(example_command, project, config, run_dir.name, env={"PYTHONPATH": str(tmp_path)})
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert stopped.stderr.count("this process lost its lease to host node-9") == 1, stopped.stderr[-3000:]
+    checkpoints = run_dir / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)["global_step"] == 6
+    assert not list(checkpoints.glob(".*.partial")), "a shard was written after the lease was lost"
+    assert json.loads((run_dir / "lease.json").read_text())["token"] == "other"  # the taker's, untouched
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"  # the taker's to end
 
 
 def test_a_frozen_process_ends_the_other_in_bounded_time_and_the_rerun_resumes(

@@ -78,7 +78,12 @@ from .random_states import RandomStateCheckpoint
 from .refused_inputs import refused_data_message, refused_settings_message
 from .rolling_checkpoint import RollingCheckpoint
 from .run_bookkeeping import MissingMonitoredMetric, RunBookkeeping
-from .sharded_training import ShardingRefused, register_sharded_training
+from .sharded_training import (
+    ShardingRefused,
+    refuse_a_model_it_cannot_shard,
+    refuse_sharded_checkpoint_without_sharding,
+    register_sharded_training,
+)
 from .trial_pruning import active_trial_pruning
 
 # argparse takes an unambiguous prefix of an option by default: `--trainer.max_epoch=3` would set
@@ -268,6 +273,7 @@ class ProjectCLI(LightningCLI):
             return
         lead = self.trainer.is_global_zero  # under DDP every process runs this; one records and prints
         say = print if lead else _silent
+        refuse_a_model_it_cannot_shard(self.model, self.trainer.strategy)
         # Every process checks its base weights (it read them itself): under srun all refuse together.
         pretrained = self._check_pretrained()  # the base weights the run started from, or refused
         if lead:
@@ -278,7 +284,8 @@ class ProjectCLI(LightningCLI):
         fit_kwargs = self.config_init["fit"]
         resume_from = None
         if fit_kwargs.get("ckpt_path"):
-            checkpoint_to_use(self.run, fit_kwargs["ckpt_path"], "start from", one_file=False)  # it must exist
+            given = checkpoint_to_use(self.run, fit_kwargs["ckpt_path"], "start from", one_file=False)  # it must exist
+            refuse_sharded_checkpoint_without_sharding(given, self.trainer.strategy)
         else:
             # Every process reads the same files and so picks the same one; only rank 0 moves damaged ones aside.
             resume_from = newest_checkpoint(
@@ -286,8 +293,9 @@ class ProjectCLI(LightningCLI):
                 move_unreadable=lead,
                 is_intact=lambda info: self.run.checksum_verdict(info.path, info.global_step),
             )
-        if resume_from is not None:
-            for loader_state in resume_from.loader_states:  # before anything is written: a refusal changes nothing
+        if resume_from is not None:  # before anything is written: a refusal changes nothing
+            refuse_sharded_checkpoint_without_sharding(resume_from.path, self.trainer.strategy)
+            for loader_state in resume_from.loader_states:
                 check_process_count(loader_state, self.trainer.world_size)
         if lead:
             # Rank 0 alone: it fetches missing raw files, and under DDP it runs before the others start.
@@ -551,7 +559,8 @@ def _run_lightning_cli(args: list[str]) -> int:
         print(f"error: {unfinished}", file=sys.stderr)
         return 1
     except RunTakenOver as taken:
-        print(f"error: {taken}", file=sys.stderr)
+        if _is_first_process():  # under sharded training every process learns it: one says so
+            print(f"error: {taken}", file=sys.stderr)
         return 1
     except TrainingDiverged as diverged:
         if _is_first_process():

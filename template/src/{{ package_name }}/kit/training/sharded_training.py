@@ -44,7 +44,7 @@ from typing_extensions import override
 from ..runs.atomic_files import TEMPORARY_SUFFIX, current_umask
 from ..runs.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from ..runs.checksums import SHARD_CHECKSUMS_FILE, checksum_of_listing, file_checksum, listing_text
-from ..runs.sharded_checkpoints import DCP_METADATA_FILE, METADATA_FILE, discard
+from ..runs.sharded_checkpoints import DCP_METADATA_FILE, METADATA_FILE, discard, is_sharded_checkpoint
 
 STRATEGY_NAME = "fsdp2"
 
@@ -64,20 +64,42 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return sorted(units, key=lambda module: -depth[module])
 
 
-def shard_in_blocks(pl_module, mesh) -> None:
-    """FSDP2 over `mesh` for a LightningModule without its own `configure_model` (idempotent)."""
+def refuse_a_model_it_cannot_shard(pl_module, strategy) -> None:
+    """Before anything is recorded: the block-by-block default leaves parameters the LightningModule
+    holds itself (not in a submodule) unsharded and unsynchronised, so such a model is refused."""
+    if not isinstance(strategy, ShardedTraining) or is_overridden("configure_model", pl_module):
+        return
     own = [name for name, _ in pl_module.named_parameters(recurse=False)]
     if own:
         raise ShardingRefused(
             f"{type(pl_module).__name__} holds parameters itself ({', '.join(own)}): sharded training shards "
             "its submodules. Move them into a submodule, or write a configure_model hook that shards them."
         )
+
+
+def shard_in_blocks(pl_module, mesh) -> None:
+    """FSDP2 over `mesh` for a LightningModule without its own `configure_model` (idempotent)."""
     for unit in shard_units(pl_module):
         if unit is not pl_module and not isinstance(unit, FSDPModule):
             fully_shard(unit, mesh=mesh)
     for child in pl_module.children():
         if not isinstance(child, FSDPModule) and any(True for _ in child.parameters()):
             fully_shard(child, mesh=mesh)
+
+
+def refuse_sharded_checkpoint_without_sharding(checkpoint: Path, strategy) -> None:
+    """A sharded checkpoint resumes only under sharded training: any other strategy reads one file.
+
+    The other way round works: sharded training loads a one-file (single-process or DDP) checkpoint
+    and shards it, at an epoch's end with any number of processes.
+    """
+    if is_sharded_checkpoint(checkpoint) and not isinstance(strategy, ModelParallelStrategy):
+        raise ShardingRefused(
+            f"{checkpoint.name} is a sharded checkpoint (a directory of shards written with "
+            f"--trainer.strategy={STRATEGY_NAME}); this run's strategy ({type(strategy).__name__}) reads one file. "
+            f"Resume with --trainer.strategy={STRATEGY_NAME} (any number of processes at an epoch's end), "
+            "or start a fresh run (--run_name NEW_NAME)."
+        )
 
 
 class ShardedTraining(ModelParallelStrategy):
@@ -98,6 +120,8 @@ class ShardedTraining(ModelParallelStrategy):
         if not is_overridden("configure_model", model):
             # Lightning calls the model's configure_model hook (and requires one under this strategy):
             # a model without one gets the block-by-block default.
+            refuse_a_model_it_cannot_shard(model, self)  # also where fit was not started by the kit's CLI
+
             def configure_model(pl_module) -> None:
                 shard_in_blocks(pl_module, pl_module.device_mesh["data_parallel"])
 

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import torch
+from conftest import copy_of_example_project
 from training_runs import (
     EPOCHS,
     SHORT_RUN,
@@ -156,6 +157,30 @@ def test_test_evaluate_and_export_use_one_consolidated_file(example_project, exa
         assert done.returncode == 0, done.stderr[-3000:]
     assert f"Record: {project / 'runs' / 'fsdp-reference' / 'export' / 'export.json'}" in done.stdout
     assert len(list((checkpoints / "consolidated").glob("*.ckpt"))) == 1  # made once, then reused
+
+
+def test_reproduce_trains_the_example_sharded_once_and_builds_every_artifact_from_it(example_project, tmp_path) -> None:
+    """Two processes train `example` sharded; the table, export and card read it as one file; nothing rebuilds after."""
+    project, command = copy_of_example_project(example_project, tmp_path / "project")
+    artifacts = project / "src" / "digits_mlp" / "artifacts.py"
+    sharded = '"--trainer.max_epochs=3", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=fsdp2"'
+    declared = 'fit_options=["--run_name", "example"'
+    text = artifacts.read_text().replace(declared, f"{declared}, {sharded}")
+    assert text != artifacts.read_text()
+    artifacts.write_text(text)
+    assert subprocess.run([*command, "data", "fetch"], cwd=project, capture_output=True).returncode == 0
+    built = subprocess.run([*command, "reproduce", "--all"], cwd=project, capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    # One `reproduce`: the second process re-runs `fit`, not the whole plan.
+    for artifact in ("example-model", "final-metrics", "exported-model", "model-card"):
+        assert built.stdout.count(f".  {artifact}") == 1, built.stdout[-3000:]
+    assert built.stdout.count("Run 'example' finished") == 1
+    final = project / "runs" / "example" / "checkpoints" / "final.ckpt"
+    assert {p.name for p in final.iterdir()} == SHARD_FILES
+    assert "| accuracy |" in (project / "artifacts" / "tables" / "final_metrics.md").read_text()
+    assert "`digits_mlp.model.DigitsClassifier`" in (project / "artifacts" / "cards" / "model-example.md").read_text()
+    again = subprocess.run([*command, "reproduce", "--all"], cwd=project, capture_output=True, text=True)
+    assert again.returncode == 0 and ".  " not in again.stdout, again.stdout[-3000:]  # all up to date
 
 
 def test_another_process_count_resumes_at_an_epoch_boundary_and_is_refused_mid_epoch(

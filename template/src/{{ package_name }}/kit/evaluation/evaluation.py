@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torchmetrics.functional.classification as tmf
 
+from ..runs.checkpoint_files import one_file_checkpoint
 from ..runs.checkpoint_io import atomic_torch_save
 
 
@@ -114,7 +115,10 @@ def plot_evaluation(confusion: torch.Tensor, predictions: dict[str, torch.Tensor
 
 
 def evaluate_checkpoint(model_class, checkpoint: Path, loader, directory: Path) -> dict[str, object]:
-    """Predictions for `checkpoint` (computed once, then reused) and every metric derived from them."""
+    """Predictions for `checkpoint` (computed once, then reused) and every metric derived from them.
+
+    A sharded checkpoint (a directory) is read as its consolidated file (kit/runs/checkpoint_files.py)."""
+    checkpoint = one_file_checkpoint(checkpoint)
     directory.mkdir(parents=True, exist_ok=True)
     saved = directory / "predictions.pt"
     fingerprint = checkpoint_fingerprint(checkpoint)

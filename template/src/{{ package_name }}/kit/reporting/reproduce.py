@@ -13,12 +13,14 @@ dependencies are what decides its content:
   formatting do not count.
 The kit is not a dependency: a template update does not make your trained models stale (its
 CHANGELOG says when results change; `reproduce NAME --force` rebuilds regardless).
-doit keeps the dependency state in .reproduce/doit.json.
+doit keeps the dependency state in .reproduce/doit.json. A sharded checkpoint (a directory of shards,
+`--trainer.strategy=fsdp2`) counts as one input: by its list of shard checksums (`CheckpointAwareChecker`).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import textwrap
 import time
@@ -102,14 +104,15 @@ def _is_docstring(statement) -> bool:
 
 
 def _train(artifact: Artifact) -> None:
-    from ..training.lightning_cli import run_lightning_cli
-
+    """`fit` with the artifact's options, as its own command: with several processes (DDP, sharded)
+    Lightning starts the others by re-running the command that started it, which must be this `fit`,
+    not `reproduce` (each would run the whole plan, writing every artifact twice)."""
     checkpoint = Path(artifact.outputs[0])
     run_dir = checkpoint.parent.parent
     superseded = run_dir.with_name(f"{run_dir.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
     if checkpoint.exists():  # stale: keep the old model version, train afresh
         run_dir.rename(superseded)
-    code = run_lightning_cli(["fit", *(artifact.fit_options or [])])
+    code = subprocess.run([sys.executable, "-m", PACKAGE, "fit", *(artifact.fit_options or [])]).returncode
     if code != 0:
         if superseded.exists() and not run_dir.exists():  # refused before training: the old version stays current
             superseded.rename(run_dir)
@@ -148,7 +151,35 @@ def doit_tasks(artifacts: list[Artifact], package_dir: Path) -> dict[str, Callab
     def task_artifacts():
         yield from tasks
 
-    return {"task_artifacts": task_artifacts, "DOIT_CONFIG": {"dep_file": str(STATE_FILE), "backend": "json"}}
+    doit_config = {"dep_file": str(STATE_FILE), "backend": "json", "check_file_uptodate": checkpoint_aware_checker()}
+    return {"task_artifacts": task_artifacts, "DOIT_CONFIG": doit_config}
+
+
+def checkpoint_aware_checker():
+    """doit's content checker, which reads files only, taught that a sharded checkpoint is one input."""
+    import os
+
+    from doit.dependency import MD5Checker
+
+    from ..base.file_hashes import file_sha256
+    from ..runs.checksums import SHARD_CHECKSUMS_FILE
+
+    def listing_hash(directory: str) -> str | None:
+        listing = Path(directory, SHARD_CHECKSUMS_FILE)  # every shard's checksum, written at its commit
+        return file_sha256(listing) if listing.is_file() else None
+
+    class CheckpointAwareChecker(MD5Checker):
+        def check_modified(self, file_path, file_stat, state):
+            if os.path.isdir(file_path):
+                return listing_hash(file_path) is None or state[2] != listing_hash(file_path)
+            return super().check_modified(file_path, file_stat, state)
+
+        def get_state(self, dep, current_state):
+            if os.path.isdir(dep):
+                return None, None, listing_hash(dep)
+            return super().get_state(dep, current_state)
+
+    return CheckpointAwareChecker
 
 
 def _declaration(artifact: Artifact) -> dict[str, Any]:

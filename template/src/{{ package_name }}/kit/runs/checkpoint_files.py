@@ -189,12 +189,15 @@ def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: s
             f"No checkpoint to {action}: run '{run.name}' has none in {run.checkpoint_dir}. Train it first with "
             f"`{CONSOLE_SCRIPT} fit` and the same config, name the run with --run_name, or pass --ckpt_path FILE."
         )
-    if one_file and is_sharded_checkpoint(chosen):
-        return _consolidated(chosen)
-    return chosen
+    return one_file_checkpoint(chosen) if one_file else chosen
 
 
-def _consolidated(sharded: Path) -> Path:
+def one_file_checkpoint(checkpoint: Path) -> Path:
+    """`checkpoint` itself, or for a sharded one its consolidated file (made when first asked, after every
+    shard's checksum is verified); MissingTrainedRun for an incomplete or damaged sharded checkpoint."""
+    if not is_sharded_checkpoint(checkpoint):
+        return checkpoint
+    sharded = checkpoint
     checksum = checkpoint_checksum(sharded)
     if checksum is None:
         raise MissingTrainedRun(

@@ -46,6 +46,7 @@ SHORT_RUN = [
 ]
 TWO_PROCESSES = ["--trainer.devices=2", "--trainer.strategy=ddp"]
 TWO_SHARDED = ["--trainer.devices=2", "--trainer.strategy=fsdp2"]  # FSDP2: each decoder layer sharded
+FULL_SHARDED = [*TWO_SHARDED, "--config=configs/experiments/full-fine-tune.yaml"]  # no adapters: every weight
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,7 @@ def test_the_projects_own_tests_pass(finetune) -> None:
         ("usr1", {"hook": "train_epoch_end", "epoch": 1, "signal": "SIGUSR1"}, []),
         ("sigterm-2", {"hook": "train_batch_end", "global_step": 10, "signal": "SIGTERM"}, TWO_PROCESSES),
         ("sigterm-2-sharded", {"hook": "train_batch_end", "global_step": 10, "signal": "SIGTERM"}, TWO_SHARDED),
+        ("sigterm-2-sharded-full", {"hook": "train_batch_end", "global_step": 10, "signal": "SIGTERM"}, FULL_SHARDED),
     ],
 )
 def test_a_stopped_fine_tune_resumes_to_identical_adapters(finetune, case, kill, processes) -> None:
@@ -130,14 +132,19 @@ def test_a_stopped_fine_tune_resumes_to_identical_adapters(finetune, case, kill,
     assert f"Run '{case}': resuming from last.ckpt" in resumed.stdout
 
     expected, got = final_state(project, reference), final_state(project, case)
-    assert set(got) == set(expected) and all("lora_" in name or "modules_to_save" in name for name in got)
+    assert set(got) == set(expected)
+    if processes == FULL_SHARDED:  # every weight trained, and every weight is in the checkpoint
+        assert "network.model.embed_tokens.weight" in got and not any("lora_" in name for name in got)
+    else:
+        assert all("lora_" in name or "modules_to_save" in name for name in got)
     assert max_abs_difference(got, expected) == 0.0
 
 
 def reference_run(finetune, processes: list[str]) -> str:
     """The uninterrupted run the stopped ones must end equal to (made once per process count and strategy)."""
     project, _, _ = finetune
-    name = "uninterrupted-" + ("-".join(option.split("=")[1] for option in processes) or "one-process")
+    values = [Path(option.split("=")[1]).stem for option in processes]  # 2, fsdp2, full-fine-tune
+    name = "uninterrupted-" + ("-".join(values) or "one-process")
     if not (project / "runs" / name / "checkpoints" / "final.ckpt").exists():
         done = fit(finetune, name, *processes)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -158,16 +158,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # The order the two test processes take files in (scripts/test.sh: --dist loadfile, no reordering by
 # size): the longest first, so that the last file to end is a short one; and an install-free file
 # second, so that the other process works while the first installs the example from its lock.
-# Seconds measured in CI (test time per file; both processes together: 2,128 s at 5bd8199).
+# Seconds measured in CI (test time per file; both processes together: about 2,750 s at f9f438a).
 LONGEST_FIRST = [
-    "test_resume.py",  # 374 s; installs the example from the lock (~70 s) on its way
-    "test_update_from_release.py",  # 146 s, needs no install
-    "test_readme_commands.py",  # 160-290 s in one test: started early, it does not end the run
-    "test_slurm.py",  # 290 s
-    "test_finetune_example.py",  # 240 s
-    "test_update.py",  # 123 s, needs no install
-    "test_distributed.py",  # 271 s
-    "test_fsdp_training.py",  # ~170 s (new)
+    "test_finetune_example.py",  # ~470 s; renders and installs its own project
+    "test_update_from_release.py",  # 118 s, needs no install
+    "test_resume.py",  # 340 s; installs the example from the lock (~70 s) on its way
+    "test_readme_commands.py",  # 160-300 s in one test: started early, it does not end the run
+    "test_slurm.py",  # 304 s
+    "test_fsdp_training.py",  # ~300 s
+    "test_update.py",  # 112 s, needs no install
+    "test_distributed.py",  # 254 s
     "test_sharded_training.py",  # 115 s
     "test_run_integrity.py",  # 110 s
     "test_reproduce_and_cache.py",  # 96 s

@@ -136,6 +136,18 @@ def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
         sweep_trials({"strategy": "bayes", "parameters": {"a": [1]}})
 
 
+def test_seeds_refuses_a_config_that_monitors_no_metric_before_training(
+    example_package, tmp_path, monkeypatch, capsys
+) -> None:
+    from digits_mlp.kit.experiments.comparisons import seeds_main
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    assert seeds_main(["--n", "2", "--checkpointing.monitor=null"]) == 2
+    assert "seeds compares runs by checkpointing.monitor, and this config sets it to null" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
 def test_sweep_then_results_end_to_end(example_package, tmp_path, monkeypatch, capsys) -> None:
     from digits_mlp.kit.experiments.sweeps import results_main, sweep_main
 

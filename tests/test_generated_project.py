@@ -148,8 +148,12 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
     done = run([*example_command, *options], cwd=project, env=env, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "monitor is 'val/mse', which validation does not log (it logs: val/acc, val/loss)" in done.stderr
-    assert "epoch 0/" not in done.stdout  # no epoch trained
+    assert "epoch 1/" not in done.stdout  # no epoch trained
     assert "regression  [failed]" in run([*example_command, "runs"], cwd=project, env=env).stdout
+    # A command typed below the project's root (src/): where to run it, in one line.
+    done = run([*example_command, "fit"], cwd=project / "src", env=env, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"error: run digits_mlp from the project's root, {project} (configs/, data/ and runs/" in done.stderr
     # `submit` on a machine without SLURM (sbatch not on PATH).
     no_slurm = {**env, "PATH": str(Path(example_command[0]).parent)}
     done = run([*example_command, "submit", "--gpu", "mig:1g.10gb"], cwd=project, env=no_slurm, check=False)

@@ -264,7 +264,7 @@ def test_a_kill_right_after_early_stopping_finishes_without_training_on(
     stop_early = ["--early_stopping.patience=1", "--early_stopping.min_delta=0.2"]
     reference_config = resume_test_config(tmp_path / "ref.json", tmp_path / "ref.jsonl", None, tmp_path / "unused", 0)
     reference = train(example_command, project, reference_config, "early-stop-reference", *stop_early)
-    assert "Stopped early at epoch 1" in reference.stdout, reference.stdout[-2000:]
+    assert "Stopped early after epoch 2" in reference.stdout, reference.stdout[-2000:]
     kill = {"hook": "train_end", "global_step": 2 * STEPS_PER_EPOCH}
     config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", kill, tmp_path / "killed", 0)
     assert train(example_command, project, config, "early-stop-killed", *stop_early).returncode == -9
@@ -272,7 +272,7 @@ def test_a_kill_right_after_early_stopping_finishes_without_training_on(
     resumed = train(example_command, project, config, "early-stop-killed", *stop_early)
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Stopped early at epoch 1" in resumed.stdout and "epoch 2/" not in resumed.stdout
+    assert "Stopped early after epoch 2" in resumed.stdout and "epoch 3/" not in resumed.stdout
     reference_weights = final_weights(project, "early-stop-reference")
     assert max_abs_difference(final_weights(project, "early-stop-killed"), reference_weights) == 0.0
 
@@ -309,3 +309,48 @@ def test_a_diverged_run_stops_keeps_its_finite_checkpoints_and_never_finishes(
     assert "Run 'diverged': resuming from last.ckpt" in again.stdout
     assert_diverged(again, run)
     assert max(steps) < LAST_STEP
+
+
+def test_a_finished_run_trains_longer_as_a_new_run_from_its_final_checkpoint(
+    example_project, example_command, reference_runs, tmp_path
+) -> None:
+    """The refusal of a longer run under the old name names the way; that new run resumes from its own checkpoints."""
+    project, _ = example_project
+    _, _, config = reference_runs[0]  # reference-w0: 3 epochs, finished
+    longer = f"--trainer.max_epochs={EPOCHS + 1}"
+    refused = train(example_command, project, config, "reference-w0", longer)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    final = project / "runs" / "reference-w0" / "checkpoints" / "final.ckpt"
+    hint = "To train it longer, start a new run from its last checkpoint: fit --run_name NEW_NAME --ckpt_path "
+    assert hint + "runs/reference-w0/checkpoints/final.ckpt" in refused.stderr.replace(f"{project}/", "")
+    from_final = ["--ckpt_path", str(final), longer]
+    straight = train(example_command, project, config, "longer-straight", *from_final)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert f"Run 'longer-straight': starting from the given checkpoint {final}" in straight.stdout
+    assert validated_epochs(project, "longer-straight") == {EPOCHS}  # one more epoch, the fourth
+
+    kill = {"hook": "train_batch_end", "epoch": EPOCHS, "batch_index": 4}  # last.ckpt at step 33 (every 3)
+    killable = resume_test_config(tmp_path / "k.json", tmp_path / "k.jsonl", kill, tmp_path / "killed")
+    assert train(example_command, project, killable, "longer-killed", *from_final).returncode != 0
+    resumed = train(example_command, project, killable, "longer-killed", *from_final)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Run 'longer-killed': resuming from last.ckpt (epoch {EPOCHS}, step 33)" in resumed.stdout
+    assert max_abs_difference(final_weights(project, "longer-killed"), final_weights(project, "longer-straight")) == 0
+    record = json.loads((project / "runs" / "longer-killed" / "record.json").read_text())
+    assert record["starts"][0]["started_from"] == {"checkpoint": str(final.resolve()), "run": "reference-w0"}
+
+
+def test_a_run_that_stopped_early_goes_on_as_a_new_run_from_its_final_checkpoint(
+    example_project, example_command, tmp_path
+) -> None:
+    """Its final.ckpt says training ended (early stopping): that is the old run's end, not the new run's."""
+    project, _ = example_project
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", None, tmp_path / "unused")
+    stop_early = ["--early_stopping.patience=1", "--early_stopping.min_delta=0.2"]
+    stopped = train(example_command, project, config, "stopped-early", *stop_early)
+    assert "Stopped early after epoch 2" in stopped.stdout, stopped.stdout[-2000:]
+    final = project / "runs" / "stopped-early" / "checkpoints" / "final.ckpt"
+    go_on = ["--ckpt_path", str(final), "--early_stopping.patience=null"]
+    went_on = train(example_command, project, config, "after-early-stop", *go_on)
+    assert went_on.returncode == 0, went_on.stderr[-3000:]
+    assert validated_epochs(project, "after-early-stop") == {EPOCHS - 1}  # the third epoch, trained now

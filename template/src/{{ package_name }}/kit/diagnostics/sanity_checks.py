@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -287,11 +288,15 @@ def check_modes_and_checkpoint(
         trainer.save_checkpoint(path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     states = checkpoint.get("optimizer_states") or []
-    has_state = bool(states) and all(state.get("state") for state in states)
+    # One saved state per optimizer, each as full as the optimizer's own: plain SGD keeps none, Adam two per weight.
+    live = [len(optimizer.state) for optimizer in trainer.optimizers]
+    saved = [len(state.get("state", {})) for state in states]
+    has_state = bool(states) and saved == live and all("param_groups" in state for state in states)
     optimizer_state = CheckResult(
         "the checkpoint holds the optimizer state",
         has_state,
-        f"{len(states)} optimizer state(s) with {sum(len(s.get('state', {})) for s in states)} parameter entries",
+        f"{len(states)} optimizer state(s) with {sum(saved)} parameter entries; the {len(live)} optimizer(s) "
+        f"hold {sum(live)}",
         "on_save_checkpoint dropping 'optimizer_states', or checkpoints saved with weights_only / save_weights_only",
     )
     results = [modes, optimizer_state]
@@ -320,6 +325,37 @@ SINGLE_CHECKS: list[Callable[[pl.LightningModule, pl.LightningDataModule], Check
 def run_all_checks(
     model: pl.LightningModule, data: pl.LightningDataModule, monitor: str | None = None
 ) -> list[CheckResult]:
-    """Every check, each on its own copy of the untrained model (`monitor`: see check_modes_and_checkpoint)."""
-    results = [check(copy.deepcopy(model), data) for check in SINGLE_CHECKS]
-    return results + check_modes_and_checkpoint(copy.deepcopy(model), data, monitor)
+    """Every check, each on its own copy of the untrained model (`monitor`: see check_modes_and_checkpoint).
+
+    A check that raises (a shape mismatch in forward, say) fails with the error's first line, cause
+    first for a chained one, and the other checks still run."""
+    results = [_raising_as_failure(check.__name__, check, copy.deepcopy(model), data) for check in SINGLE_CHECKS]
+    last = _raising_as_failure("modes and checkpoint", check_modes_and_checkpoint, copy.deepcopy(model), data, monitor)
+    return results + (last if isinstance(last, list) else [last])
+
+
+def _raising_as_failure(name: str, check: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return check(*args)
+    except Exception as error:  # noqa: BLE001 - reported as the check's result; the next check runs
+        root = error
+        while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+            root = root.__cause__ or root.__context__
+        first_line = (str(root).strip().splitlines() or [""])[0][:300]
+        label = name.removeprefix("check_").replace("_", " ")
+        detail = f"raised {type(root).__name__}{_in_your_code(root)}: {first_line}"
+        return CheckResult(label, False, detail, "the error's traceback: `fit` with the same config shows it")
+
+
+def _in_your_code(error: BaseException) -> str:
+    """Where in the project's own code (not the kit's, not a library's) `error` passed last: file, line, function."""
+    kit = Path(__file__).resolve().parents[1]
+    frames = [
+        (frame, line)
+        for frame, line in traceback.walk_tb(error.__traceback__)
+        if "-packages" not in frame.f_code.co_filename and kit not in Path(frame.f_code.co_filename).resolve().parents
+    ]
+    if not frames:
+        return ""
+    frame, line = frames[-1]
+    return f" in {Path(frame.f_code.co_filename).name} line {line}, {frame.f_code.co_name}"

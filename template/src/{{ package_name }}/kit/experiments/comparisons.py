@@ -19,10 +19,11 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..runs.identity import plain_name_part
+from ..runs.identity import monitors_no_metric, plain_name_part
 from ..runs.root import RunsRoot
 from .sweeps import run_fit_quietly
 
@@ -88,6 +89,9 @@ def seeds_main(argv: list[str]) -> int:
     args, options = parser.parse_known_args(argv)
     if args.n < 2:
         parser.error("--n must be at least 2 to estimate seed noise")
+    if monitors_no_metric(options):
+        print("error: seeds compares runs by checkpointing.monitor, and this config sets it to null", file=sys.stderr)
+        return 2
     config_name = next((Path(o).stem for o in reversed(options) if o.endswith(".yaml")), "default")
     label = plain_name_part(args.label or config_name)
     root = RunsRoot.current()
@@ -99,6 +103,13 @@ def seeds_main(argv: list[str]) -> int:
         if code != 0:
             return code
         values[seed] = root.run(run_name).best_value()
+        if values[seed] is None:
+            print(
+                f"error: run '{run_name}' recorded no value of checkpointing.monitor (it never validated): "
+                "seeds compares runs by it",
+                file=sys.stderr,
+            )
+            return 2
     mean, half_width = mean_and_interval(list(values.values()))
     directory = root.seeds
     directory.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ from typing import Any
 import yaml
 
 from ..runs.atomic_files import atomic_write_text
-from ..runs.identity import experiment
+from ..runs.identity import experiment, monitors_no_metric
 from ..runs.root import RunsRoot
 
 SPEC_KEYS = {"name", "strategy", "trials", "sampler", "pruner", "seed", "options", "parameters"}
@@ -117,10 +117,11 @@ def run_search(
     from ..training.trial_pruning import pruning_trial
 
     distributions = search_distributions(spec, text)
+    mode = _ranking_mode(spec, extra_options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directory = RunsRoot.current().sweeps / name
     directory.mkdir(parents=True, exist_ok=True)
-    study = _open_study(spec, name, directory, extra_options)
+    study = _open_study(spec, name, directory, mode)
     worker = f"array-task-{array_task}" if array_task is not None else "local"
     running = optuna.trial.TrialState.RUNNING
     while True:
@@ -193,12 +194,22 @@ def _claim_unowned_trial(study, trials: list, worker: str, local: bool) -> list:
     return []
 
 
-def _open_study(spec: dict[str, Any], name: str, directory: Path, extra_options: list[str]):
+def _ranking_mode(spec: dict[str, Any], extra_options: list[str]) -> str:
+    """The trials' checkpointing.mode (the study's direction); refused when they monitor no metric."""
+    options = [*spec.get("options", []), *extra_options]
+    if monitors_no_metric(options):
+        raise SweepFileError(
+            "a search ranks its trials by checkpointing.monitor, and the trials' config sets it to null: "
+            "set it to a metric validation logs (in the sweep's options or configs/default.yaml)"
+        )
+    return experiment(options).get("checkpointing", {}).get("mode", "max")
+
+
+def _open_study(spec: dict[str, Any], name: str, directory: Path, mode: str):
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    mode = experiment([*spec.get("options", []), *extra_options]).get("checkpointing", {}).get("mode", "max")
     search = {key: spec.get(key) for key in ("parameters", "sampler", "seed")} | {"direction": mode}
     storage = JournalStorage(JournalFileBackend(str(directory / "study.journal")))
     seed = spec.get("seed", 0)

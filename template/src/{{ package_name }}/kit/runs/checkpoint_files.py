@@ -197,11 +197,10 @@ def one_file_checkpoint(checkpoint: Path) -> Path:
     shard's checksum is verified); MissingTrainedRun for an incomplete or damaged sharded checkpoint."""
     if not is_sharded_checkpoint(checkpoint):
         return checkpoint
-    sharded = checkpoint
-    checksum = checkpoint_checksum(sharded)
+    checksum = checkpoint_checksum(checkpoint)
     if checksum is None:
         raise MissingTrainedRun(
-            f"Sharded checkpoint {sharded} is incomplete or damaged: a shard's checksum is not the one written "
+            f"Sharded checkpoint {checkpoint} is incomplete or damaged: a shard's checksum is not the one written "
             f"with it. Pass another with --ckpt_path (`{CONSOLE_SCRIPT} runs` lists them)."
         )
-    return consolidated_checkpoint(sharded, checksum)
+    return consolidated_checkpoint(checkpoint, checksum)

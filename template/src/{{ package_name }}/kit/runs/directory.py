@@ -174,10 +174,18 @@ class RunDirectory:
                 tofile="the config given now",
             )
         )
+        longer = ""
+        length = ("max_epochs", "max_steps")
+        if any(recorded.get("trainer", {}).get(key) != given.get("trainer", {}).get(key) for key in length):
+            longer = (
+                f" To train it longer, start a new run from its last checkpoint: fit --run_name NEW_NAME "
+                f"--ckpt_path {self.checkpoint_dir / FINAL_CHECKPOINT} with the new length (it goes on from that "
+                f"checkpoint's epoch and step; its record names this run)."
+            )
         raise ConfigChangedError(
             f"Run '{self.name}' was started with a different config. Give this config its own run with "
             f"--run_name NEW_NAME (or leave --run_name out to get a name derived from the config), or "
-            f"move {self.path} away to start over.\n{diff}"
+            f"move {self.path} away to start over.{longer}\n{diff}"
         )
 
     @property

@@ -109,6 +109,12 @@ def experiment(args: list[str] | tuple[str, ...], default_config: str | Path = D
     return what_is_trained(merged)
 
 
+def monitors_no_metric(args: list[str] | tuple[str, ...]) -> bool:
+    """Whether the config a command describes sets checkpointing.monitor to null (nothing ranks its runs)."""
+    checkpointing = experiment(args).get("checkpointing") or {}
+    return "monitor" in checkpointing and checkpointing["monitor"] is None
+
+
 def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
     """`config` (a parsed config, as a mapping) without what does not change the trained model.
 

@@ -25,7 +25,7 @@ from ..base.file_hashes import file_sha256
 from ..base.machine import visible_gpus
 from .atomic_files import atomic_write_text
 from .code_state import code_origin
-from .directory import RECORD_NAME, RUN_STATUSES, RunDirectory, timestamp
+from .directory import CHECKPOINTS_DIRNAME, RECORD_NAME, RUN_STATUSES, RunDirectory, timestamp
 
 # The project's own locks (locks/*.txt, kit/cluster/environment_lock.py) and other tools' lock files.
 OTHER_LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
@@ -113,6 +113,14 @@ def note_parameters(run_path: Path, summary: dict[str, Any]) -> None:
 def note_changed_code(run_path: Path, differences: list[str]) -> None:
     """Mark this start as running other code than the run's earlier starts (--allow_changed_code)."""
     _note_on_this_start(run_path, "code_differs_from_earlier_starts", differences)
+
+
+def note_started_from(run_path: Path, checkpoint: Path) -> None:
+    """Mark this start as continuing from another checkpoint (`fit --ckpt_path`): its file and its run."""
+    checkpoint = checkpoint.resolve()
+    inside_a_run = any(folder.name == CHECKPOINTS_DIRNAME for folder in checkpoint.parents)
+    parent = RunDirectory.holding(checkpoint).name if inside_a_run else None
+    _note_on_this_start(run_path, "started_from", {"checkpoint": str(checkpoint), "run": parent})
 
 
 def _note_on_this_start(run_path: Path, key: str, value: Any) -> None:

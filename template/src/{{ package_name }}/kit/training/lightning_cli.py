@@ -62,6 +62,7 @@ from ..runs.record import (
     note_changed_raw_data,
     note_parameters,
     note_pretrained,
+    note_started_from,
     start_record,
 )
 from ..runs.root import RunsRoot, find_run_by_config
@@ -203,6 +204,9 @@ class ProjectCLI(LightningCLI):
             kwargs["precision"] = automatic_precision(trainer_config.get("accelerator"))
         if trainer_config.get("profiler") is None:
             kwargs["profiler"] = NoProfiler()
+        if trainer_config.get("enable_model_summary") is None:
+            # Lightning's 13-line table on every start: `fit` says the model in one line instead (before_fit).
+            kwargs["enable_model_summary"] = False
         if self.subcommand != "fit":
             return self._prepared(**kwargs)
         policy = self._policy
@@ -212,7 +216,12 @@ class ProjectCLI(LightningCLI):
             RunBookkeeping(self.run, policy.monitor),  # first: it checks the metric before early stopping reads it
             PeerGuard(),
             RandomStateCheckpoint(),
-            ModelCheckpoint(
+            _refusing_bad_settings(
+                "checkpointing", RollingCheckpoint, checkpoint_dir, policy.every_n_steps, policy.every_n_minutes
+            ),
+        ]
+        if policy.monitor is not None:  # null: a model without a validation metric has no "best"
+            best = ModelCheckpoint(
                 dirpath=checkpoint_dir,
                 filename=BEST_CHECKPOINT_FILENAME,
                 auto_insert_metric_name=False,
@@ -221,12 +230,9 @@ class ProjectCLI(LightningCLI):
                 save_top_k=policy.save_top_k,
                 save_last=False,
                 enable_version_counter=False,
-            ),
-            _refusing_bad_settings(
-                "checkpointing", RollingCheckpoint, checkpoint_dir, policy.every_n_steps, policy.every_n_minutes
-            ),
-        ]
-        if stopping.patience is not None:
+            )
+            callbacks.insert(3, best)
+        if stopping.patience is not None and policy.monitor is not None:
             callbacks.insert(
                 1,  # after RunBookkeeping
                 EarlyStopping(
@@ -282,17 +288,18 @@ class ProjectCLI(LightningCLI):
                 print(took_over)
             code, changed_code = self._check_code()  # the code the run was started with, or refused
         fit_kwargs = self.config_init["fit"]
-        resume_from = None
-        if fit_kwargs.get("ckpt_path"):
-            given = checkpoint_to_use(self.run, fit_kwargs["ckpt_path"], "start from", one_file=False)  # it must exist
+        # Every process reads the same files and so picks the same one; only rank 0 moves damaged ones aside.
+        resume_from = newest_checkpoint(
+            self.run.checkpoint_dir,
+            move_unreadable=lead,
+            is_intact=lambda info: self.run.checksum_verdict(info.path, info.global_step),
+        )
+        starting_point = fit_kwargs.get("ckpt_path") if resume_from is None else None
+        if starting_point:  # `--ckpt_path` starts a run; re-run after a stop, the run goes on from its own
+            given = checkpoint_to_use(self.run, starting_point, "start from", one_file=False)  # it must exist
             refuse_sharded_checkpoint_without_sharding(given, self.trainer.strategy)
-        else:
-            # Every process reads the same files and so picks the same one; only rank 0 moves damaged ones aside.
-            resume_from = newest_checkpoint(
-                self.run.checkpoint_dir,
-                move_unreadable=lead,
-                is_intact=lambda info: self.run.checksum_verdict(info.path, info.global_step),
-            )
+            # A run trained for longer starts from the old run's final.ckpt: that one's end is not this run's.
+            next(c for c in self.trainer.callbacks if isinstance(c, RollingCheckpoint)).starts_another_run = True
         if resume_from is not None:  # before anything is written: a refusal changes nothing
             refuse_sharded_checkpoint_without_sharding(resume_from.path, self.trainer.strategy)
             for loader_state in resume_from.loader_states:
@@ -310,8 +317,10 @@ class ProjectCLI(LightningCLI):
                 print("Training on raw data that differs from data/raw.sha256 (--allow_changed_data):")
                 print("\n".join(f"  {problem}" for problem in changed_data))
             self._record_start(changed_data, data_fingerprint, code, changed_code, pretrained)
-        if fit_kwargs.get("ckpt_path"):
-            say(f"Run '{self.run.name}': starting from the given checkpoint {fit_kwargs['ckpt_path']}")
+            if starting_point:
+                note_started_from(self.run.path, Path(starting_point))
+        if starting_point:
+            say(f"Run '{self.run.name}': starting from the given checkpoint {starting_point}")
         elif resume_from is None:
             say(f"Run '{self.run.name}': new run in {self.run.path}")
         else:
@@ -321,6 +330,20 @@ class ProjectCLI(LightningCLI):
             say(
                 f"Run '{self.run.name}': resuming from {resume_from.path.name} "
                 f"(epoch {resume_from.epoch}, step {resume_from.global_step})"
+            )
+        if lead:
+            self._say_what_trains()
+
+    def _say_what_trains(self) -> None:
+        """The model in one line (instead of Lightning's table), and what a null monitor means."""
+        parameters = parameter_summary(self.model)
+        frozen = f" ({parameters['frozen']:,} frozen)" if parameters["frozen"] else ""
+        model = type(self.model).__name__
+        print(f"Run '{self.run.name}': {model}, {parameters['trainable']:,} trainable parameters{frozen}")
+        if self._policy.monitor is None:
+            print(
+                f"Run '{self.run.name}': checkpointing.monitor is null, so no best checkpoints and no early stopping; "
+                f"evaluation and export use {FINAL_CHECKPOINT} (rolling {LAST_CHECKPOINT} until then)."
             )
 
     def _check_code(self) -> tuple[dict[str, str], list[str]]:
@@ -391,7 +414,7 @@ class ProjectCLI(LightningCLI):
             return
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0:
-            print(f"Stopped early at epoch {stopper.stopped_epoch}: {stopper.monitor} stopped improving.")
+            print(f"Stopped early after epoch {stopper.stopped_epoch + 1}: {stopper.monitor} stopped improving.")
         end_start(self.run, "finished", self.trainer.global_step, metrics)
         shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
         if rolling.restored_at_end:

@@ -59,16 +59,16 @@ class ProgressLines(ProgressBar):
             self._last_line = now
             rate = self._steps_this_epoch / max(now - self._epoch_started, 1e-9)
             self._line(
-                f"epoch {trainer.current_epoch}  batch {batch_idx + 1}/{self.total_train_batches}  "
+                f"epoch {trainer.current_epoch + 1}  batch {batch_idx + 1}/{self.total_train_batches}  "
                 f"{rate:.1f} steps/s  {self._metrics_text(trainer, pl_module)}"
             )
 
     @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.monotonic() - self._epoch_started
-        last_epoch = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        self._line(
-            f"epoch {trainer.current_epoch}/{last_epoch}  step {trainer.global_step}  {seconds:.2f} s  "
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        self._line(  # counted from 1, as a person counts: the last of 3 epochs is "epoch 3/3"
+            f"epoch {trainer.current_epoch + 1}/{epochs}  step {trainer.global_step}  {seconds:.2f} s  "
             f"{self._metrics_text(trainer, pl_module)}"
         )
 

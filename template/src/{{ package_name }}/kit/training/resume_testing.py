@@ -36,7 +36,11 @@ from typing_extensions import override
 
 
 class KillAt(pl.Callback):
-    """SIGKILL this process once, at `hook` of the batch reaching `global_step` (or at any `hook` in `epoch`)."""
+    """SIGKILL this process once, at `hook` of the batch reaching `global_step` (or at any `hook` in `epoch`).
+
+    batch_index: the batch's position in its epoch (0 is the first), for the batch hooks: where a model
+    steps several optimizers per batch (or accumulates), `global_step` does not count batches.
+    """
 
     def __init__(
         self,
@@ -52,6 +56,7 @@ class KillAt(pl.Callback):
         ] = "train_batch_end",
         global_step: int | None = None,
         epoch: int | None = None,
+        batch_index: int | None = None,
         rank: int | None = None,
         signal: Literal["SIGKILL", "SIGSTOP", "SIGINT", "SIGTERM", "SIGUSR1"] = "SIGKILL",
         whole_group: bool = False,
@@ -60,6 +65,8 @@ class KillAt(pl.Callback):
         self.hook = hook
         self.global_step = global_step
         self.epoch = epoch
+        self.batch_index = batch_index
+        self._current_batch_index: int | None = None
         self.rank = rank
         self.signal = signal
         self.whole_group = whole_group
@@ -78,6 +85,8 @@ class KillAt(pl.Callback):
             return
         if self.epoch is not None and trainer.current_epoch != self.epoch:
             return
+        if self.batch_index is not None and self._current_batch_index != self.batch_index:
+            return
         if self.rank is not None and trainer.global_rank != self.rank:
             return
         self.marker_file.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +103,7 @@ class KillAt(pl.Callback):
 
     @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._current_batch_index = batch_idx
         self._maybe_kill(trainer, "train_batch_start")
 
     @override
@@ -102,6 +112,7 @@ class KillAt(pl.Callback):
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._current_batch_index = batch_idx
         self._maybe_kill(trainer, "train_batch_end")
 
     @override
@@ -110,6 +121,7 @@ class KillAt(pl.Callback):
 
     @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._current_batch_index = None  # a batch position means nothing outside the batch hooks
         self._maybe_kill(trainer, "train_epoch_end")
 
     def on_shards_written(self, trainer) -> None:

@@ -86,6 +86,7 @@ class RollingCheckpoint(Checkpoint):
         self.stopped_by_signal = False
         self.wrote_final = False
         self.restored_at_end = False  # final.ckpt written by on_fit_end: the run had trained to its end before
+        self.starts_another_run = False  # `fit --ckpt_path`: a new run going on from a checkpoint, even a final one
         self._handlers_before: dict[int, object] = {}
         self._next_agreement_step = 0
         self._last_agreement = (time.monotonic(), 0)  # (time, global step), rank 0's
@@ -258,7 +259,7 @@ class RollingCheckpoint(Checkpoint):
 
     @override
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if checkpoint.get(TRAINING_ENDED_KEY):
+        if checkpoint.get(TRAINING_ENDED_KEY) and not self.starts_another_run:
             trainer.should_stop = True  # the fit loop is then done: on_fit_end writes final.ckpt
 
     @override

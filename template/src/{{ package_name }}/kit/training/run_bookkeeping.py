@@ -40,7 +40,7 @@ class MissingMonitoredMetric(ValueError):
 
 
 class RunBookkeeping(Callback):
-    def __init__(self, run: RunDirectory, monitor: str) -> None:
+    def __init__(self, run: RunDirectory, monitor: str | None) -> None:
         self.run = run
         self.monitor = monitor
         self.monitor_checked = False
@@ -55,7 +55,7 @@ class RunBookkeeping(Callback):
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         refuse_non_finite_weights(checkpoint, trainer.global_step)
-        value = trainer.callback_metrics.get(self.monitor)
+        value = trainer.callback_metrics.get(self.monitor) if self.monitor is not None else None
         checkpoint[MONITORED_VALUE_KEY] = float(value) if value is not None else None
 
     # -- the monitored metric exists -------------------------------------------------------------
@@ -69,7 +69,7 @@ class RunBookkeeping(Callback):
             self._check_monitored_metric(trainer)  # with num_sanity_val_steps=0, the first real validation
 
     def _check_monitored_metric(self, trainer: Trainer) -> None:
-        if self.monitor_checked:
+        if self.monitor_checked or self.monitor is None:
             return
         self.monitor_checked = True
         if self.monitor not in trainer.callback_metrics:
@@ -78,7 +78,8 @@ class RunBookkeeping(Callback):
                 f"checkpointing.monitor is {self.monitor!r}, which validation does not log "
                 f"(it logs: {', '.join(logged) or 'nothing'}). Checkpoints and early stopping follow that metric: "
                 f"set checkpointing.monitor to one of these in configs/default.yaml, with checkpointing.mode "
-                f"(min for a loss or an error, max for an accuracy)."
+                f"(min for a loss or an error, max for an accuracy), or to null for a model without a validation "
+                f"metric (no best checkpoints, no early stopping)."
             )
 
     # -- a failed run says so --------------------------------------------------------------------

@@ -38,7 +38,7 @@ def pruning_trial(trial: Any) -> Iterator[TrialPruning]:
         _active.clear()
 
 
-def active_trial_pruning(monitor: str) -> TrialPruning | None:
+def active_trial_pruning(monitor: str | None) -> TrialPruning | None:
     """The callback for the trial training in this process now (None outside a pruned search)."""
     callback = _active.get("callback")
     if callback is not None:

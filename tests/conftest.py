@@ -158,14 +158,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # The order the two test processes take files in (scripts/test.sh: --dist loadfile, no reordering by
 # size): the longest first, so that the last file to end is a short one; and an install-free file
 # second, so that the other process works while the first installs the example from its lock.
-# Seconds measured in CI (test time per file; both processes together: about 2,750 s at f9f438a).
+# Seconds measured in CI (test time per file; both processes together: about 3,200 s at b423520).
 LONGEST_FIRST = [
-    "test_finetune_example.py",  # ~470 s; renders and installs its own project
+    "test_finetune_example.py",  # 556 s; renders and installs its own project
     "test_update_from_release.py",  # 118 s, needs no install
-    "test_resume.py",  # 340 s; installs the example from the lock (~70 s) on its way
+    "test_resume.py",  # 384 s; installs the example from the lock (~70 s) on its way
     "test_readme_commands.py",  # 160-300 s in one test: started early, it does not end the run
     "test_slurm.py",  # 304 s
-    "test_fsdp_training.py",  # ~300 s
+    "test_fsdp_training.py",  # 285 s
     "test_update.py",  # 112 s, needs no install
     "test_distributed.py",  # 254 s
     "test_sharded_training.py",  # 115 s

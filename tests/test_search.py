@@ -177,7 +177,7 @@ def test_a_trial_left_without_its_worker_is_trained_not_lost(example_package, tm
     (sweep := tmp_path / "search.yaml").write_text(text)
     spec = yaml.safe_load(text)
     (directory := tmp_path / "runs" / "sweeps" / "unowned").mkdir(parents=True)
-    study = _open_study(spec, "unowned", directory, [])
+    study = _open_study(spec, "unowned", directory, "max")
     study.ask(search_distributions(spec, text))  # ... and the search was killed here
     code, printed = _printed(sweep_main, [str(sweep)])
     assert code == 0 and "trial 0 continues" in printed and "2 trials done" in printed, printed

@@ -35,6 +35,10 @@ KILL_POINTS = {
 }
 
 
+# Early stopping after the second epoch: validation accuracy gains less than 0.2 from there.
+STOP_EARLY = ["--early_stopping.patience=1", "--early_stopping.min_delta=0.2"]
+
+
 def train(command: list[str], project: Path, config: Path, run_name: str, *extra: str):
     return train_with(command, project, config, run_name, *SHORT_RUN, *extra)
 
@@ -261,15 +265,14 @@ def test_a_kill_right_after_early_stopping_finishes_without_training_on(
 ) -> None:
     """Early stopping decided at epoch 1 of 3; a kill before final.ckpt must not train epoch 2 on the re-run."""
     project, _ = example_project
-    stop_early = ["--early_stopping.patience=1", "--early_stopping.min_delta=0.2"]
     reference_config = resume_test_config(tmp_path / "ref.json", tmp_path / "ref.jsonl", None, tmp_path / "unused", 0)
-    reference = train(example_command, project, reference_config, "early-stop-reference", *stop_early)
+    reference = train(example_command, project, reference_config, "early-stop-reference", *STOP_EARLY)
     assert "Stopped early after epoch 2" in reference.stdout, reference.stdout[-2000:]
     kill = {"hook": "train_end", "global_step": 2 * STEPS_PER_EPOCH}
     config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", kill, tmp_path / "killed", 0)
-    assert train(example_command, project, config, "early-stop-killed", *stop_early).returncode == -9
+    assert train(example_command, project, config, "early-stop-killed", *STOP_EARLY).returncode == -9
 
-    resumed = train(example_command, project, config, "early-stop-killed", *stop_early)
+    resumed = train(example_command, project, config, "early-stop-killed", *STOP_EARLY)
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Stopped early after epoch 2" in resumed.stdout and "epoch 3/" not in resumed.stdout
@@ -346,8 +349,7 @@ def test_a_run_that_stopped_early_goes_on_as_a_new_run_from_its_final_checkpoint
     """Its final.ckpt says training ended (early stopping): that is the old run's end, not the new run's."""
     project, _ = example_project
     config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", None, tmp_path / "unused")
-    stop_early = ["--early_stopping.patience=1", "--early_stopping.min_delta=0.2"]
-    stopped = train(example_command, project, config, "stopped-early", *stop_early)
+    stopped = train(example_command, project, config, "stopped-early", *STOP_EARLY)
     assert "Stopped early after epoch 2" in stopped.stdout, stopped.stdout[-2000:]
     final = project / "runs" / "stopped-early" / "checkpoints" / "final.ckpt"
     go_on = ["--ckpt_path", str(final), "--early_stopping.patience=null"]

@@ -171,7 +171,8 @@ def checkpoint_aware_checker():
     class CheckpointAwareChecker(MD5Checker):
         def check_modified(self, file_path, file_stat, state):
             if os.path.isdir(file_path):
-                return listing_hash(file_path) is None or state[2] != listing_hash(file_path)
+                current = listing_hash(file_path)
+                return current is None or state[2] != current
             return super().check_modified(file_path, file_stat, state)
 
         def get_state(self, dep, current_state):

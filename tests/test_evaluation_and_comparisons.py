@@ -67,21 +67,20 @@ def test_evaluate_uses_one_forward_pass_and_matches_a_direct_computation(trained
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_evaluate_refuses_a_model_that_is_not_a_classifier(trained_checkpoint, tmp_path) -> None:
-    from digits_mlp.kit.evaluation.evaluation import NotAClassifier, evaluate_checkpoint
+def test_evaluate_refuses_outputs_of_no_task_kind_and_saves_nothing(trained_checkpoint, tmp_path) -> None:
+    from digits_mlp.kit.evaluation.evaluation import NotEvaluable, evaluate_checkpoint
     from digits_mlp.model import DigitsClassifier
     from torch.utils.data import DataLoader, TensorDataset
 
     checkpoint, _ = trained_checkpoint
 
-    class Regression(DigitsClassifier):
+    class Embedding(DigitsClassifier):
         def forward(self, images):
-            return super().forward(images)[:, :1]  # one value per example
+            return super().forward(images)[:, :4]  # four numbers per example, against three targets
 
-    targets = torch.rand(8)  # real-valued targets
-    loader = DataLoader(TensorDataset(torch.rand(8, 64), targets), batch_size=4)
-    with pytest.raises(NotAClassifier, match=r"outputs of shape \(4, 1\) and labels of dtype torch.float32"):
-        evaluate_checkpoint(Regression, checkpoint, loader, tmp_path / "evaluation")
+    loader = DataLoader(TensorDataset(torch.rand(8, 64), torch.rand(8, 3)), batch_size=4)
+    with pytest.raises(NotEvaluable, match=r"outputs of shape \(4, 4\) and targets of shape \(4, 3\)"):
+        evaluate_checkpoint(Embedding, checkpoint, loader, tmp_path / "evaluation")
     assert not (tmp_path / "evaluation" / "predictions.pt").exists()  # nothing half-made was saved
 
 

@@ -22,6 +22,14 @@ def data_main(argv: list[str]) -> int:
     from ..training.project_loading import load_model_and_data
 
     _, data = load_model_and_data(options)
+    needed = {"fetch": ["fetch_raw", "raw_files"], "record": ["raw_files"], "verify": ["raw_files"]}
+    needed["prepare"] = ["prepare_features"]
+    if missing := [name for name in needed[args.action] if not callable(getattr(data, name, None))]:
+        print(
+            f"error: `data {args.action}` calls the data module's {' and '.join(f'{name}()' for name in missing)}, "
+            f"which {type(data).__name__} does not define (see the example's data.py for what each returns)"
+        )
+        return 2
     if args.action == "fetch":
         data.fetch_raw()  # first: a data module that writes its raw files has none to list before
     files = [Path(p) for p in data.raw_files()]

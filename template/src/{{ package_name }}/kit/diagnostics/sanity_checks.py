@@ -81,16 +81,27 @@ def dropout_off(model: nn.Module) -> Iterator[None]:
             layer.p = p
 
 
-def number_of_classes(model: pl.LightningModule, batch: Any) -> int | None:
+def expected_initial_loss(model: pl.LightningModule, batch: Any) -> tuple[float, str] | str:
+    """The loss an untrained model of this task kind starts near, and how it is written; or why there is none.
+
+    A classifier that knows nothing spreads its scores evenly: cross-entropy log(K) for K classes (per
+    position for a dense task), binary cross-entropy log(2) per label for a multi-label one."""
+    from ..base.task_kinds import DENSE, MULTI_LABEL, REGRESSION, SINGLE_LABEL, predictions_and_targets, task_kind
+
+    kind = task_kind(model, batch)
+    if kind == MULTI_LABEL:
+        return math.log(2), "log(2) per label"
+    if kind == REGRESSION:
+        return "a regression: the starting loss depends on the scale of the targets"
+    if kind not in (SINGLE_LABEL, DENSE):
+        return f"task kind {kind!r}: no loss that an untrained model is known to start at"
     declared = getattr(model, "hparams", {}).get("num_classes")
-    if declared:
-        return int(declared)
-    try:
+    if declared and kind == SINGLE_LABEL:
+        classes = int(declared)
+    else:
         with torch.no_grad():
-            output = model(batch[0])
-    except Exception:  # noqa: BLE001 - a model without forward(inputs) is not classifiable here
-        return None
-    return int(output.shape[-1]) if output.ndim == 2 and output.shape[-1] > 1 else None
+            classes = int(predictions_and_targets(model, batch)[0].shape[1])
+    return math.log(classes), f"log({classes})"
 
 
 def pretrained_base(model: pl.LightningModule) -> str | None:
@@ -112,8 +123,9 @@ def manual_optimization_skip(name: str, model: pl.LightningModule) -> CheckResul
 
 # -- the checks ----------------------------------------------------------------------------------
 def check_initial_loss(model: pl.LightningModule, data: pl.LightningDataModule, tolerance: float = 0.25) -> CheckResult:
-    """A K-class classifier should start near loss log(K): it knows nothing and says so evenly."""
-    name = "initial loss is about log(K)"
+    """A classifier should start near the loss of even scores (log(K) for K classes, log(2) per label for a
+    multi-label one): it knows nothing and says so evenly. Other task kinds have no such value: SKIP."""
+    name = "initial loss is that of even scores"
     if skipped := manual_optimization_skip(name, model):
         return skipped
     if base := pretrained_base(model):
@@ -121,17 +133,18 @@ def check_initial_loss(model: pl.LightningModule, data: pl.LightningDataModule, 
             name, None, f"starts from pretrained weights ({base}): log(K) is the loss of a model that knows nothing"
         )
     batch = first_training_batch(data)
-    classes = number_of_classes(model, batch)
-    if classes is None:
-        return CheckResult(name, None, "not a classifier (no num_classes hyperparameter, no K-way output)")
-    with dropout_off(model), torch.no_grad():
-        loss = float(training_loss(model, batch))
-    expected = math.log(classes)
-    passed = abs(loss - expected) <= tolerance * expected
+    with dropout_off(model):
+        expected = expected_initial_loss(model, batch)
+        if isinstance(expected, str):
+            return CheckResult(name, None, expected)
+        with torch.no_grad():
+            loss = float(training_loss(model, batch))
+    expected_loss, written = expected
+    passed = abs(loss - expected_loss) <= tolerance * expected_loss
     return CheckResult(
         name,
         passed,
-        f"initial loss {loss:.3f}, log({classes}) = {expected:.3f} (allowed +-{100 * tolerance:.0f} %)",
+        f"initial loss {loss:.3f}, {written} = {expected_loss:.3f} (allowed +-{100 * tolerance:.0f} %)",
         "the output layer's initialisation (a large bias or weight scale), the loss function, or labels out of range",
     )
 
@@ -302,13 +315,15 @@ def check_modes_and_checkpoint(
     results = [modes, optimizer_state]
     if monitor is not None:
         logged = sorted(name for name in trainer.callback_metrics if not name.startswith("train"))
+        loss = next((name for name in logged if name.endswith("loss")), None)  # a loss fits any task kind
         results.append(
             CheckResult(
                 "validation logs the monitored metric",
                 monitor in trainer.callback_metrics,
                 f"checkpointing.monitor is {monitor!r}; validation logs: {', '.join(logged) or 'nothing'}",
                 "set checkpointing.monitor in configs/default.yaml to a metric validation_step logs, with "
-                "checkpointing.mode (min for a loss or an error, max for an accuracy)",
+                "checkpointing.mode (min for a loss or an error, max for an accuracy)"
+                + (f", e.g. --checkpointing.monitor={loss} --checkpointing.mode=min" if loss else ""),
             )
         )
     return results

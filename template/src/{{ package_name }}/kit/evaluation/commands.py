@@ -17,15 +17,16 @@ def evaluate_main(argv: list[str]) -> int:
     parser.add_argument("--ckpt_path", default=None, help="evaluate this checkpoint instead of the run's best")
     args, config_args = parser.parse_known_args(argv)
 
+    from ..base.task_kinds import TaskKindError
     from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
     from ..training.project_loading import load_project
     from ..weights.cache import WeightsError
-    from .evaluation import NotAClassifier, evaluate_checkpoint
+    from .evaluation import NotEvaluable, evaluate_checkpoint
 
     project = load_project(config_args)
     model, data, run = project.model, project.datamodule, project.run
     try:
-        checkpoint = checkpoint_to_use(run, args.ckpt_path, "evaluate")
+        checkpoint = checkpoint_to_use(run, args.ckpt_path, "evaluate", data=data)
     except (MissingTrainedRun, WeightsError) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
@@ -34,8 +35,8 @@ def evaluate_main(argv: list[str]) -> int:
     directory = run.evaluation_dir(args.split)
     try:
         metrics = evaluate_checkpoint(type(model), Path(checkpoint), loader, directory)
-    except NotAClassifier as not_classifier:
-        print(f"error: {not_classifier}", file=sys.stderr)
+    except (NotEvaluable, TaskKindError) as refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     print(f"Evaluated {checkpoint} on the {args.split} split ({metrics['examples']} examples):")
     print((directory / "metrics.md").read_text().rstrip())

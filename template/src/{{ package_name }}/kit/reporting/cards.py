@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.data import TensorDataset
 
 from ..data.preprocessing_cache import file_sha256
 from ..runs.directory import RunDirectory
@@ -27,13 +28,14 @@ def _first_paragraph(text: str | None) -> str:
 
 
 def dataset_card(data, path: Path, transform=None) -> None:
-    """Write the card of `data` (a set-up DataModule with splits of (inputs, labels)).
+    """Write the card of `data` (a set-up DataModule; its splits are summed up when it keeps them as tensors).
 
     Its source is the data module's `source` attribute (else its docstring); `transform` is the
     function that makes the features, described by its docstring.
     """
-    fingerprint = data.data_fingerprint()
-    raw = [(str(p), Path(p).stat().st_size, file_sha256(Path(p))) for p in data.raw_files()]
+    fingerprint = data.data_fingerprint() if hasattr(data, "data_fingerprint") else None
+    raw_files = data.raw_files() if hasattr(data, "raw_files") else []
+    raw = [(str(p), Path(p).stat().st_size, file_sha256(Path(p))) for p in raw_files]
     history_path = path.with_name(path.stem + "-history.json")
     history = json.loads(history_path.read_text()) if history_path.exists() else []
     if not history or history[-1]["fingerprint"] != fingerprint:
@@ -52,15 +54,8 @@ def dataset_card(data, path: Path, transform=None) -> None:
         "|---|---|---|",
         *[f"| {name} | {size} | `{digest}` |" for name, size, digest in raw],
         "",
-        "| split | examples | input shape | input mean | input std | examples per class |",
-        "|---|---|---|---|---|---|",
+        *_split_rows(data),
     ]
-    for name, split in data.splits.items():
-        inputs, labels = split.tensors[0], split.tensors[1]
-        counts = torch.bincount(labels).tolist()
-        shape = tuple(inputs.shape[1:])
-        mean, std = inputs.float().mean(), inputs.float().std()  # float: token ids are integers
-        lines.append(f"| {name} | {len(labels)} | {shape} | {mean:.4f} | {std:.4f} | {counts} |")
     hparams = dict(data.hparams)
     lines += [
         "",
@@ -75,6 +70,31 @@ def dataset_card(data, path: Path, transform=None) -> None:
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def _split_rows(data) -> list[str]:
+    """One row per split of a data module that keeps its splits as tensors (`data.splits`, a dict of
+    TensorDatasets of inputs and targets), with the targets summed up as their kind allows."""
+    splits = getattr(data, "splits", None)
+    if not isinstance(splits, dict) or not all(isinstance(split, TensorDataset) for split in splits.values()):
+        return ["The data module keeps no `splits` (a dict of TensorDatasets), so its splits are not summed up here."]
+    rows = ["| split | examples | input shape | input mean | input std | targets |", "|---|---|---|---|---|---|"]
+    for name, split in splits.items():
+        inputs, targets = split.tensors[0], split.tensors[-1]
+        mean, std = inputs.float().mean(), inputs.float().std()  # float: token ids are integers
+        rows.append(
+            f"| {name} | {len(inputs)} | {tuple(inputs.shape[1:])} | {mean:.4f} | {std:.4f} | {_targets(targets)} |"
+        )
+    return rows
+
+
+def _targets(targets: torch.Tensor) -> str:
+    if targets.is_floating_point() and targets.ndim == 2 and bool(((targets == 0) | (targets == 1)).all()):
+        return f"positives per label {targets.sum(0).long().tolist()}"
+    if targets.is_floating_point():
+        return f"mean {targets.mean():.4f}, std {targets.std():.4f}"
+    per_class = torch.bincount(targets.flatten().long()).tolist()
+    return f"examples per class {per_class}" if targets.ndim == 1 else f"positions per class {per_class}"
 
 
 def _shipping(export_dir: Path) -> list[str]:
@@ -127,6 +147,29 @@ def _trained_parameters(summary: dict | None) -> list[str]:
     return [line, ""]
 
 
+def _evaluated_task_kind(metrics_md: Path) -> str | None:
+    """The task kind `evaluate` found (its metrics table's `task_kind` row), if the run was evaluated."""
+    if not metrics_md.exists():
+        return None
+    for row in metrics_md.read_text().splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if cells[0] == "task_kind" and len(cells) == 2:
+            return cells[1]
+    return None
+
+
+def _model_line(class_path: str, model_args: dict, task_kind: str | None) -> str:
+    """What the model is and does, from what its config and evaluation say (nothing guessed)."""
+    parts = [f"`{class_path}`"]
+    if task_kind:
+        parts.append(f"a {task_kind} model")
+    if "input_size" in model_args:
+        parts.append(f"inputs of size {model_args['input_size']}")
+    if "num_classes" in model_args and task_kind in (None, "single-label", "dense"):
+        parts.append(f"{model_args['num_classes']} classes")
+    return "**Model.** " + "; ".join(parts) + "."
+
+
 def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) -> None:
     """Write the card of the model a run trained, compared with a previous run if given."""
     run = RunDirectory(run_dir)
@@ -139,8 +182,7 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
     lines = [
         f"# Model card: run `{run_dir.name}`",
         "",
-        f"**Model.** `{config['model']['class_path']}`; inputs of size {model_args.get('input_size', '?')}, "
-        f"outputs {model_args.get('num_classes', '?')} class scores.",
+        _model_line(config["model"]["class_path"], model_args, _evaluated_task_kind(evaluation)),
         "",
         f"**Trained** {start['started']} to {record.get('ended', '?')} ({record.get('status', '?')}); "
         f"code {start.get('git_sha') or 'not in git'}{' with uncommitted changes' if start.get('git_dirty') else ''}; "

@@ -9,11 +9,13 @@ one is tried.
 
 The checkpoint an evaluation uses (`test`, `evaluate`, `export`, `predict-files`, ...) is chosen
 here too, by one rule (`checkpoint_to_use`): the `--ckpt_path` given, which must exist; else the
-run's best intact checkpoint; else a refusal that says what to do.
+run's best intact checkpoint; else a refusal that says what to do. The run's own checkpoint is not
+scored on data other than the data it was trained on (`refuse_other_training_data`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..base.project_package import CONSOLE_SCRIPT
 from ..weights.cache import refuse_other_base_weights
@@ -166,13 +169,52 @@ def best_checkpoint(run: RunDirectory) -> Path | None:
     return None
 
 
-def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: str, one_file: bool = True) -> Path:
+class TrainedOnOtherData(MissingTrainedRun):
+    """The data configured now is not the data the run's checkpoints were trained on."""
+
+
+def refuse_other_training_data(run: RunDirectory, data: object, action: str) -> None:
+    """Refuse to `action` the run's own checkpoint with a data module whose fingerprint (raw files, feature
+    code, parameters) differs from the one the run recorded when it started: a changed split can move
+    training examples into the test split, and the score would mean nothing. Naming a checkpoint with
+    --ckpt_path is how to score it on other data on purpose."""
+    fingerprint = getattr(data, "data_fingerprint", None)
+    if not callable(fingerprint) or not run.record_path.exists():
+        return
+    starts = json.loads(run.record_path.read_text()).get("starts") or []
+    trained_on = starts[-1].get("data_fingerprint") if starts else None
+    try:
+        now = fingerprint()
+    except OSError:  # raw data missing: the data module's own loading says so, with how to fetch it
+        return
+    if trained_on is None or now == trained_on:
+        return
+    recorded = (yaml.safe_load(run.config_path.read_text()) or {}).get("data", {}).get("init_args", {})
+    current = {name: value for name, value in dict(getattr(data, "hparams", {})).items() if not name.startswith("_")}
+    changed = [
+        f"{name}: {recorded.get(name)!r} -> {current.get(name)!r}"
+        for name in sorted(set(recorded) | set(current))
+        if recorded.get(name) != current.get(name)
+    ]
+    raise TrainedOnOtherData(
+        f"Run '{run.name}' was trained on data {trained_on}; the data configured now is {now} "
+        f"({'; '.join(changed) if changed else 'the raw files or the feature code changed'}). Its checkpoint is not "
+        f"scored on other data: a changed split can put training examples in the test split. Restore the data "
+        f"settings, train a new run (--run_name NEW_NAME), or name the checkpoint with --ckpt_path to {action} "
+        "it on this data on purpose."
+    )
+
+
+def checkpoint_to_use(
+    run: RunDirectory, ckpt_path: str | Path | None, action: str, one_file: bool = True, data: object = None
+) -> Path:
     """The checkpoint to `action` (evaluate, export, ...): `ckpt_path` if given, else the run's best.
 
     one_file: a sharded checkpoint is returned as its consolidated file (kit/runs/sharded_checkpoints.py);
     False (a fit starting from it) returns it as it is.
     Raises MissingTrainedRun, with what to do, when `ckpt_path` names no checkpoint or the run has none;
-    WeightsError when the model built here started from other base weights than the run's.
+    TrainedOnOtherData when `data` (the data module to use it on) is not the data the run trained on and no
+    `ckpt_path` was named; WeightsError when the model built here started from other base weights than the run's.
     """
     refuse_other_base_weights(run.name, run.recorded_pretrained(), action)
     if ckpt_path:
@@ -183,6 +225,7 @@ def checkpoint_to_use(run: RunDirectory, ckpt_path: str | Path | None, action: s
             )
         chosen = Path(ckpt_path)
     else:
+        refuse_other_training_data(run, data, action)
         chosen = best_checkpoint(run)
     if chosen is None:
         raise MissingTrainedRun(

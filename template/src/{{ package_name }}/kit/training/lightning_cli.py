@@ -424,7 +424,7 @@ class ProjectCLI(LightningCLI):
     def _evaluation_checkpoint(self) -> None:
         kwargs = self.config_init[self.subcommand]
         given = kwargs.get("ckpt_path")
-        chosen = checkpoint_to_use(self.run, given, self.subcommand)
+        chosen = checkpoint_to_use(self.run, given, self.subcommand, data=self.datamodule)
         kwargs["ckpt_path"] = str(chosen)
         if not given:
             print(f"Run '{self.run.name}': using {chosen.name}")

@@ -177,7 +177,11 @@ class RecordBatches(pl.Callback):
 
     @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        columns = batch if isinstance(batch, list | tuple) else [batch]
+        # The batch's tensors, whatever holds them: (inputs, labels), a dict of fields, or one tensor.
+        fields = [batch]
+        if isinstance(batch, dict | list | tuple):
+            fields = list(batch.values()) if isinstance(batch, dict) else list(batch)
+        columns = [field for field in fields if isinstance(field, torch.Tensor)]
         fingerprints = [example_fingerprint(*(column[i] for column in columns)) for i in range(len(columns[0]))]
         record = {
             "epoch": trainer.current_epoch,

@@ -170,6 +170,7 @@ LONGEST_FIRST = [
     "test_distributed.py",  # 254 s
     "test_sharded_training.py",  # 115 s
     "test_run_integrity.py",  # 110 s
+    "test_task_kinds.py",  # ~140 s: four task shapes trained, killed, resumed, tested and evaluated
     "test_reproduce_and_cache.py",  # 96 s
     "test_generated_project.py",  # 82 s
     "test_deployment.py",  # 82 s

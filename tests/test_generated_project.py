@@ -134,6 +134,18 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
             ["fit", "--data.class_path=missing_data.DataNotDownloaded"],
             "the data is not there: nowhere/table.csv is missing: copy it from the lab's share",
         ),
+        "raw data that is not there, checked": (
+            ["check", "--data.class_path=missing_data.DataNotDownloaded"],
+            "DataNotDownloaded refused its data (missing_data.py line 14, in fetch_raw): nowhere/table.csv is missing",
+        ),
+        "raw data that is not there, prepared": (
+            ["data", "prepare", "--data.class_path=missing_data.DataNotDownloaded"],
+            "DataNotDownloaded refused its data (missing_data.py line 14, in fetch_raw): nowhere/table.csv is missing",
+        ),
+        "a data module without raw files": (
+            ["data", "record", "--data=lightning.pytorch.demos.boring_classes.BoringDataModule"],
+            "error: `data record` calls the data module's raw_files(), which BoringDataModule does not define",
+        ),
     }
     for mistake, (options, expected) in mistakes.items():
         done = run([*example_command, *options], cwd=project, env=env, check=False)

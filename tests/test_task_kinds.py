@@ -1,6 +1,6 @@
 """The kit follows the task: four task shapes replace the example by naming their classes, and each is
 checked, trained, stopped and resumed exactly, tested and evaluated with the metrics of its kind;
-its checkpoint is not scored on a changed split unless named on purpose.
+its checkpoint is not scored on a changed split unless named on purpose, nor with another model class.
 
 The models and data (tests/task_shapes.py) are put on the generated project's path as their own
 module, as a researcher's would be, and named with `--model` and `--data`; only the regression also
@@ -66,6 +66,12 @@ def test_another_task_is_checked_trained_resumed_tested_and_evaluated(
     moved = command("test", "--run_name", run, *classes, "--data.split_seed=7")
     assert moved.returncode == 2 and "test/loss" not in moved.stdout, moved.stdout[-2000:] + moved.stderr[-2000:]
     assert f"Run '{run}' was trained on data" in moved.stderr and "(split_seed: 0 -> 7)" in moved.stderr
+    # Without the model's class path: the example's model would be built, and the run's weights do not fit it.
+    other = command("test", "--run_name", run, *classes[1:])
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    assert f"Run '{run}' trained task_shapes_module.{model}; this command builds digits_mlp.model.DigitsClassifier" in (
+        other.stderr
+    )
     named = command(
         "test",
         "--run_name",

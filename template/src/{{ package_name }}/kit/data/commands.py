@@ -9,6 +9,7 @@ manifest `data/raw.sha256` uses sha256sum's format, so `sha256sum -c data/raw.sh
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..base.file_hashes import file_sha256
@@ -27,7 +28,8 @@ def data_main(argv: list[str]) -> int:
     if missing := [name for name in needed[args.action] if not callable(getattr(data, name, None))]:
         print(
             f"error: `data {args.action}` calls the data module's {' and '.join(f'{name}()' for name in missing)}, "
-            f"which {type(data).__name__} does not define (see the example's data.py for what each returns)"
+            f"which {type(data).__name__} does not define (see the example's data.py for what each returns)",
+            file=sys.stderr,
         )
         return 2
     if args.action == "fetch":

@@ -19,6 +19,8 @@ def check_main(argv: list[str]) -> int:
 
     project = load_project(config_args)
     model, data, monitor = project.model, project.datamodule, project.monitor
+    data.prepare_data()  # as `fit` would: data that is not there is one error, not one per check
+    data.setup("fit")
     results = run_all_checks(model, data, monitor)
     for result in results:
         print(result.line())

@@ -20,13 +20,14 @@ def evaluate_main(argv: list[str]) -> int:
     from ..base.task_kinds import TaskKindError
     from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
     from ..training.project_loading import load_project
+    from ..training.refused_inputs import checkpoint_mismatch_message
     from ..weights.cache import WeightsError
     from .evaluation import NotEvaluable, evaluate_checkpoint
 
     project = load_project(config_args)
     model, data, run = project.model, project.datamodule, project.run
     try:
-        checkpoint = checkpoint_to_use(run, args.ckpt_path, "evaluate", data=data)
+        checkpoint = checkpoint_to_use(run, args.ckpt_path, "evaluate", data=data, model=model)
     except (MissingTrainedRun, WeightsError) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
@@ -36,6 +37,14 @@ def evaluate_main(argv: list[str]) -> int:
     try:
         metrics = evaluate_checkpoint(type(model), Path(checkpoint), loader, directory)
     except (NotEvaluable, TaskKindError) as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as error:  # a checkpoint of another model: torch's or Lightning's refusal
+        refused = checkpoint_mismatch_message(error)
+        if refused is None and "requested by the checkpoint" in str(error):
+            refused = f"{checkpoint} holds another model class than {type(model).__name__}: {error}"
+        if refused is None:
+            raise
         print(f"error: {refused}", file=sys.stderr)
         return 2
     print(f"Evaluated {checkpoint} on the {args.split} split ({metrics['examples']} examples):")

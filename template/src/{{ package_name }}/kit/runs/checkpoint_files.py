@@ -15,6 +15,7 @@ scored on data other than the data it was trained on (`refuse_other_training_dat
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 import warnings
@@ -205,16 +206,54 @@ def refuse_other_training_data(run: RunDirectory, data: object, action: str) -> 
     )
 
 
+class TrainedAnotherModel(MissingTrainedRun):
+    """The run's checkpoints hold another model class than the one this command builds."""
+
+
+def _recorded_class_path(run: RunDirectory, section: str) -> str | None:
+    if not run.config_path.exists():
+        return None
+    return ((yaml.safe_load(run.config_path.read_text()) or {}).get(section) or {}).get("class_path")
+
+
+def _is_class(class_path: str, cls: type) -> bool:
+    """Whether `class_path` names `cls` (importing it: a class re-exported elsewhere has two paths)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name) is cls
+    except (ImportError, AttributeError):
+        return name == cls.__qualname__
+
+
+def refuse_another_model_class(run: RunDirectory, model: object, action: str) -> None:
+    """Refuse to `action` the run's own checkpoint with a model of another class than the run trained: its
+    weights would not load (Lightning says so in forty lines), or worse, load into a look-alike."""
+    recorded = _recorded_class_path(run, "model")
+    if model is None or recorded is None or _is_class(recorded, type(model)):
+        return
+    built = f"{type(model).__module__}.{type(model).__qualname__}"
+    raise TrainedAnotherModel(
+        f"Run '{run.name}' trained {recorded}; this command builds {built}. Name the run's model as it was "
+        f"trained (--model {recorded}, or --config {run.config_path}, the run's own settings) to {action} it."
+    )
+
+
 def checkpoint_to_use(
-    run: RunDirectory, ckpt_path: str | Path | None, action: str, one_file: bool = True, data: object = None
+    run: RunDirectory,
+    ckpt_path: str | Path | None,
+    action: str,
+    one_file: bool = True,
+    data: object = None,
+    model: object = None,
 ) -> Path:
     """The checkpoint to `action` (evaluate, export, ...): `ckpt_path` if given, else the run's best.
 
     one_file: a sharded checkpoint is returned as its consolidated file (kit/runs/sharded_checkpoints.py);
     False (a fit starting from it) returns it as it is.
     Raises MissingTrainedRun, with what to do, when `ckpt_path` names no checkpoint or the run has none;
-    TrainedOnOtherData when `data` (the data module to use it on) is not the data the run trained on and no
-    `ckpt_path` was named; WeightsError when the model built here started from other base weights than the run's.
+    TrainedAnotherModel or TrainedOnOtherData when `model` or `data` (what it is to be used with) is not the
+    model class or data the run trained, and no `ckpt_path` was named; WeightsError when the model built
+    here started from other base weights than the run's.
     """
     refuse_other_base_weights(run.name, run.recorded_pretrained(), action)
     if ckpt_path:
@@ -225,6 +264,7 @@ def checkpoint_to_use(
             )
         chosen = Path(ckpt_path)
     else:
+        refuse_another_model_class(run, model, action)
         refuse_other_training_data(run, data, action)
         chosen = best_checkpoint(run)
     if chosen is None:

@@ -76,7 +76,7 @@ from .idle_hooks import skip_idle_batch_hooks
 from .no_profiler import NoProfiler
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
-from .refused_inputs import refused_data_message, refused_settings_message
+from .refused_inputs import checkpoint_mismatch_message, refused_data_message, refused_settings_message
 from .rolling_checkpoint import RollingCheckpoint
 from .run_bookkeeping import MissingMonitoredMetric, RunBookkeeping
 from .sharded_training import (
@@ -424,7 +424,7 @@ class ProjectCLI(LightningCLI):
     def _evaluation_checkpoint(self) -> None:
         kwargs = self.config_init[self.subcommand]
         given = kwargs.get("ckpt_path")
-        chosen = checkpoint_to_use(self.run, given, self.subcommand, data=self.datamodule)
+        chosen = checkpoint_to_use(self.run, given, self.subcommand, data=self.datamodule, model=self.model)
         kwargs["ckpt_path"] = str(chosen)
         if not given:
             print(f"Run '{self.run.name}': using {chosen.name}")
@@ -595,6 +595,9 @@ def _run_lightning_cli(args: list[str]) -> int:
     except Exception as error:
         if refused := refused_data_message(error):
             print(f"error: {refused}", file=sys.stderr)
+            return 2
+        if mismatch := checkpoint_mismatch_message(error):
+            print(f"error: {mismatch}", file=sys.stderr)
             return 2
         explained = storage_error_message(error) or lost_peer_message(error)
         if explained is None:

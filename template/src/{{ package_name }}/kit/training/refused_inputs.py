@@ -1,10 +1,11 @@
 """A model or data module refusing its settings or data, in one line. Managed by the copier-lightning template.
 
-A data module's `prepare_data` or `setup` (or a model's `setup`) that raises ValueError (a column
-that is not there, a label it does not know, texts longer than it accepts) or FileNotFoundError is
-telling the researcher about the data or its settings, not about a bug in the kit: `fit`, `test`,
-`validate` and `predict` print its message, where it was raised (file, line, function) and exit 2,
-instead of Lightning's fifty lines of traceback. Any other exception keeps its traceback.
+A data module's method (`prepare_data`, `setup`, `fetch_raw`, `prepare_features`, ...) or a model's
+`setup` that raises ValueError (a column that is not there, a label it does not know, texts longer
+than it accepts) or FileNotFoundError is telling the researcher about the data or its settings, not
+about a bug in the kit: every command (`fit`, `test`, `check`, `evaluate`, `data ...`, ...) prints
+its message, where it was raised (file, line, function) and exits 2, instead of fifty lines of
+traceback. Any other exception keeps its traceback.
 
 Likewise a ValueError or TypeError raised by a LightningModule's or LightningDataModule's own
 `__init__` (a setting it does not accept), which jsonargparse reports wrapped in its Union errors,
@@ -21,8 +22,8 @@ REFUSED_TYPES = (ValueError, FileNotFoundError)
 
 
 def refused_data_message(error: BaseException) -> str | None:
-    """One line for a ValueError or FileNotFoundError raised inside a data module's prepare_data or setup
-    (or a model's setup, where it checks the data it is given)."""
+    """One line for a ValueError or FileNotFoundError raised inside a data module's method (prepare_data,
+    setup, fetch_raw, prepare_features, ...) or a model's setup, where it checks the data it is given."""
     from lightning.pytorch import LightningDataModule, LightningModule
 
     if not isinstance(error, REFUSED_TYPES):
@@ -32,8 +33,8 @@ def refused_data_message(error: BaseException) -> str | None:
         (
             frame.f_locals["self"]
             for frame, _ in frames
-            if frame.f_code.co_name in DATA_HOOKS
-            and isinstance(frame.f_locals.get("self"), LightningDataModule | LightningModule)
+            if isinstance(frame.f_locals.get("self"), LightningDataModule)
+            or (frame.f_code.co_name in DATA_HOOKS and isinstance(frame.f_locals.get("self"), LightningModule))
         ),
         None,
     )
@@ -61,5 +62,24 @@ def refused_settings_message(error: BaseException) -> str | None:
                 owner = frame.f_locals.get("self")
                 if frame.f_code.co_name == "__init__" and isinstance(owner, LightningModule | LightningDataModule):
                     return f"{type(owner).__name__} refused its settings ({_where(frames)}): {error}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def checkpoint_mismatch_message(error: BaseException) -> str | None:
+    """One line for a checkpoint whose weights do not fit the model built (another model class, or other
+    layer sizes), found in `error`'s chain: torch lists every missing, unexpected and resized tensor."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if isinstance(error, RuntimeError) and text.startswith("Error(s) in loading state_dict for "):
+            model = text.removeprefix("Error(s) in loading state_dict for ").split(":", 1)[0]
+            details = [line.strip().rstrip(".") for line in text.splitlines()[1:] if line.strip()]
+            return (
+                f"the checkpoint's weights do not fit {model} (another model class, or other settings): "
+                f"{details[0] if details else text}{f' (and {len(details) - 1} more)' if len(details) > 1 else ''}. "
+                "Build the model the checkpoint was trained with: --config runs/<run>/config.yaml holds its settings."
+            )
         error = error.__cause__ or error.__context__
     return None

@@ -68,7 +68,10 @@ def test_example_trains_to_95_percent_validation_accuracy(example_project, examp
 
 
 @pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
-def test_other_loggers_write_into_the_run_directory(template_repo: Path, tmp_path: Path, logger: str) -> None:
+def test_other_loggers_write_into_the_run_directory(
+    template_repo: Path, tmp_path: Path, logger: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_SILENT", raising=False)  # the tests' own quiet setting: the kit must set it
     project = tmp_path / logger
     package = f"digits_{logger}"
     render(template_repo, project, logger=logger, package_name=package)
@@ -80,7 +83,10 @@ def test_other_loggers_write_into_the_run_directory(template_repo: Path, tmp_pat
     if logger == "tensorboard":
         assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     else:
-        assert list((run_dir / "wandb").glob("offline-run-*"))
+        (offline,) = (run_dir / "wandb").glob("offline-run-*")
+        # Quiet: wandb's banners (with colour codes, even into files) gone; one line says where the run is.
+        assert f"W&B (offline): {offline}; `wandb sync {offline}` uploads it." in done.stdout
+        assert "\x1b[" not in done.stdout + done.stderr and "wandb: Tracking run" not in done.stdout + done.stderr
     # CSV beside it: reproduce's figures and the cards read it whatever logger was chosen.
     assert "val/acc" in (run_dir / "logs" / "metrics.csv").read_text()
 

@@ -419,7 +419,7 @@ class ProjectCLI(LightningCLI):
         shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
         if rolling.restored_at_end:
             shown = f"(it had trained to its end before this start; {FINAL_CHECKPOINT} written now)"
-        print(f"Run '{self.run.name}' finished. {shown}\nOutputs: {self.run.path}")
+        print(f"Run '{self.run.name}' finished. {shown}\nOutputs: {self.run.path}{_wandb_line(self.run)}")
 
     def _evaluation_checkpoint(self) -> None:
         kwargs = self.config_init[self.subcommand]
@@ -468,7 +468,21 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
     elif class_name == "WandbLogger":
         # A W&B id derived from the run name: a resumed run continues the same W&B run.
         init_args.update(Namespace(save_dir=str(run.path), name=run.name, id=run.name, resume="allow"))
+        # Quiet: wandb's ten banner lines (colour codes included, even into log files) and a warning about
+        # a setting Lightning passes; the end of `fit` says in one line where the W&B run is (_wandb_line).
+        os.environ.setdefault("WANDB_SILENT", "true")
     logger.init_args = init_args
+
+
+def _wandb_line(run: RunDirectory) -> str:
+    """Where the run's W&B files are, and for an offline run how to upload them; nothing without W&B."""
+    runs = sorted((run.path / "wandb").glob("*run-*"), key=lambda path: path.stat().st_mtime)
+    if not runs or not _is_first_process():
+        return ""
+    newest = runs[-1]
+    if newest.name.startswith("offline-run-"):
+        return f"\nW&B (offline): {newest}; `wandb sync {newest}` uploads it."
+    return f"\nW&B: {newest}"
 
 
 def _refusing_bad_settings(section: str, build, *args):

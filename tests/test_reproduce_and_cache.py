@@ -172,9 +172,21 @@ def test_reproduce_rebuilds_exactly_what_is_stale(artifact_project) -> None:
     assert (project / "runs" / "example" / "checkpoints" / "final.ckpt").exists()  # the model in place stays
     command("data", "record")  # the change is intended: record it
     after_record = rebuilt(command("reproduce", "--all").stdout)
-    assert "TaskError - taskid:example-model" in refused.stdout and "example-model" in after_record
+    assert "TaskFailed - taskid:example-model" in refused.stdout and "example-model" in after_record
+    assert "example-model: fit exited with 2 (its message is above)" in refused.stdout
     assert rebuilt(refused.stdout) | after_record == ALL  # everything depends on the data (the card did not wait)
     assert len(list((project / "runs").glob("example.superseded-*"))) == 1  # the earlier model is kept
+
+    # A builder that raises: one line naming the error and where in artifacts.py, not doit's traceback.
+    raising = '    data.setup("fit")\n    raise ValueError("no source line for the card")\n'
+    edit(artifacts, '    data.setup("fit")\n', raising)
+    failed = command("reproduce", "dataset-card", check=False)
+    assert failed.returncode == 1 and "Traceback" not in failed.stdout + failed.stderr, failed.stdout
+    assert re.search(
+        r"^dataset-card: ValueError in artifacts\.py line \d+, dataset_card: no source line for the card$",
+        failed.stdout,
+        flags=re.M,
+    ), failed.stdout
 
 
 def test_fit_refuses_raw_data_that_differs_from_the_record(example_project, example_command, tmp_path) -> None:

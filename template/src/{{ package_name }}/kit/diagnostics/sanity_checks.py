@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
-import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from ..base.your_code import one_line
 from ..training.scratch_trainer import scratch_trainer
 
 
@@ -353,24 +353,6 @@ def _raising_as_failure(name: str, check: Callable[..., Any], *args: Any) -> Any
     try:
         return check(*args)
     except Exception as error:  # noqa: BLE001 - reported as the check's result; the next check runs
-        root = error
-        while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
-            root = root.__cause__ or root.__context__
-        first_line = (str(root).strip().splitlines() or [""])[0][:300]
         label = name.removeprefix("check_").replace("_", " ")
-        detail = f"raised {type(root).__name__}{_in_your_code(root)}: {first_line}"
+        detail = f"raised {one_line(error)}"
         return CheckResult(label, False, detail, "the error's traceback: `fit` with the same config shows it")
-
-
-def _in_your_code(error: BaseException) -> str:
-    """Where in the project's own code (not the kit's, not a library's) `error` passed last: file, line, function."""
-    kit = Path(__file__).resolve().parents[1]
-    frames = [
-        (frame, line)
-        for frame, line in traceback.walk_tb(error.__traceback__)
-        if "-packages" not in frame.f_code.co_filename and kit not in Path(frame.f_code.co_filename).resolve().parents
-    ]
-    if not frames:
-        return ""
-    frame, line = frames[-1]
-    return f" in {Path(frame.f_code.co_filename).name} line {line}, {frame.f_code.co_name}"

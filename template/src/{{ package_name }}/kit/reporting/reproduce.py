@@ -27,10 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..base.project_package import PACKAGE
+from ..base.your_code import one_line
 from ..runs.identity import RunNameError
+
+if TYPE_CHECKING:
+    from doit.exceptions import TaskFailed
 
 STATE_FILE = Path(".reproduce") / "doit.json"
 
@@ -116,16 +120,29 @@ def _train(artifact: Artifact) -> None:
     if code != 0:
         if superseded.exists() and not run_dir.exists():  # refused before training: the old version stays current
             superseded.rename(run_dir)
-        raise RuntimeError(f"fit for artifact {artifact.name} exited with {code}")
+        raise TrainingFailed(f"fit exited with {code} (its message is above)")
 
 
-def _action(artifact: Artifact) -> bool:
+class TrainingFailed(RuntimeError):
+    """The artifact's `fit` failed; it has said why itself."""
+
+
+def _action(artifact: Artifact) -> bool | TaskFailed:
+    """Build one artifact; a failure is doit's TaskFailed with one line (cause first, where in your code),
+    not doit's traceback of its own action runner around yours."""
+    from doit.exceptions import TaskFailed
+
     for output in artifact.outputs:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-    (artifact.build or _train)(artifact)
+    try:
+        (artifact.build or _train)(artifact)
+    except TrainingFailed as failed:
+        return TaskFailed(f"{artifact.name}: {failed}")
+    except Exception as error:  # noqa: BLE001 - the researcher's builder: its failure is this artifact's result
+        return TaskFailed(f"{artifact.name}: {one_line(error)}")
     missing = [output for output in artifact.outputs if not Path(output).exists()]
     if missing:
-        raise RuntimeError(f"artifact {artifact.name} did not write {', '.join(missing)}")
+        return TaskFailed(f"{artifact.name} did not write {', '.join(missing)}; its build function must")
     return True
 
 

@@ -1,6 +1,7 @@
 """The kit follows the task: four task shapes replace the example by naming their classes, and each is
 checked, trained, stopped and resumed exactly, tested and evaluated with the metrics of its kind;
 its checkpoint is not scored on a changed split unless named on purpose, nor with another model class.
+Two of them also become the project's own model and data, and the generated project's tests pass.
 
 The models and data (tests/task_shapes.py) are put on the generated project's path as their own
 module, as a researcher's would be, and named with `--model` and `--data`; only the regression also
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import copy_of_example_project
 from sklearn.metrics import average_precision_score, f1_score, jaccard_score, mean_squared_error, r2_score
 from task_shapes import SHAPES, SOURCE
 from training_runs import final_weights, max_abs_difference, resume_test_config, train
+
+from template_dev import commit_all, run
 
 SHORT_RUN = [
     "--trainer.max_epochs=3",
@@ -233,3 +238,31 @@ def test_the_dataset_card_sums_up_targets_by_kind_and_needs_no_fingerprint(examp
         card = tmp_path / f"{kind}.md"
         dataset_card(Splits(targets), card)
         assert f"| train | 3 | (3,) | 0.0000 | 0.0000 | {summary} |" in card.read_text(), (kind, card.read_text())
+
+
+@pytest.mark.parametrize("shape", ["dense", "single-label"])
+def test_the_projects_own_tests_pass_for_another_task(shape, example_project, tmp_path) -> None:
+    """The generated project's tests hold for any model: the task's model and data become the project's
+    (one module, named in configs/default.yaml with their settings), the example's own facts and
+    experiment are deleted (README: "Your own model and data"), and the project's `pytest` passes."""
+    model, data, options, _, _ = SHAPES[shape]
+    project, command = copy_of_example_project(example_project, tmp_path / "project")
+    package = project / "src" / "digits_mlp"
+    (package / "shapes.py").write_text(SOURCE.replace("task_shapes_module", "digits_mlp.shapes"))
+    default = project / "configs" / "default.yaml"
+    text = default.read_text()
+    example_model = "  class_path: digits_mlp.model.DigitsClassifier\n  init_args:\n    hidden_sizes: [256, 256]\n"
+    assert example_model in text and "    dropout: 0.2\n" in text and options == []
+    text = text.replace(example_model, f"  class_path: digits_mlp.shapes.{model}\n  init_args:\n")
+    text = text.replace("    dropout: 0.2\n", "").replace(
+        "digits_mlp.data.DigitsDataModule", f"digits_mlp.shapes.{data}"
+    )
+    default.write_text(text)
+    (project / "tests" / "test_your_data_and_model.py").unlink()
+    (project / "configs" / "experiments" / "wide.yaml").unlink()
+    commit_all(project, f"a {shape} task instead of the example")
+    run([*command, "data", "fetch"], cwd=project)
+    venv_python = str(Path(command[0]).parent / "python")
+    tested = run([venv_python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, check=False)
+    assert tested.returncode == 0, tested.stdout[-4000:]
+    assert " passed" in tested.stdout and " failed" not in tested.stdout

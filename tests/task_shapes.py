@@ -4,7 +4,7 @@ Each pairs a model with a data module made from the example's digits (so nothing
 a multi-label classifier (four yes/no properties of the digit), a regression (the digit's value),
 a dense per-pixel classifier (each pixel's ink level: none, light, dark), and a single-label
 classifier whose batches are dicts built by a custom collate function, which tells the kit how to
-get predictions and targets with `predictions_and_targets`. The tests put this module on the
+get inputs and targets from its batches with `inputs_and_targets`. The tests put this module on the
 generated project's path and name the classes as `--model` and `--data`.
 """
 
@@ -180,10 +180,9 @@ class DictBatchClassifier(SmallNetwork):
     def loss(self, outputs, targets):
         return F.cross_entropy(outputs, targets)
 
-    def predictions_and_targets(self, batch):
-        """What `evaluate` and the checks call: this model's batches are dicts."""
-        images, digits = self.batch(batch)
-        return self(images), digits
+    def inputs_and_targets(self, batch):
+        """What `evaluate`, the checks and `export` call: this model's batches are dicts."""
+        return self.batch(batch)
 '''
 
 # task kind: (model, data, the config lines the task needs beyond the class paths,

@@ -141,7 +141,7 @@ def test_a_declared_kind_wins_and_a_misspelt_one_is_refused(kinds) -> None:
 
 def test_dict_batches_without_the_hook_are_refused_with_the_fix(kinds) -> None:
     with pytest.raises(kinds.TaskKindError, match=r"batches are dicts with keys image, digit, not \(inputs, targets\)"):
-        kinds.predictions_and_targets(torch.nn.Identity(), {"image": torch.zeros(2), "digit": torch.zeros(2)})
+        kinds.inputs_and_targets(torch.nn.Identity(), {"image": torch.zeros(2), "digit": torch.zeros(2)})
 
 
 def _predicted(outputs: torch.Tensor, targets: torch.Tensor, kind: str | None = None):
@@ -266,3 +266,8 @@ def test_the_projects_own_tests_pass_for_another_task(shape, example_project, tm
     tested = run([venv_python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, check=False)
     assert tested.returncode == 0, tested.stdout[-4000:]
     assert " passed" in tested.stdout and " failed" not in tested.stdout
+    # reproduce: the example's artifacts.py builds its model, table, cards and export for this task too.
+    reproduced = run([*command, "reproduce", "--all"], cwd=project, check=False)
+    assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
+    assert f"| task_kind | {shape} |" in (project / "artifacts" / "tables" / "final_metrics.md").read_text()
+    assert f"a {shape} model" in (project / "artifacts" / "cards" / "model-example.md").read_text()

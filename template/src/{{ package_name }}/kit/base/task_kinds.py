@@ -13,8 +13,9 @@ A model says its kind with a class attribute, `task_kind = "multi-label"`; witho
 read off one batch, from the shapes and types of its outputs and targets (`infer_task_kind`).
 
 Batches are read as `(inputs, targets)` and predicted with `model(inputs)`. A model whose batches
-are built otherwise (a dict, several inputs) defines one method, `predictions_and_targets(self,
-batch)`, returning `(outputs, targets)` for a batch; `evaluate` and the checks call it instead.
+are built otherwise (a dict, ids beside the tensors) defines one method, `inputs_and_targets(self,
+batch)`, returning `(inputs, targets)` for a batch, the inputs as its forward() takes them;
+`evaluate`, the checks, `export` and `budget` call it instead.
 """
 
 from __future__ import annotations
@@ -78,18 +79,24 @@ def infer_task_kind(outputs: Any, targets: Any) -> str:
     return next((kind for kind in candidates if fits_task_kind(kind, outputs, targets)), OTHER)
 
 
-def predictions_and_targets(model: Any, batch: Any) -> tuple[Any, Any]:
-    """`(outputs, targets)` for one batch: the model's `predictions_and_targets` hook if it has one,
-    else `model(inputs)` for a batch `(inputs, targets)`."""
-    hook = getattr(model, "predictions_and_targets", None)
+def inputs_and_targets(model: Any, batch: Any) -> tuple[Any, Any]:
+    """`(inputs, targets)` of one batch: the model's `inputs_and_targets` hook if it has one, else the batch's
+    two items."""
+    hook = getattr(model, "inputs_and_targets", None)
     if hook is not None:
         return hook(batch)
     if not (isinstance(batch, list | tuple) and len(batch) == 2):
         raise TaskKindError(
             f"{type(model).__name__}'s batches are {_described(batch)}, not (inputs, targets); give the model a "
-            "method `predictions_and_targets(self, batch)` that returns (outputs, targets) for one batch"
+            "method `inputs_and_targets(self, batch)` that returns (inputs, targets) for one batch, the inputs as "
+            "forward() takes them"
         )
-    inputs, targets = batch
+    return batch[0], batch[1]
+
+
+def predictions_and_targets(model: Any, batch: Any) -> tuple[Any, Any]:
+    """`(model(inputs), targets)` for one batch (see `inputs_and_targets`)."""
+    inputs, targets = inputs_and_targets(model, batch)
     return model(inputs), targets
 
 

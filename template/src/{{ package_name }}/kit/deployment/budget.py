@@ -268,7 +268,7 @@ def budget_main(argv: list[str]) -> int:
         )
         return 2
     try:
-        inputs = validation_inputs(data)
+        inputs = validation_inputs(data, model)
     except ExportError as bad:
         print(f"error: {bad}", file=sys.stderr)
         return 2

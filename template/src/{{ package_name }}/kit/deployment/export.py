@@ -50,17 +50,24 @@ class ExportError(RuntimeError):
     """The model cannot be exported or does not match its export; the message says why."""
 
 
-def validation_inputs(data) -> torch.Tensor:
-    """Every input of the validation split, as the model receives it (after the training preprocessing)."""
+def validation_inputs(data, model=None) -> torch.Tensor:
+    """Every input of the validation split, as the model receives it (after the training preprocessing);
+    read from each batch by the model's `inputs_and_targets` hook if it has one (kit/base/task_kinds.py)."""
+    from ..base.task_kinds import TaskKindError, inputs_and_targets
+
     data.setup("fit")
     batches = []
     for batch in data.val_dataloader():
-        if not (isinstance(batch, list | tuple) and len(batch) == 2 and isinstance(batch[0], torch.Tensor)):
+        try:
+            inputs = inputs_and_targets(model, batch)[0]
+        except TaskKindError as unreadable:
+            raise ExportError(f"export: {unreadable}") from None
+        if not isinstance(inputs, torch.Tensor):
             raise ExportError(
-                "export expects validation batches (inputs, targets) with a tensor of inputs, and the "
-                f"model called as model(inputs); got a {type(batch).__name__}"
+                f"export takes one tensor of inputs, called as model(inputs); {type(model).__name__}'s batches "
+                f"give a {type(inputs).__name__}"
             )
-        batches.append(batch[0])
+        batches.append(inputs)
     return torch.cat(batches)
 
 
@@ -139,7 +146,7 @@ def export_model(model, data, checkpoint: Path, directory: Path) -> dict[str, An
     if missing:
         raise ExportError(f'{", ".join(missing)} not installed: pip install -e ".[export]"')
     model = model.eval().cpu()
-    inputs = validation_inputs(data)
+    inputs = validation_inputs(data, model)
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path, program_path = directory / "model.onnx", directory / "model.pt2"
     export_onnx(model, inputs[: min(4, len(inputs))], onnx_path)

@@ -23,8 +23,12 @@ def data_main(argv: list[str]) -> int:
     from ..training.project_loading import load_model_and_data
 
     _, data = load_model_and_data(options)
-    needed = {"fetch": ["fetch_raw", "raw_files"], "record": ["raw_files"], "verify": ["raw_files"]}
-    needed["prepare"] = ["prepare_features"]
+    needed = {
+        "fetch": ["fetch_raw", "raw_files"],
+        "record": ["raw_files"],
+        "verify": ["raw_files"],
+        "prepare": ["prepare_features"],
+    }
     if missing := [name for name in needed[args.action] if not callable(getattr(data, name, None))]:
         print(
             f"error: `data {args.action}` calls the data module's {' and '.join(f'{name}()' for name in missing)}, "

@@ -50,7 +50,7 @@ class ExportError(RuntimeError):
     """The model cannot be exported or does not match its export; the message says why."""
 
 
-def validation_inputs(data, model=None) -> torch.Tensor:
+def validation_inputs(data, model) -> torch.Tensor:
     """Every input of the validation split, as the model receives it (after the training preprocessing);
     read from each batch by the model's `inputs_and_targets` hook if it has one (kit/base/task_kinds.py)."""
     from ..base.task_kinds import TaskKindError, inputs_and_targets

@@ -34,8 +34,8 @@ from ..base.task_kinds import (
     declared_task_kind,
     fits_task_kind,
     infer_task_kind,
+    predictions_and_targets,
 )
-from ..base.task_kinds import predictions_and_targets as model_predictions_and_targets
 from ..runs.checkpoint_files import one_file_checkpoint
 from ..runs.checkpoint_io import atomic_torch_save
 
@@ -85,7 +85,7 @@ def predict(model, loader) -> dict[str, object]:
     device = next(model.parameters()).device
     kind, scores, targets = declared_task_kind(model), [], []
     for batch in loader:
-        outputs, batch_targets = model_predictions_and_targets(model, move_data_to_device(batch, device))
+        outputs, batch_targets = predictions_and_targets(model, move_data_to_device(batch, device))
         kind = kind or infer_task_kind(outputs, batch_targets)
         if kind == OTHER or not fits_task_kind(kind, outputs, batch_targets):
             _refuse(kind, outputs, batch_targets)

@@ -9,6 +9,7 @@ and what changed since the previous version (a diff of the two runs' configs).
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import difflib
 import inspect
@@ -147,15 +148,12 @@ def _trained_parameters(summary: dict | None) -> list[str]:
     return [line, ""]
 
 
-def _evaluated_task_kind(metrics_md: Path) -> str | None:
-    """The task kind `evaluate` found (its metrics table's `task_kind` row), if the run was evaluated."""
-    if not metrics_md.exists():
+def _evaluated_task_kind(metrics_csv: Path) -> str | None:
+    """The task kind `evaluate` found (the `task_kind` row of its metrics.csv), if the run was evaluated."""
+    if not metrics_csv.exists():
         return None
-    for row in metrics_md.read_text().splitlines():
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        if cells[0] == "task_kind" and len(cells) == 2:
-            return cells[1]
-    return None
+    with open(metrics_csv, newline="") as stream:
+        return next((row[1] for row in csv.reader(stream) if row[:1] == ["task_kind"] and len(row) == 2), None)
 
 
 def _model_line(class_path: str, model_args: dict, task_kind: str | None) -> str:
@@ -182,7 +180,7 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
     lines = [
         f"# Model card: run `{run_dir.name}`",
         "",
-        _model_line(config["model"]["class_path"], model_args, _evaluated_task_kind(evaluation)),
+        _model_line(config["model"]["class_path"], model_args, _evaluated_task_kind(evaluation.parent / "metrics.csv")),
         "",
         f"**Trained** {start['started']} to {record.get('ended', '?')} ({record.get('status', '?')}); "
         f"code {start.get('git_sha') or 'not in git'}{' with uncommitted changes' if start.get('git_dirty') else ''}; "

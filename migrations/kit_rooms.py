@@ -94,6 +94,8 @@ NAMES_RETIRED = {
     "run_record.finish_record": "runs.record.end_start (both ledgers at once)",
     "checkpoint_files.KIND_PREFERENCE": "runs.checkpoint_files.PREFERENCE_AT_EQUAL_STEPS (keyed by file name)",
     "checkpoint_files.checkpoint_kind": "runs.checkpoint_files.CheckpointInfo.preference",
+    "sanity_checks.number_of_classes": "diagnostics.sanity_checks.expected_initial_loss (per task kind)",
+    "evaluation.predict_probabilities": "evaluation.evaluation.predict (per task kind, kit/base/task_kinds.py)",
 }
 
 

@@ -57,7 +57,7 @@ def test_full_disk_stops_with_the_cause_keeps_the_checkpoints_and_resumes_when_f
     remount(small_disk, "size=64m")
     resumed = train(example_command, project, config, "full-disk", *SHORT_RUN, env=on_small_disk)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from last.ckpt (epoch 0, step 6)" in resumed.stdout
+    assert "resuming from last.ckpt (epoch 1, step 6)" in resumed.stdout
 
     reference = train(example_command, project, config, "full-disk-reference", *SHORT_RUN, env=on_small_disk)
     assert reference.returncode == 0, reference.stderr[-3000:]

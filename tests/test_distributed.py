@@ -164,7 +164,7 @@ def test_resuming_at_an_epoch_boundary_with_another_process_count_continues(
     resumed = train(example_command, project, config, run_name, *ONE_PROCESS, *SHORT_RUN, *epoch_ends_only)
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from last.ckpt (epoch 0, step 5)" in resumed.stdout
+    assert "resuming from last.ckpt (epoch 1, step 5)" in resumed.stdout
     records_written = read_records(records)
     one_process = [r for r in records_written if r["pid"] == records_written[-1]["pid"]]  # the resumed process
     for epoch, seen in examples_per_epoch(one_process).items():

@@ -130,7 +130,7 @@ def test_a_damaged_shard_is_set_aside_and_the_previous_checkpoint_used(
     resumed = fit_sharded(example_command, project, config, run_name)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "last.ckpt is damaged" in resumed.stderr, resumed.stderr[-3000:]
-    assert f"Run '{run_name}': resuming from previous.ckpt (epoch 0, step 5)" in resumed.stdout, resumed.stdout
+    assert f"Run '{run_name}': resuming from previous.ckpt (epoch 1, step 5)" in resumed.stdout, resumed.stdout
     assert list((project / "runs" / run_name / "checkpoints" / "unreadable").glob("last.ckpt.*"))
     assert_resumed_exactly(project, run_name, records, reference)
 
@@ -208,7 +208,7 @@ def test_another_process_count_resumes_at_an_epoch_boundary_and_is_refused_mid_e
     assert (project / "runs" / "fsdp-epoch-end" / "checkpoints" / "last.ckpt" / "meta.pt").is_file()
     resumed = train(example_command, project, config, "fsdp-epoch-end", *one_process, *EPOCH_ENDS_ONLY)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from last.ckpt (epoch 0, step 5)" in resumed.stdout
+    assert "resuming from last.ckpt (epoch 1, step 5)" in resumed.stdout
     one = [r for r in read_records(records) if r["pid"] == read_records(records)[-1]["pid"]]
     assert sorted({r["epoch"] for r in one}) == [1, 2]
     for epoch in (1, 2):
@@ -229,7 +229,7 @@ def test_a_ddp_run_continues_sharded_from_an_epochs_end(example_project, example
     assert last.is_file()  # DDP's: one file
     resumed = fit_sharded(example_command, project, config, "ddp-then-fsdp", *EPOCH_ENDS_ONLY)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Run 'ddp-then-fsdp': resuming from last.ckpt (epoch 0, step 5)" in resumed.stdout
+    assert "Run 'ddp-then-fsdp': resuming from last.ckpt (epoch 1, step 5)" in resumed.stdout
     assert {p.name for p in last.iterdir()} == SHARD_FILES  # from here on sharded
     after = read_records(records)[killed_batches:]  # the two resumed processes
     for epoch in (1, 2):

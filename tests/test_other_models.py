@@ -98,7 +98,7 @@ def test_two_optimizers_without_a_validation_metric_check_train_resume_and_test(
     assert killed.returncode != 0 and "step 14" in (tmp_path / "killed").read_text()
     resumed = train(example_command, project, killable, "two-optimizers-killed", *MODEL, *SHORT_RUN, env=path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from last.ckpt (epoch 1, step 12)" in resumed.stdout, resumed.stdout[-2000:]
+    assert "resuming from last.ckpt (epoch 2, step 12)" in resumed.stdout, resumed.stdout[-2000:]
     expected, got = final_weights(project, "two-optimizers"), final_weights(project, "two-optimizers-killed")
     assert max_abs_difference(got, expected) == 0.0
 

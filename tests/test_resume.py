@@ -337,7 +337,7 @@ def test_a_finished_run_trains_longer_as_a_new_run_from_its_final_checkpoint(
     assert train(example_command, project, killable, "longer-killed", *from_final).returncode != 0
     resumed = train(example_command, project, killable, "longer-killed", *from_final)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Run 'longer-killed': resuming from last.ckpt (epoch {EPOCHS}, step 33)" in resumed.stdout
+    assert f"Run 'longer-killed': resuming from last.ckpt (epoch {EPOCHS + 1}, step 33)" in resumed.stdout
     assert max_abs_difference(final_weights(project, "longer-killed"), final_weights(project, "longer-straight")) == 0
     record = json.loads((project / "runs" / "longer-killed" / "record.json").read_text())
     assert record["starts"][0]["started_from"] == {"checkpoint": str(final.resolve()), "run": "reference-w0"}

@@ -167,7 +167,7 @@ def test_a_run_stopped_before_the_update_finishes_after_it(template_with_history
 
     finished = run(fit, cwd=project, env=env, check=False)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
-    assert "Run 'old-run': resuming from last.ckpt (epoch 1, step 15)" in finished.stdout
+    assert "Run 'old-run': resuming from last.ckpt (epoch 2, step 15)" in finished.stdout
     assert "Run 'old-run' finished" in finished.stdout
 
 

@@ -120,7 +120,7 @@ class PeerGuard(pl.Callback):
         trainer = cls.trainer
         if trainer is None or cls.stage == "starting":
             return "starting up (joining the other processes)"
-        step, epoch = trainer.global_step, trainer.current_epoch
+        step, epoch = trainer.global_step, trainer.current_epoch + 1  # counted from 1, as in progress lines
         return {
             "training": f"training step {step + 1} (epoch {epoch})",
             "validation": f"validation after step {step} (epoch {epoch})",

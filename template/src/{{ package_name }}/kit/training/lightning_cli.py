@@ -327,9 +327,9 @@ class ProjectCLI(LightningCLI):
             # Loggers keep appending to the run's files; Lightning warns about a non-empty log dir.
             warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
             fit_kwargs["ckpt_path"] = str(resume_from.path)
-            say(
+            say(  # the epoch counted from 1, as the progress lines count it
                 f"Run '{self.run.name}': resuming from {resume_from.path.name} "
-                f"(epoch {resume_from.epoch}, step {resume_from.global_step})"
+                f"(epoch {resume_from.epoch + 1}, step {resume_from.global_step})"
             )
         if lead:
             self._say_what_trains()

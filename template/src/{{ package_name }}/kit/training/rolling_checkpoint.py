@@ -221,7 +221,7 @@ class RollingCheckpoint(Checkpoint):
     def _refuse_diverged_loss(self, trainer: pl.Trainer, diverged_steps: int) -> None:
         if diverged_steps:
             first_step = trainer.global_step - diverged_steps + 1
-            raise TrainingDiverged(diverged_loss_message(first_step, trainer.global_step, trainer.current_epoch))
+            raise TrainingDiverged(diverged_loss_message(first_step, trainer.global_step, trainer.current_epoch + 1))
 
     @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -46,7 +46,8 @@ def declared_task_kind(model: Any) -> str | None:
     return declared
 
 
-def _is_binary(values: torch.Tensor) -> bool:
+def is_binary(values: torch.Tensor) -> bool:
+    """Whether every value is 0 or 1 (multi-label targets; the dataset card counts positives of such)."""
     return bool(((values == 0) | (values == 1)).all())
 
 
@@ -64,7 +65,7 @@ def fits_task_kind(kind: str, outputs: Any, targets: Any) -> bool:
     if kind == DENSE:
         return indices and outputs.ndim >= 3 and targets.shape == outputs.shape[:1] + outputs.shape[2:]
     if kind == MULTI_LABEL:
-        return outputs.ndim == 2 and targets.shape == outputs.shape and _is_binary(targets)
+        return outputs.ndim == 2 and targets.shape == outputs.shape and is_binary(targets)
     per_example = outputs.reshape(len(outputs), -1).shape == targets.reshape(len(targets), -1).shape
     return kind == REGRESSION and outputs.ndim <= 2 and per_example
 

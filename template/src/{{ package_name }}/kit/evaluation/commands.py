@@ -39,10 +39,8 @@ def evaluate_main(argv: list[str]) -> int:
     except (NotEvaluable, TaskKindError) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
-    except (RuntimeError, ValueError) as error:  # a checkpoint of another model: torch's or Lightning's refusal
+    except (RuntimeError, ValueError) as error:  # weights that do not fit the model: torch's refusal
         refused = checkpoint_mismatch_message(error)
-        if refused is None and "requested by the checkpoint" in str(error):
-            refused = f"{checkpoint} holds another model class than {type(model).__name__}: {error}"
         if refused is None:
             raise
         print(f"error: {refused}", file=sys.stderr)

@@ -20,6 +20,7 @@ import torch
 import yaml
 from torch.utils.data import TensorDataset
 
+from ..base.task_kinds import is_binary
 from ..data.preprocessing_cache import file_sha256
 from ..runs.directory import RunDirectory
 
@@ -32,8 +33,10 @@ def dataset_card(data, path: Path, transform=None) -> None:
     """Write the card of `data` (a set-up DataModule; its splits are summed up when it keeps them as tensors).
 
     Its source is the data module's `source` attribute (else its docstring); `transform` is the
-    function that makes the features, described by its docstring.
+    function that makes the features, described by its docstring (by default the data module's
+    `prepare_features`, so that the card needs nothing named by the example).
     """
+    transform = transform or getattr(data, "prepare_features", None)
     fingerprint = data.data_fingerprint() if hasattr(data, "data_fingerprint") else None
     raw_files = data.raw_files() if hasattr(data, "raw_files") else []
     raw = [(str(p), Path(p).stat().st_size, file_sha256(Path(p))) for p in raw_files]
@@ -60,7 +63,7 @@ def dataset_card(data, path: Path, transform=None) -> None:
     hparams = dict(data.hparams)
     lines += [
         "",
-        f"**Transform.** {_first_paragraph(inspect.getdoc(transform)) if transform else 'see the data module'}",
+        f"**Transform.** {_first_paragraph(inspect.getdoc(transform) if transform else None) or 'see the data module'}",
         "",
         f"**Parameters.** `{json.dumps(hparams, default=str)}`",
         "",
@@ -90,7 +93,7 @@ def _split_rows(data) -> list[str]:
 
 
 def _targets(targets: torch.Tensor) -> str:
-    if targets.is_floating_point() and targets.ndim == 2 and bool(((targets == 0) | (targets == 1)).all()):
+    if targets.is_floating_point() and targets.ndim == 2 and is_binary(targets):
         return f"positives per label {targets.sum(0).long().tolist()}"
     if targets.is_floating_point():
         return f"mean {targets.mean():.4f}, std {targets.std():.4f}"
@@ -171,10 +174,8 @@ def _model_line(class_path: str, model_args: dict, task_kind: str | None) -> str
 def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) -> None:
     """Write the card of the model a run trained, compared with a previous run if given."""
     run = RunDirectory(run_dir)
-    config = yaml.safe_load(run.config_path.read_text())
-    record = json.loads(run.record_path.read_text())
-    manifest = run.read_manifest()
-    start = record["starts"][-1]
+    config, record, manifest = run.recorded_config(), json.loads(run.record_path.read_text()), run.read_manifest()
+    start = run.last_start()
     model_args = config.get("model", {}).get("init_args", {})
     evaluation = run.evaluation_dir("test") / "metrics.md"
     lines = [
@@ -208,8 +209,7 @@ def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) 
     lines += _shipping(run.export_dir)
     if previous_run_dir is not None:
         previous = RunDirectory(previous_run_dir)
-        previous_start = json.loads(previous.record_path.read_text())["starts"][-1]
-        before, after = previous_start.get("data_fingerprint"), start.get("data_fingerprint")
+        before, after = previous.last_start().get("data_fingerprint"), start.get("data_fingerprint")
         data_change = "unchanged" if before == after else f"changed from `{before}` to `{after}`"
         lines += [f"**Training data since `{previous_run_dir.name}`:** {data_change}.", ""]
         diff = difflib.unified_diff(

@@ -16,7 +16,7 @@ scored on data other than the data it was trained on (`refuse_other_training_dat
 from __future__ import annotations
 
 import importlib
-import json
+import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..base.project_package import CONSOLE_SCRIPT
 from ..weights.cache import refuse_other_base_weights
@@ -180,17 +179,16 @@ def refuse_other_training_data(run: RunDirectory, data: object, action: str) -> 
     training examples into the test split, and the score would mean nothing. Naming a checkpoint with
     --ckpt_path is how to score it on other data on purpose."""
     fingerprint = getattr(data, "data_fingerprint", None)
-    if not callable(fingerprint) or not run.record_path.exists():
+    trained_on = run.last_start().get("data_fingerprint")
+    if not callable(fingerprint) or trained_on is None:
         return
-    starts = json.loads(run.record_path.read_text()).get("starts") or []
-    trained_on = starts[-1].get("data_fingerprint") if starts else None
     try:
         now = fingerprint()
     except OSError:  # raw data missing: the data module's own loading says so, with how to fetch it
         return
-    if trained_on is None or now == trained_on:
+    if now == trained_on:
         return
-    recorded = (yaml.safe_load(run.config_path.read_text()) or {}).get("data", {}).get("init_args", {})
+    recorded = (run.recorded_config().get("data") or {}).get("init_args") or {}
     current = {name: value for name, value in dict(getattr(data, "hparams", {})).items() if not name.startswith("_")}
     changed = [
         f"{name}: {recorded.get(name)!r} -> {current.get(name)!r}"
@@ -210,12 +208,6 @@ class TrainedAnotherModel(MissingTrainedRun):
     """The run's checkpoints hold another model class than the one this command builds."""
 
 
-def _recorded_class_path(run: RunDirectory, section: str) -> str | None:
-    if not run.config_path.exists():
-        return None
-    return ((yaml.safe_load(run.config_path.read_text()) or {}).get(section) or {}).get("class_path")
-
-
 def _is_class(class_path: str, cls: type) -> bool:
     """Whether `class_path` names `cls` (importing it: a class re-exported elsewhere has two paths)."""
     module, _, name = class_path.rpartition(".")
@@ -228,14 +220,37 @@ def _is_class(class_path: str, cls: type) -> bool:
 def refuse_another_model_class(run: RunDirectory, model: object, action: str) -> None:
     """Refuse to `action` the run's own checkpoint with a model of another class than the run trained: its
     weights would not load (Lightning says so in forty lines), or worse, load into a look-alike."""
-    recorded = _recorded_class_path(run, "model")
+    recorded = (run.recorded_config().get("model") or {}).get("class_path")
     if model is None or recorded is None or _is_class(recorded, type(model)):
         return
-    built = f"{type(model).__module__}.{type(model).__qualname__}"
     raise TrainedAnotherModel(
-        f"Run '{run.name}' trained {recorded}; this command builds {built}. Name the run's model as it was "
-        f"trained (--model {recorded}, or --config {run.config_path}, the run's own settings) to {action} it."
+        f"Run '{run.name}' trained {recorded}; this command builds {_class_path(model)}. Name the run's model as "
+        f"it was trained (--model {recorded}, or --config {run.config_path}, the run's own settings) to {action} it."
     )
+
+
+def refuse_checkpoint_of_another_class(checkpoint: Path, model: object, action: str) -> None:
+    """The same refusal for a checkpoint named with --ckpt_path, by the class LightningCLI recorded in it.
+
+    (`test --ckpt_path` builds the checkpoint's own class, as Lightning does; `evaluate` builds the
+    configured one, so a checkpoint of another class is refused here rather than half loaded.)"""
+    if model is None:
+        return
+    try:
+        checkpoint_contents = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError):  # unreadable: loading it says why, in its own words
+        return
+    recorded = (checkpoint_contents.get("hyper_parameters") or {}).get("_class_path")
+    if recorded is None or _is_class(recorded, type(model)):
+        return
+    raise TrainedAnotherModel(
+        f"{checkpoint} holds a {recorded}; this command builds {_class_path(model)}. Name the checkpoint's model "
+        f"(--model {recorded}) to {action} it."
+    )
+
+
+def _class_path(model: object) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
 def checkpoint_to_use(
@@ -251,8 +266,9 @@ def checkpoint_to_use(
     one_file: a sharded checkpoint is returned as its consolidated file (kit/runs/sharded_checkpoints.py);
     False (a fit starting from it) returns it as it is.
     Raises MissingTrainedRun, with what to do, when `ckpt_path` names no checkpoint or the run has none;
-    TrainedAnotherModel or TrainedOnOtherData when `model` or `data` (what it is to be used with) is not the
-    model class or data the run trained, and no `ckpt_path` was named; WeightsError when the model built
+    TrainedAnotherModel when `model` (what it is to be used with) is not the class the run trained, or the
+    class recorded in the named `ckpt_path`; TrainedOnOtherData when `data` is not the data the run trained
+    and no `ckpt_path` was named; WeightsError when the model built
     here started from other base weights than the run's.
     """
     refuse_other_base_weights(run.name, run.recorded_pretrained(), action)
@@ -272,7 +288,12 @@ def checkpoint_to_use(
             f"No checkpoint to {action}: run '{run.name}' has none in {run.checkpoint_dir}. Train it first with "
             f"`{CONSOLE_SCRIPT} fit` and the same config, name the run with --run_name, or pass --ckpt_path FILE."
         )
-    return one_file_checkpoint(chosen) if one_file else chosen
+    if not one_file:
+        return chosen
+    chosen = one_file_checkpoint(chosen)
+    if ckpt_path:
+        refuse_checkpoint_of_another_class(chosen, model, action)
+    return chosen
 
 
 def one_file_checkpoint(checkpoint: Path) -> Path:

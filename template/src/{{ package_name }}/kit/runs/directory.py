@@ -205,6 +205,19 @@ class RunDirectory:
         """The base weights (model id -> revision and file hashes) the run started from; None if it used none."""
         return self.read_manifest().get("pretrained")
 
+    def recorded_config(self) -> dict[str, Any]:
+        """The settings the run was started with (its config.yaml), parsed; {} before its first start."""
+        if not self.config_path.exists():
+            return {}
+        return yaml.safe_load(self.config_path.read_text()) or {}
+
+    def last_start(self) -> dict[str, Any]:
+        """The latest start in the run's record (seed, data fingerprint, machine, ...); {} before the first."""
+        if not self.record_path.exists():
+            return {}
+        starts = json.loads(self.record_path.read_text()).get("starts") or []
+        return starts[-1] if starts else {}
+
     def start(
         self,
         config_text: str,

@@ -152,6 +152,10 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
             ["data", "record", "--data=lightning.pytorch.demos.boring_classes.BoringDataModule"],
             "error: `data record` calls the data module's raw_files(), which BoringDataModule does not define",
         ),
+        "a mode against the monitored metric": (
+            ["fit", "--checkpointing.monitor=val/acc", "--run_name", "wrong-way"],
+            "monitor is 'val/acc' with mode 'min', but a higher val/acc is better: the best checkpoints would be",
+        ),
     }
     for mistake, (options, expected) in mistakes.items():
         done = run([*example_command, *options], cwd=project, env=env, check=False)
@@ -160,7 +164,7 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
         assert "Traceback" not in done.stderr and "usage:" not in done.stderr, f"{mistake}:\n{done.stderr[-2000:]}"
     # Nothing was started: no run that `runs` would list as running forever.
     assert "No runs yet" in run([*example_command, "runs"], cwd=project, env=env).stdout
-    # A monitored metric that validation does not log (a regression model under the default val/acc):
+    # A monitored metric that validation does not log (a regression's metric under the example classifier):
     # stopped at the sanity check, before any training, and the run is marked failed.
     options = ["fit", "--checkpointing.monitor=val/mse", "--run_name", "regression"]
     done = run([*example_command, *options], cwd=project, env=env, check=False)

@@ -7,7 +7,8 @@ that very command, template_dev.make_project_venv; here the lock file must exist
 with --pretend; activating the virtualenv is done by putting its bin/ first on PATH. The
 project's venv has exactly the packages of a venv installed from its lock (locks/cpu.txt, as the
 README says: the example_project fixture), so the project's own tests (`pytest`, in the Test
-section) pass in the locked environment. Everything else runs as written.
+section) pass in the locked environment. Everything else runs as written. The one `sh` block,
+removing the example, is run by tests/test_task_kinds.py, in a copy that then trains another task.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ PUBLIC = {
     "ManyFilesDataModule": "data.many_files_example",
     "end_with_parent": "data.worker_processes",
     # for artifacts.py
+    "recorded_raw_files": "data.raw_data",
     "Artifact": "reporting.reproduce",
     "runs_root": "runs.root",
     "load_model_and_data": "training.project_loading",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .data.preprocessing_cache import cached_directory as cached_directory
     from .data.preprocessing_cache import cached_features as cached_features
     from .data.preprocessing_cache import remembered_cache_key as remembered_cache_key
+    from .data.raw_data import recorded_raw_files as recorded_raw_files
     from .data.resumable_loader import ResumableDataLoader as ResumableDataLoader
     from .data.sharded_data_module import ShardedDataModule as ShardedDataModule
     from .data.shards import ShardDataset as ShardDataset

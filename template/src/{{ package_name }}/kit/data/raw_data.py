@@ -24,6 +24,11 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
     return entries
 
 
+def recorded_raw_files(path: Path = MANIFEST) -> list[str]:
+    """The raw files data/raw.sha256 records ([] before `data record`): the inputs of what is built from them."""
+    return sorted(read_manifest(path)) if path.exists() else []
+
+
 # Raw files' hashes remembered by (size, modification time): `fit` checks the raw data at every
 # start without reading unchanged files again.
 HASH_MEMO = Path("data/.raw-file-hashes.json")

@@ -7,6 +7,7 @@ callbacks.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,16 +19,35 @@ class CheckpointPolicy:
     every_n_steps: rewrite runs/<run>/checkpoints/last.ckpt every this many optimizer steps (null: never by steps).
     every_n_minutes: ... and whenever this many minutes passed since the last write (null: never by time).
     save_top_k: keep this many best checkpoints by `monitor`.
-    monitor: the validation metric that ranks checkpoints (null, for a model whose validation logs no metric:
-        no best checkpoints and no early stopping; evaluation and export use final.ckpt).
+    monitor: the validation metric that ranks checkpoints (val/loss: every task logs one; null, for a model
+        whose validation logs no metric: no best checkpoints and no early stopping; evaluation and export
+        use final.ckpt).
     mode: "max" if a higher `monitor` is better, "min" if lower is better.
     """
 
     every_n_steps: int | None = None
     every_n_minutes: float | None = 5.0
     save_top_k: int = 2
-    monitor: str | None = "val/acc"
-    mode: Literal["min", "max"] = "max"
+    monitor: str | None = "val/loss"
+    mode: Literal["min", "max"] = "min"
+
+
+# Words in a metric's name that say which way is better; a mode against them would keep the worst
+# checkpoints and stop at the first improvement, silently. A name with none of them is taken as given.
+_HIGHER_IS_BETTER = {"acc", "accuracy", "f1", "auc", "auroc", "ap", "iou", "dice", "r2", "precision", "recall", "map"}
+_LOWER_IS_BETTER = {"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "ece"}
+
+
+def refuse_a_mode_against_the_metric(monitor: str | None, mode: str) -> None:
+    """ValueError when `mode` contradicts the monitored metric's name (val/acc with min, val/loss with max)."""
+    words = set(re.split(r"[^a-z0-9]+", (monitor or "").lower()))
+    expected = "max" if words & _HIGHER_IS_BETTER else "min" if words & _LOWER_IS_BETTER else mode
+    if mode != expected:
+        better = "higher" if expected == "max" else "lower"
+        raise ValueError(
+            f"monitor is {monitor!r} with mode {mode!r}, but a {better} {monitor} is better: the best checkpoints "
+            f"would be the worst ones. Set --checkpointing.mode={expected} (beside monitor in configs/default.yaml)."
+        )
 
 
 @dataclass

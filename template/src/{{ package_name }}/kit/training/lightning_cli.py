@@ -71,7 +71,12 @@ from ..weights.adapters import parameter_summary
 from ..weights.cache import WeightsError, refuse_other_base_weights, resolved_sources
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .divergence import TrainingDiverged
-from .fit_policies import CheckpointPolicy, EarlyStoppingPolicy, automatic_precision
+from .fit_policies import (
+    CheckpointPolicy,
+    EarlyStoppingPolicy,
+    automatic_precision,
+    refuse_a_mode_against_the_metric,
+)
 from .idle_hooks import skip_idle_batch_hooks
 from .no_profiler import NoProfiler
 from .quiet_output import quiet_lightning_chatter
@@ -210,6 +215,7 @@ class ProjectCLI(LightningCLI):
         if self.subcommand != "fit":
             return self._prepared(**kwargs)
         policy = self._policy
+        _refusing_bad_settings("checkpointing", refuse_a_mode_against_the_metric, policy.monitor, policy.mode)
         stopping: EarlyStoppingPolicy = self.config_init["fit"]["early_stopping"]
         checkpoint_dir = self.run.checkpoint_dir
         callbacks = [
@@ -468,8 +474,9 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
     elif class_name == "WandbLogger":
         # A W&B id derived from the run name: a resumed run continues the same W&B run.
         init_args.update(Namespace(save_dir=str(run.path), name=run.name, id=run.name, resume="allow"))
-        # Quiet: wandb's ten banner lines (colour codes included, even into log files) and a warning about
-        # a setting Lightning passes; the end of `fit` says in one line where the W&B run is (_wandb_line).
+        # Quiet: wandb's ten banner lines (colour codes included, even into log files); the end of `fit` says
+        # in one line where the W&B run is (_wandb_line). One warning stays: wandb checks the `anonymous`
+        # setting that Lightning always passes before it reads WANDB_SILENT.
         os.environ.setdefault("WANDB_SILENT", "true")
     logger.init_args = init_args
 

@@ -185,25 +185,28 @@ class DictBatchClassifier(SmallNetwork):
         return self.batch(batch)
 '''
 
-# task kind: (model, data, the metrics evaluate must report, the initial-loss check's verdict). Nothing
-# beyond the class paths: checkpoints follow val/loss, which every task logs.
+# task kind: (model, data, the config lines the task needs beyond the class paths,
+#        the metrics evaluate must report, the initial-loss check's verdict)
 SHAPES = {
     "multi-label": (
         "DigitProperties",
         "DigitPropertiesData",
+        [],
         ["exact_match", "label_accuracy", "f1_macro", "pr_auc_macro"],
         "log(2) per label",
     ),
     "regression": (
         "DigitValue",
         "DigitValueData",
+        ["--checkpointing.monitor=val/mae", "--checkpointing.mode=min"],
         ["mean_squared_error", "mean_absolute_error", "r2"],
         "[SKIP] initial loss is that of even scores: a regression",
     ),
-    "dense": ("InkLevels", "InkLevelData", ["positions", "accuracy", "mean_iou"], "log(3)"),
+    "dense": ("InkLevels", "InkLevelData", [], ["positions", "accuracy", "mean_iou"], "log(3)"),
     "single-label": (
         "DictBatchClassifier",
         "DictBatchData",
+        [],
         ["accuracy", "f1_macro", "pr_auc_macro", "expected_calibration_error"],
         "log(10)",
     ),

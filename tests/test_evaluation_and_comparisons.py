@@ -159,8 +159,8 @@ def test_sweep_then_results_end_to_end(example_package, tmp_path, monkeypatch, c
     assert sweep_main([str(sweep)]) == 0
     assert results_main(["tiny"]) == 0
     table = (tmp_path / "runs" / "sweeps" / "tiny-results.csv").read_text().splitlines()
-    assert table[0] == "run,model.init_args.learning_rate,best val/loss"
-    slow, fast = (float(line.split(",")[2]) for line in table[1:])
-    assert fast < slow  # two epochs at lr 0.01 beat two at 0.0001
+    assert table[0] == "run,model.init_args.learning_rate,best val/acc"
+    low, high = (float(line.split(",")[2]) for line in table[1:])
+    assert high > low  # two epochs at lr 0.01 beat two at 0.0001
     assert (tmp_path / "runs" / "sweeps" / "tiny-results.png").exists()
     assert os.path.isdir(tmp_path / "runs" / "sweep-tiny-001" / "checkpoints")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from task_shapes import SHAPES, SOURCE
 
 from template_dev import EXAMPLE_ANSWERS, TORCH_SPEC, commit_all, make_project_venv, render, run
 
@@ -89,6 +91,37 @@ def test_other_loggers_write_into_the_run_directory(
         assert "\x1b[" not in done.stdout + done.stderr and "wandb: Tracking run" not in done.stdout + done.stderr
     # CSV beside it: reproduce's figures and the cards read it whatever logger was chosen.
     assert "val/acc" in (run_dir / "logs" / "metrics.csv").read_text()
+    a_task_of_another_shape_with_this_logger(project, package, venv.script(package), logger, tmp_path)
+
+
+def a_task_of_another_shape_with_this_logger(project: Path, package: str, command: Path, logger: str, tmp_path) -> None:
+    """Another task shape (tests/task_shapes.py) with this logger: fit, Ctrl-C, re-run, test, evaluate."""
+    shape = {"tensorboard": "dense", "wandb": "multi-label"}[logger]
+    model, data, options, metrics, _ = SHAPES[shape]
+    assert options == []  # nothing beyond the class paths for these two
+    (tmp_path / "task_shapes_module.py").write_text(SOURCE.replace("digits_mlp.", f"{package}."))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}"]
+    ctrl_c = {"marker_file": str(tmp_path / "interrupted"), "epoch": 1, "batch_index": 2, "signal": "SIGINT"}
+    interrupting = tmp_path / "ctrl-c.yaml"
+    kill_at = {"class_path": f"{package}.kit.KillAt", "init_args": ctrl_c}
+    interrupting.write_text(yaml.safe_dump({"trainer": {"callbacks": [kill_at]}}))
+    fit = [str(command), "fit", *classes, "--trainer.max_epochs=3", "--run_name", shape, "--config", str(interrupting)]
+    stopped = run(fit, cwd=project, env=env, check=False)
+    assert stopped.returncode != 0 and f"Run '{shape}' stopped on SIGINT" in stopped.stdout, stopped.stdout[-2000:]
+    resumed = run(fit, cwd=project, env=env)
+    assert f"Run '{shape}': resuming from last.ckpt (epoch 2, step" in resumed.stdout and "finished" in resumed.stdout
+    assert "Traceback" not in stopped.stderr + resumed.stderr
+    if logger == "wandb":  # the same W&B run continues (its id is the run's name)
+        assert len(list((project / "runs" / shape / "wandb").glob("offline-run-*"))) >= 1
+        assert f"W&B (offline): {project / 'runs' / shape / 'wandb'}" in resumed.stdout
+    else:
+        assert len(list((project / "runs" / shape / "tensorboard").glob("events.out.tfevents.*"))) >= 1
+    tested = run([str(command), "test", *classes, "--run_name", shape], cwd=project, env=env)
+    assert "test/loss" in tested.stdout
+    evaluated = run([str(command), "evaluate", *classes, "--run_name", shape], cwd=project, env=env)
+    assert f"| task_kind | {shape} |" in evaluated.stdout
+    assert all(f"| {name} | " in evaluated.stdout for name in metrics), evaluated.stdout
 
 
 def test_own_subcommands_from_commands_py_join_the_command(example_project, example_command) -> None:
@@ -153,8 +186,8 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
             "error: `data record` calls the data module's raw_files(), which BoringDataModule does not define",
         ),
         "a mode against the monitored metric": (
-            ["fit", "--checkpointing.monitor=val/acc", "--run_name", "wrong-way"],
-            "monitor is 'val/acc' with mode 'min', but a higher val/acc is better: the best checkpoints would be",
+            ["fit", "--checkpointing.monitor=val/loss", "--run_name", "wrong-way"],
+            "monitor is 'val/loss' with mode 'max', but a lower val/loss is better: the best checkpoints would be",
         ),
     }
     for mistake, (options, expected) in mistakes.items():
@@ -166,7 +199,7 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
     assert "No runs yet" in run([*example_command, "runs"], cwd=project, env=env).stdout
     # A monitored metric that validation does not log (a regression's metric under the example classifier):
     # stopped at the sanity check, before any training, and the run is marked failed.
-    options = ["fit", "--checkpointing.monitor=val/mse", "--run_name", "regression"]
+    options = ["fit", "--checkpointing.monitor=val/mse", "--checkpointing.mode=min", "--run_name", "regression"]
     done = run([*example_command, *options], cwd=project, env=env, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "monitor is 'val/mse', which validation does not log (it logs: val/acc, val/loss)" in done.stderr

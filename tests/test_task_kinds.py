@@ -4,8 +4,8 @@ its checkpoint is not scored on a changed split unless named on purpose, nor wit
 Two of them also become the project's own model and data, and the generated project's tests pass.
 
 The models and data (tests/task_shapes.py) are put on the generated project's path as their own
-module, as a researcher's would be, and named with `--model` and `--data`, nothing else: checkpoints
-follow `val/loss`, which each logs.
+module, as a researcher's would be, and named with `--model` and `--data`; only the regression also
+says which metric to monitor (its validation logs an error, lower is better).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def test_another_task_is_checked_trained_resumed_tested_and_evaluated(
     shape, example_project, example_command, tmp_path
 ) -> None:
     project, _ = example_project
-    model, data, metrics, initial_loss = SHAPES[shape]
+    model, data, options, metrics, initial_loss = SHAPES[shape]
     (tmp_path / "task_shapes_module.py").write_text(SOURCE)
     env = {"PYTHONPATH": str(tmp_path)}
-    classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}"]
+    classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}", *options]
 
     def command(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -102,6 +102,32 @@ def test_another_task_is_checked_trained_resumed_tested_and_evaluated(
         assert f"| {metric} | " in evaluated.stdout, (metric, evaluated.stdout)
     directory = project / "runs" / run / "evaluation" / "test"
     assert (directory / "evaluation.png").stat().st_size > 10_000
+
+
+def test_a_dict_batch_task_resumes_exactly_with_two_processes(example_project, example_command, tmp_path) -> None:
+    """Dict batches from a custom collate function under DDP (two processes, gloo): killed mid-epoch and
+    re-run, the run ends with the weights of the same run uninterrupted, bit for bit."""
+    project, _ = example_project
+    model, data, options, _, _ = SHAPES["single-label"]
+    (tmp_path / "task_shapes_module.py").write_text(SOURCE)
+    env = {"PYTHONPATH": str(tmp_path)}
+    two = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", *SHORT_RUN]
+    classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}", *options, *two]
+    plain = resume_test_config(
+        tmp_path / "p.json", tmp_path / "p.jsonl", None, tmp_path / "unused", distinct_ranks=True
+    )
+    whole = train(example_command, project, plain, "dict-ddp-whole", *classes, env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    kill = {"hook": "train_batch_end", "epoch": 1, "batch_index": 2}  # after step 7: last.ckpt at step 6
+    killable = resume_test_config(
+        tmp_path / "k.json", tmp_path / "k.jsonl", kill, tmp_path / "killed", distinct_ranks=True
+    )
+    killed = train(example_command, project, killable, "dict-ddp-killed", *classes, env=env)
+    assert killed.returncode != 0 and (tmp_path / "killed").exists(), killed.stdout[-2000:]
+    resumed = train(example_command, project, killable, "dict-ddp-killed", *classes, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("Run 'dict-ddp-killed': resuming from last.ckpt (epoch 2, step 6)") == 1, resumed.stdout
+    assert max_abs_difference(final_weights(project, "dict-ddp-killed"), final_weights(project, "dict-ddp-whole")) == 0
 
 
 # -- the kind, read off a batch, and evaluate's metrics per kind, against scikit-learn ---------------------
@@ -251,7 +277,7 @@ def test_the_projects_own_tests_pass_for_another_task(shape, example_project, tm
     """The generated project's tests hold for any model, as the README's "Your own model and data" says:
     its one step removes the example's own files, the task's model and data become the project's (one
     module, named in configs/default.yaml with their settings), and `pytest` and `reproduce` pass."""
-    model, data, _, _ = SHAPES[shape]
+    model, data, options, _, _ = SHAPES[shape]
     project, command = copy_of_example_project(example_project, tmp_path / "project")
     readme = (project / "README.md").read_text()
     remove_the_example = re.search(r"in one step:\n\n +```sh\n(.*?)```", readme, flags=re.S)[1]
@@ -264,6 +290,9 @@ def test_the_projects_own_tests_pass_for_another_task(shape, example_project, tm
     text = default.read_text()
     example_model = "  class_path: digits_mlp.model.DigitsClassifier\n  init_args:\n    hidden_sizes: [256, 256]\n"
     assert example_model in text and "    dropout: 0.2\n" in text
+    for option in options:  # the regression's monitored metric and mode, as the README's table says
+        name, value = option.removeprefix("--checkpointing.").split("=")
+        text = re.sub(rf"^  {name}: .*$", f"  {name}: {value}", text, count=1, flags=re.M)
     text = text.replace(example_model, f"  class_path: digits_mlp.shapes.{model}\n  init_args:\n")
     text = text.replace("    dropout: 0.2\n", "").replace(
         "digits_mlp.data.DigitsDataModule", f"digits_mlp.shapes.{data}"

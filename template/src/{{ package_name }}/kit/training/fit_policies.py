@@ -19,17 +19,16 @@ class CheckpointPolicy:
     every_n_steps: rewrite runs/<run>/checkpoints/last.ckpt every this many optimizer steps (null: never by steps).
     every_n_minutes: ... and whenever this many minutes passed since the last write (null: never by time).
     save_top_k: keep this many best checkpoints by `monitor`.
-    monitor: the validation metric that ranks checkpoints (val/loss: every task logs one; null, for a model
-        whose validation logs no metric: no best checkpoints and no early stopping; evaluation and export
-        use final.ckpt).
+    monitor: the validation metric that ranks checkpoints (null, for a model whose validation logs no metric:
+        no best checkpoints and no early stopping; evaluation and export use final.ckpt).
     mode: "max" if a higher `monitor` is better, "min" if lower is better.
     """
 
     every_n_steps: int | None = None
     every_n_minutes: float | None = 5.0
     save_top_k: int = 2
-    monitor: str | None = "val/loss"
-    mode: Literal["min", "max"] = "min"
+    monitor: str | None = "val/acc"
+    mode: Literal["min", "max"] = "max"
 
 
 # Words in a metric's name that say which way is better; a mode against them would keep the worst

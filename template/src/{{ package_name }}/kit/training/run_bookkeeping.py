@@ -7,7 +7,7 @@ One callback, `RunBookkeeping`, does four small jobs:
   every save passes here, in every process, before anything is written;
 - it stops `fit` at the first validation (the sanity check, before any training) when the model
   does not log the metric that checkpoints and early stopping follow, naming the metrics it does
-  log: a metric named in the config that the model never logs, or a model that logs no `val/loss`;
+  log: a regression model under the classification default `val/acc`;
 - it marks the run `failed` (manifest and record) when an error ends `fit`, instead of leaving
   `running`.
 One callback rather than three because Lightning calls every hook of every callback at every

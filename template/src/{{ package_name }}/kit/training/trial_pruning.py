@@ -47,7 +47,7 @@ def active_trial_pruning(monitor: str | None) -> TrialPruning | None:
 
 
 class TrialPruning(pl.Callback):
-    def __init__(self, trial: Any, monitor: str = "val/loss") -> None:
+    def __init__(self, trial: Any, monitor: str = "val/acc") -> None:
         self.trial = trial
         self.monitor = monitor
         self.pruned = False

@@ -268,8 +268,8 @@ def checkpoint_to_use(
     Raises MissingTrainedRun, with what to do, when `ckpt_path` names no checkpoint or the run has none;
     TrainedAnotherModel when `model` (what it is to be used with) is not the class the run trained, or the
     class recorded in the named `ckpt_path`; TrainedOnOtherData when `data` is not the data the run trained
-    and no `ckpt_path` was named; WeightsError when the model built
-    here started from other base weights than the run's.
+    and no `ckpt_path` was named; WeightsError when the model built here started from other base weights
+    than the run's.
     """
     refuse_other_base_weights(run.name, run.recorded_pretrained(), action)
     if ckpt_path:

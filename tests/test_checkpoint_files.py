@@ -20,6 +20,7 @@ def kit(example_package) -> SimpleNamespace:
         checkpoint_io=checkpoint_io,
         atomic_torch_save=checkpoint_io.atomic_torch_save,
         newest_checkpoint=checkpoint_files.newest_checkpoint,
+        read_checkpoint_info=checkpoint_files.read_checkpoint_info,
         UnreadableCheckpointWarning=checkpoint_files.UnreadableCheckpointWarning,
         RunDirectory=directory.RunDirectory,
         capture_rng_states=random_states.capture_rng_states,
@@ -115,3 +116,39 @@ def test_an_exception_checkpoint_is_never_resumed_from(kit, tmp_path: Path) -> N
     kit.atomic_torch_save(fake_checkpoint(20), tmp_path / "last.ckpt")
     kit.atomic_torch_save(fake_checkpoint(23), tmp_path / "on_exception.ckpt")  # mid-step, for post-mortem
     assert kit.newest_checkpoint(tmp_path).path.name == "last.ckpt"
+
+
+def test_a_checkpoint_says_which_model_class_it_holds(kit, tmp_path: Path) -> None:
+    recorded = {**fake_checkpoint(3), "hyper_parameters": {"_class_path": "project.model.Regressor", "width": 8}}
+    kit.atomic_torch_save(recorded, tmp_path / "with-class.ckpt")
+    kit.atomic_torch_save(fake_checkpoint(3), tmp_path / "without.ckpt")
+    assert kit.read_checkpoint_info(tmp_path / "with-class.ckpt").model_class == "project.model.Regressor"
+    assert kit.read_checkpoint_info(tmp_path / "without.ckpt").model_class is None
+
+
+@pytest.mark.parametrize(
+    ("monitor", "refused_mode"),
+    [
+        ("val/acc", "min"),
+        ("val/loss", "max"),
+        ("val/mean_iou", "min"),
+        ("valid_MSE", "max"),
+        ("val/neg_loss", "min"),  # a negating word turns the direction: higher is better
+        ("val/neg_acc", "max"),
+    ],
+)
+def test_a_mode_against_the_metrics_name_is_refused(monitor: str, refused_mode: str, example_package) -> None:
+    from digits_mlp.kit.training.fit_policies import refuse_a_mode_against_the_metric
+
+    kept_mode = {"min": "max", "max": "min"}[refused_mode]
+    refuse_a_mode_against_the_metric(monitor, kept_mode)
+    with pytest.raises(ValueError, match=f"monitor is '{monitor}' with mode '{refused_mode}'"):
+        refuse_a_mode_against_the_metric(monitor, refused_mode)
+
+
+@pytest.mark.parametrize("monitor", ["val/score", "val/acc_minus_loss", None])
+def test_a_metric_whose_name_does_not_say_takes_either_mode(monitor, example_package) -> None:
+    from digits_mlp.kit.training.fit_policies import refuse_a_mode_against_the_metric
+
+    for mode in ("min", "max"):
+        refuse_a_mode_against_the_metric(monitor, mode)

@@ -89,6 +89,8 @@ def test_other_loggers_write_into_the_run_directory(
         # Quiet: wandb's banners (with colour codes, even into files) gone; one line says where the run is.
         assert f"W&B (offline): {offline}; `wandb sync {offline}` uploads it." in done.stdout
         assert "\x1b[" not in done.stdout + done.stderr and "wandb: Tracking run" not in done.stdout + done.stderr
+        # Not even the warning about the `anonymous` setting that Lightning passes and wandb ignores.
+        assert not [line for line in done.stderr.splitlines() if line.startswith("wandb:")], done.stderr
     # CSV beside it: reproduce's figures and the cards read it whatever logger was chosen.
     assert "val/acc" in (run_dir / "logs" / "metrics.csv").read_text()
     a_task_of_another_shape_with_this_logger(project, package, venv.script(package), logger, tmp_path)

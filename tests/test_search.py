@@ -125,8 +125,9 @@ def test_a_pruner_stops_a_trial_that_falls_behind(example_project, example_comma
         ("{low: 1.0e-4, high: 1.0e-1, log: true}", "line 7: model.init_args.learning_rate: the range needs numbers"),
         ("{choices: [[32], [64, 32]]}", "line 8: model.init_args.hidden_sizes: `choices` takes a non-empty list"),
         ("--trainer.max_epochs=1]", "a search ranks its trials by checkpointing.monitor, and the trials' config"),
+        ("--trainer.max_epochs=1", "checkpointing: monitor is 'val/loss' with mode 'max', but a lower val/loss is"),
     ],
-    ids=["trials", "unknown option", "empty range", "empty choices", "no monitored metric"],
+    ids=["trials", "unknown option", "empty range", "empty choices", "no monitored metric", "mode against metric"],
 )
 def test_a_bad_sweep_file_is_refused_naming_the_line(example_package, tmp_path, monkeypatch, change, message):
     from digits_mlp.kit.experiments.sweeps import sweep_main
@@ -139,6 +140,7 @@ def test_a_bad_sweep_file_is_refused_naming_the_line(example_package, tmp_path, 
         "{low: 1.0e-4, high: 1.0e-1, log: true}": "{low: 0.1, high: 0.01}",
         "{choices: [[32], [64, 32]]}": "{choices: []}",
         "--trainer.max_epochs=1]": "--trainer.max_epochs=1, --checkpointing.monitor=null]",
+        "--trainer.max_epochs=1": "--trainer.max_epochs=1, --checkpointing.monitor=val/loss",  # mode stays max
     }[change]
     sweep = tmp_path / "bad.yaml"
     sweep.write_text(SEARCH.format(name="bad").replace(change, broken))

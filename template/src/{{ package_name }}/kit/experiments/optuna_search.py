@@ -51,6 +51,7 @@ import yaml
 from ..runs.atomic_files import atomic_write_text
 from ..runs.identity import experiment, monitors_no_metric
 from ..runs.root import RunsRoot
+from ..training.fit_policies import CheckpointPolicy, refuse_a_mode_against_the_metric
 
 SPEC_KEYS = {"name", "strategy", "trials", "sampler", "pruner", "seed", "options", "parameters"}
 FLOAT_OR_INT_KEYS = {"low", "high", "log", "step"}
@@ -202,7 +203,14 @@ def _ranking_mode(spec: dict[str, Any], extra_options: list[str]) -> str:
             "a search ranks its trials by checkpointing.monitor, and the trials' config sets it to null: "
             "set it to a metric validation logs (in the sweep's options or configs/default.yaml)"
         )
-    return experiment(options).get("checkpointing", {}).get("mode", "max")
+    checkpointing = experiment(options).get("checkpointing", {})
+    defaults = CheckpointPolicy()
+    monitor, mode = checkpointing.get("monitor", defaults.monitor), checkpointing.get("mode", defaults.mode)
+    try:  # refused before the first trial trains, as `fit` would refuse it
+        refuse_a_mode_against_the_metric(monitor, mode)
+    except ValueError as wrong:
+        raise SweepFileError(f"checkpointing: {wrong}") from None
+    return mode
 
 
 def _open_study(spec: dict[str, Any], name: str, directory: Path, mode: str):

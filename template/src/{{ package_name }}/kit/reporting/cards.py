@@ -174,7 +174,7 @@ def _model_line(class_path: str, model_args: dict, task_kind: str | None) -> str
 def model_card(run_dir: Path, path: Path, previous_run_dir: Path | None = None) -> None:
     """Write the card of the model a run trained, compared with a previous run if given."""
     run = RunDirectory(run_dir)
-    config, record, manifest = run.recorded_config(), json.loads(run.record_path.read_text()), run.read_manifest()
+    config, record, manifest = run.recorded_config(), run.record(), run.read_manifest()
     start = run.last_start()
     model_args = config.get("model", {}).get("init_args", {})
     evaluation = run.evaluation_dir("test") / "metrics.md"

@@ -16,7 +16,6 @@ scored on data other than the data it was trained on (`refuse_other_training_dat
 from __future__ import annotations
 
 import importlib
-import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -61,6 +60,8 @@ class CheckpointInfo:
     epoch: int
     # The saved positions of stateful training loaders (ResumableDataLoader.state_dict), if any.
     loader_states: tuple[dict, ...] = ()
+    # The model's class as LightningCLI recorded it in the hyperparameters ("package.module.Class"), if it did.
+    model_class: str | None = None
 
     @property
     def preference(self) -> int:
@@ -83,6 +84,7 @@ def read_checkpoint_info(path: Path) -> CheckpointInfo:
         global_step=int(checkpoint["global_step"]),
         epoch=int(checkpoint["epoch"]),
         loader_states=tuple(loops.get("combined_loader", ())),
+        model_class=(checkpoint.get("hyper_parameters") or {}).get("_class_path"),
     )
 
 
@@ -179,8 +181,10 @@ def refuse_other_training_data(run: RunDirectory, data: object, action: str) -> 
     training examples into the test split, and the score would mean nothing. Naming a checkpoint with
     --ckpt_path is how to score it on other data on purpose."""
     fingerprint = getattr(data, "data_fingerprint", None)
+    if not callable(fingerprint):
+        return  # a data module without a fingerprint: nothing to compare (the run recorded none either)
     trained_on = run.last_start().get("data_fingerprint")
-    if not callable(fingerprint) or trained_on is None:
+    if trained_on is None:
         return
     try:
         now = fingerprint()
@@ -237,10 +241,9 @@ def refuse_checkpoint_of_another_class(checkpoint: Path, model: object, action: 
     if model is None:
         return
     try:
-        checkpoint_contents = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError):  # unreadable: loading it says why, in its own words
+        recorded = read_checkpoint_info(checkpoint).model_class
+    except Exception:  # noqa: BLE001 - unreadable: loading it says why, in its own words
         return
-    recorded = (checkpoint_contents.get("hyper_parameters") or {}).get("_class_path")
     if recorded is None or _is_class(recorded, type(model)):
         return
     raise TrainedAnotherModel(

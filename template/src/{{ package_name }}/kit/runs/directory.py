@@ -211,11 +211,16 @@ class RunDirectory:
             return {}
         return yaml.safe_load(self.config_path.read_text()) or {}
 
-    def last_start(self) -> dict[str, Any]:
-        """The latest start in the run's record (seed, data fingerprint, machine, ...); {} before the first."""
+    def record(self) -> dict[str, Any]:
+        """The run's record.json (its starts, status, end and final metrics; kit/runs/record.py); {} before
+        the first start."""
         if not self.record_path.exists():
             return {}
-        starts = json.loads(self.record_path.read_text()).get("starts") or []
+        return json.loads(self.record_path.read_text())
+
+    def last_start(self) -> dict[str, Any]:
+        """The latest start in the run's record (seed, data fingerprint, machine, ...); {} before the first."""
+        starts = self.record().get("starts") or []
         return starts[-1] if starts else {}
 
     def start(

@@ -32,15 +32,27 @@ class CheckpointPolicy:
 
 
 # Words in a metric's name that say which way is better; a mode against them would keep the worst
-# checkpoints and stop at the first improvement, silently. A name with none of them is taken as given.
+# checkpoints and stop at the first improvement, silently. A negating word turns the direction
+# (val/neg_loss: higher is better). A name with none of them, or with words of both kinds, is taken as given.
 _HIGHER_IS_BETTER = {"acc", "accuracy", "f1", "auc", "auroc", "ap", "iou", "dice", "r2", "precision", "recall", "map"}
 _LOWER_IS_BETTER = {"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "ece"}
+_NEGATING = {"neg", "negative", "minus", "inv", "inverse"}
+
+
+def better_direction(monitor: str | None) -> str | None:
+    """Which mode the metric's name asks for ("max" or "min"); None when the name does not say."""
+    words = set(re.split(r"[^a-z0-9]+", (monitor or "").lower()))
+    higher, lower = bool(words & _HIGHER_IS_BETTER), bool(words & _LOWER_IS_BETTER)
+    if higher == lower:
+        return None
+    if words & _NEGATING:
+        higher = not higher
+    return "max" if higher else "min"
 
 
 def refuse_a_mode_against_the_metric(monitor: str | None, mode: str) -> None:
     """ValueError when `mode` contradicts the monitored metric's name (val/acc with min, val/loss with max)."""
-    words = set(re.split(r"[^a-z0-9]+", (monitor or "").lower()))
-    expected = "max" if words & _HIGHER_IS_BETTER else "min" if words & _LOWER_IS_BETTER else mode
+    expected = better_direction(monitor) or mode
     if mode != expected:
         better = "higher" if expected == "max" else "lower"
         raise ValueError(

@@ -475,10 +475,26 @@ def _point_logger_at_run(logger: Namespace, run: RunDirectory) -> None:
         # A W&B id derived from the run name: a resumed run continues the same W&B run.
         init_args.update(Namespace(save_dir=str(run.path), name=run.name, id=run.name, resume="allow"))
         # Quiet: wandb's ten banner lines (colour codes included, even into log files); the end of `fit` says
-        # in one line where the W&B run is (_wandb_line). One warning stays: wandb checks the `anonymous`
-        # setting that Lightning always passes before it reads WANDB_SILENT.
+        # in one line where the W&B run is (_wandb_line).
         os.environ.setdefault("WANDB_SILENT", "true")
+        _quiet_wandb_terminal()
     logger.init_args = init_args
+
+
+def _quiet_wandb_terminal() -> None:
+    """wandb's terminal silent before the logger starts it, as WANDB_SILENT asks.
+
+    wandb reads WANDB_SILENT only after it checked the settings `wandb.init` was given, and Lightning's
+    WandbLogger always gives `anonymous` (None when unset), which wandb answers with "The anonymous setting
+    has no effect" on every start: a warning the researcher cannot act on. `wandb.termsetup` is what
+    wandb itself calls with the settings it read; calling it first with the same silent setting changes
+    nothing else (wandb starts no process for it).
+    """
+    if os.environ.get("WANDB_SILENT", "").lower() not in ("true", "1"):
+        return  # the researcher asked for wandb's messages
+    import wandb
+
+    wandb.termsetup(wandb.Settings(silent=True), None)
 
 
 def _wandb_line(run: RunDirectory) -> str:

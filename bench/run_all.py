@@ -16,6 +16,7 @@ BENCHMARKS = [
     "checkpointing.py",
     "copier_speed.py",
     "inference.py",
+    "serving.py",
     "run_integrity.py",
     "help_speed.py",
 ]

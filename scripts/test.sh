@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
+# The browser tests (tests/test_serving.py) drive Debian's chromium; browsers that tools download from
+# elsewhere are not used. Installed here when missing and this runs as root.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing Debian's chromium for the browser tests (apt-get install chromium)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
 if [ "$(id -u)" = 0 ]; then
     echo "test.sh: the Slurm tests will install slurm-wlm and munge if missing, write /etc/slurm and /etc/munge," \
          "and run munged, slurmctld and slurmd as root while they last (scripts/start-slurm.sh, stop-slurm.sh)."

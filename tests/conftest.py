@@ -174,6 +174,7 @@ LONGEST_FIRST = [
     "test_reproduce_and_cache.py",  # 96 s
     "test_generated_project.py",  # 82 s
     "test_deployment.py",  # 82 s
+    "test_serving.py",  # ~55 s after the example's install: servers, clients and a browser
     "test_bad_storage.py",  # 48 s
     "test_search.py",  # 41 s
     "test_pretrained_weights.py",  # 40 s

@@ -4,11 +4,12 @@ Commands that would change the machine are dry-run instead: `python -m venv` che
 interpreter exists, `pip install` runs with --dry-run (but the install from the lock, which
 downloads every locked package to check its hash: the example_project fixture's venv is made by
 that very command, template_dev.make_project_venv; here the lock file must exist), `copier update` runs
-with --pretend; activating the virtualenv is done by putting its bin/ first on PATH. The
-project's venv has exactly the packages of a venv installed from its lock (locks/cpu.txt, as the
-README says: the example_project fixture), so the project's own tests (`pytest`, in the Test
-section) pass in the locked environment. Everything else runs as written. The one `sh` block,
-removing the example, is run by tests/test_task_kinds.py, in a copy that then trains another task.
+with --pretend, `serve` runs for 30 s and is stopped with SIGTERM (a clean stop exits 0); activating
+the virtualenv is done by putting its bin/ first on PATH. The project's venv has exactly the
+packages of a venv installed from its lock (locks/cpu.txt, as the README says: the example_project
+fixture), so the project's own tests (`pytest`, in the Test section) pass in the locked environment.
+Everything else runs as written. The one `sh` block, removing the example, is run by
+tests/test_task_kinds.py, in a copy that then trains another task.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def as_run(command: str) -> str | None:
         return "pip install --dry-run " + shlex.join(words[2:])
     if words[:4] == ["python", "-m", "copier", "update"]:
         return command + " --pretend"
+    if words[1:2] == ["serve"]:  # a server runs until stopped: SIGTERM after 30 s must end it cleanly, exit 0
+        return f"timeout --preserve-status -s TERM 30 {command}"
     return command
 
 

@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -336,6 +338,8 @@ def test_the_apptainer_definition_installs_the_cuda_lock(example_project) -> Non
     assert header == {"Bootstrap": "docker", "From": "python:3.11-slim"}
     sections = re.findall(r"^%(\w+)$", definition, flags=re.M)
     assert sections == ["files", "post", "environment", "test"]
+    # `apptainer run --app serve IMAGE ...` serves a run from the image (`submit --serve` does it in a job).
+    assert re.search(r'^%apprun serve\n\s+exec python -m digits_mlp serve "\$@"$', definition, flags=re.M), definition
     files = definition.split("%files\n")[1].split("\n\n")[0].split()
     assert files == ["locks", "/opt/project/locks"]
     install = re.search(r"^\s+pip install .*-r /opt/project/(locks/\S+)$", definition, flags=re.M)
@@ -446,3 +450,35 @@ def study_trials(journal: Path, name: str) -> list:
 
     storage = JournalStorage(JournalFileBackend(str(journal)))
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def test_a_serving_job_answers_on_its_node_until_cancelled_and_then_stops_cleanly(cluster_project) -> None:
+    project, command, site, env, runs = cluster_project
+    run([*command, "fit", "--trainer.max_epochs=1", "--run_name", "to-serve"], cwd=project, env=env)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = submit(cluster_project, "--serve", "--port", str(port), "--run_name", "to-serve")
+    script = (runs / "to-serve" / "slurm" / "serve.sbatch").read_text()
+    # On a MIG slice by default; nothing to checkpoint or requeue.
+    assert "#SBATCH --gres=gpu:1g.10gb:1" in script and "--requeue" not in script and "USR1" not in script
+    wait_for(lambda: "Serving run 'to-serve'" in log_of(runs, job), 120, "the job to start serving")
+    samples = (project / "data" / "serving-example.csv").read_text().splitlines()
+    row = [float(value) for value in next(line for line in samples if not line.startswith("#")).split(",")]
+    answer = wait_for(lambda: _predicted(port, row), 60, "the served model to answer")
+    assert answer["predictions"][0]["prediction"] in range(10) and job_state(job) == "RUNNING"
+    run(["scancel", str(job)], cwd=runs)
+    assert wait_until_done(job, timeout=90) == "CANCELLED"
+    wait_for(lambda: "Stopped on SIGTERM after answering 1 request(s)." in log_of(runs, job), 30, "a clean stop")
+    assert "Traceback" not in log_of(runs, job)
+
+
+def _predicted(port: int, row: list[float]) -> dict | None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict", json.dumps({"inputs": [row]}).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except OSError:  # not listening yet
+        return None

@@ -19,9 +19,9 @@ The rooms, one concern each (docs/layout.md has the table):
   diagnostics/  before a long run: sanity checks (`check`), LR and batch-size finders, `loader`
   evaluation/   a trained model measured (`evaluate`)
   experiments/  many runs: sweeps, Optuna searches, seeds and comparisons
-  reporting/    reproduce (artifacts on doit), README table, dataset and model cards
+  reporting/    reproduce (artifacts on doit), README table, dataset and model cards, the runs report
   weights/      pretrained weights from an offline cache (`weights fetch/list/verify`), pinned and recorded
-  deployment/   export (ONNX, torch.export), the inference budget, `predict-files`
+  deployment/   export (ONNX, torch.export), the inference budget, `predict-files`, `serve`, `load-test`
   cluster/      SLURM jobs, the memory profile for MIG slices, supervise, doctor, the lock
 
 Names load on first use (PEP 562 `__getattr__`), so `import <package>.kit` costs nothing and a light

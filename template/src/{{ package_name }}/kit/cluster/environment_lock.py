@@ -3,7 +3,7 @@
 Managed by the copier-lightning template.
 
 `locks/<variant>.txt` pins every package the project installs (its dependencies, the `example`,
-`dev` and `export` extras, and torch in the variant's build), each with its sha256 hashes, for Linux x86_64 and
+`dev`, `export` and `serve` extras, and torch in the variant's build), each with its sha256 hashes, for Linux x86_64 and
 the project's Python. pip installs one and checks every hash:
 
     pip install --require-hashes --no-deps -r locks/cpu.txt && pip install --no-deps -e .
@@ -37,7 +37,7 @@ from ..runs.atomic_files import atomic_write_text
 from .compromised_releases import compromised_releases
 
 LOCKS = Path("locks")
-EXTRAS = ("example", "dev", "export")
+EXTRAS = ("example", "dev", "export", "serve")
 PLATFORM = "x86_64-manylinux_2_28"
 # Packages whose versions depend on the torch build: they may differ between variants.
 BUILD_PACKAGES = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")

@@ -124,8 +124,13 @@ def job_script(
     project: Path,
     array: int | None = None,
     code: Path | None = None,
+    serving_port: int | None = None,
 ) -> str:
-    """The job script; `code`: the code snapshot the job runs in (kit/runs/code_state.py), else the project."""
+    """The job script; `code`: the code snapshot the job runs in (kit/runs/code_state.py), else the project.
+
+    serving_port: a serving job (`submit --serve`): `command` answers on this port until the job is
+    cancelled or reaches its time limit; no checkpoint signal and no requeue (there is nothing to resume).
+    """
     logs = RunsRoot.current().slurm_logs
     log_name = "%x-%A_%a.out" if array else "%x-%j.out"
     gres = request.gres or f"{site['full_gpu_gres']}:{request.count}"
@@ -144,14 +149,22 @@ def job_script(
         f"#SBATCH --gres={gres}",
         f"#SBATCH --cpus-per-task={site['cpus_per_gpu']}",
         f"#SBATCH --mem={int(memory.group(1)) * request.count}{memory.group(2)}",
-        f"#SBATCH --signal=B:USR1@{int(site['signal_lead_seconds'])}",
-        "#SBATCH --requeue",
+        *(
+            [f"#SBATCH --signal=B:USR1@{int(site['signal_lead_seconds'])}", "#SBATCH --requeue"]
+            if serving_port is None
+            else []
+        ),
         "#SBATCH --open-mode=append",
         f"#SBATCH --output={logs}/{log_name}",
         *([f"#SBATCH --array=0-{array - 1}"] if array else []),
         "",
         f"# {'One MIG slice, one process.' if request.kind == 'mig' else 'One process per GPU (DDP).'}"
-        " Written by `submit`; re-submitting the same command resumes the same run.",
+        + (
+            " Written by `submit`; re-submitting the same command resumes the same run."
+            if serving_port is None
+            else " Written by `submit --serve`: `scancel` or the time limit stops it (SIGTERM: requests in flight"
+            " are answered first)."
+        ),
         "set -uo pipefail",
         f"cd {shlex.quote(str(project))}",
         *site["setup"].strip().splitlines(),
@@ -175,6 +188,14 @@ def job_script(
         'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"',
         'echo "job ${SLURM_JOB_ID} on $(hostname) at $(date -Is), restart ${SLURM_RESTART_COUNT:-0}"',
         "",
+        *(_serving_tail(command, serving_port) if serving_port is not None else _training_tail(command)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _training_tail(command: str) -> list[str]:
+    """`fit` under srun, USR1 relayed to it, and the requeue when it stopped for one."""
+    return [
         "# USR1 reaches this shell; pass it on to the training processes, which checkpoint and exit with 3.",
         f"# The step ends at most {TASK_EXIT_GRACE_SECONDS} s after its first task, whatever its exit code",
         "# (all exit with 3 on USR1, a moment apart: --kill-on-bad-exit would cancel the later ones).",
@@ -192,7 +213,14 @@ def job_script(
         "fi",
         'exit "$status"',
     ]
-    return "\n".join(lines) + "\n"
+
+
+def _serving_tail(command: str, port: int) -> list[str]:
+    """`serve` under srun: scancel and the time limit send it SIGTERM, which it answers by finishing."""
+    return [
+        f'echo "serving at http://$(hostname):{port}/ (scancel ${{SLURM_JOB_ID}} stops it)"',
+        f"exec srun {command}",
+    ]
 
 
 def container_python(image: str, project: Path, code: Path | None = None) -> str:
@@ -224,12 +252,20 @@ def submit_main(argv: list[str]) -> int:
     parser.add_argument("--sweep", type=Path, help="submit a job array, one task per trial of this sweep file")
     parser.add_argument("--write-only", action="store_true", help="write the job script, print sbatch, do not run it")
     parser.add_argument("--site", type=Path, default=SITE_CONFIG, help=f"site config (default {SITE_CONFIG})")
+    parser.add_argument("--serve", action="store_true",
+                        help="submit `serve` instead: the run's model over HTTP on its node until scancel "
+                        "(default: the site's first MIG slice)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=8000, help="with --serve: the port it listens on (default 8000)")
     args, fit_options = parser.parse_known_args(argv)
     try:
         site = load_site(args.site)
-        request = parse_gpu_request(args.gpu or str(site.get("default_gpu", "full:1")), site, args.nodes)
+        default = _serving_gpu(site) if args.serve else str(site.get("default_gpu", "full:1"))
+        request = parse_gpu_request(args.gpu or default, site, args.nodes)
         refuse_multi_process_on_mig(request, fit_options)
-        job = _prepare(request, site, fit_options, args.sweep)
+        if args.serve:
+            job = _prepare_serving(request, site, fit_options, args.port)
+        else:
+            job = _prepare(request, site, fit_options, args.sweep)
     except (SlurmSetupError, RunNameError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -245,7 +281,8 @@ def submit_main(argv: list[str]) -> int:
         )
         return 2
     try:
-        print(_freeze(job, allow_changed_code=bool(option_value(fit_options, "allow_changed_code"))))
+        if not args.serve:  # a serving job trains nothing: it loads the checkpoint with the project's code
+            print(_freeze(job, allow_changed_code=bool(option_value(fit_options, "allow_changed_code"))))
     except (SnapshotError, CodeChangedError, RunHeldError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -293,6 +330,32 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
     command = f"{_python(site, project, code)} -m {PACKAGE} fit {shlex.join(run_options)}"
     script = job_script(request, site, run.name, command, project, code=code)
     return PreparedJob(run.slurm_dir / f"{request.kind}.sbatch", script, code, run)
+
+
+def _serving_gpu(site: dict) -> str:
+    """Where a serving job runs without --gpu: the site's smallest MIG slice (listed first), else its default."""
+    mig_types = site.get("mig_types") or []
+    return f"mig:{mig_types[0]}" if mig_types else str(site.get("default_gpu", "full:1"))
+
+
+def _prepare_serving(request: GpuRequest, site: dict, fit_options: list[str], port: int) -> PreparedJob:
+    """`serve` of the run that `fit` with `fit_options` trains, as a job; refused before a queue wait when the
+    run has no checkpoint yet or the request asks for more than one process."""
+    if request.count * request.nodes != 1:
+        raise SlurmSetupError(
+            f"a serving job runs one process on one GPU or MIG slice, not {request.count}x{request.nodes}"
+        )
+    project = Path.cwd()
+    run_options = [*fit_options]
+    run = RunsRoot.current().run(run_name(run_options))
+    if "--run_name" not in run_options:
+        run_options += ["--run_name", run.name]
+    if not any(run.checkpoint_dir.glob("*.ckpt")):
+        raise SlurmSetupError(f"run '{run.name}' has no checkpoint yet ({run.checkpoint_dir}): train it first")
+    options = shlex.join(["--host", "0.0.0.0", "--port", str(port), *run_options])
+    command = f"{_python(site, project, project)} -m {PACKAGE} serve {options}"
+    script = job_script(request, site, f"serve-{run.name}", command, project, serving_port=port)
+    return PreparedJob(run.slurm_dir / "serve.sbatch", script, project, run)
 
 
 def _python(site: dict, project: Path, code: Path) -> str:

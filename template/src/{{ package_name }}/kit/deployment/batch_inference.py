@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .predictor import add_predictor_options
+
 SUFFIXES = (".npy", ".csv", ".csv.gz", ".txt", ".jsonl")
 
 
@@ -140,53 +142,26 @@ def predict_files_main(argv: list[str]) -> int:
     parser.add_argument("inputs", nargs="+", type=Path, help="files or folders (.npy, .csv, .csv.gz, .txt, .jsonl)")
     parser.add_argument("--output", type=Path, required=True, help="the CSV of predictions (appended to on a re-run)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--engine", choices=["pytorch", "onnx"], default="pytorch",
-                        help="the checkpoint in PyTorch, or the run's ONNX export (`export` first)")  # fmt: skip
-    parser.add_argument("--ckpt_path", default=None, help="this checkpoint instead of the run's best")
+    add_predictor_options(parser)
     args, config_args = parser.parse_known_args(argv)
     try:
         files = input_files(args.inputs)
     except InputError as bad:
         print(f"error: {bad}", file=sys.stderr)
         return 2
-    import torch
+    from .predictor import PredictorError, load_predictor
 
-    from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use
-    from ..training.project_loading import load_project
-    from ..weights.cache import WeightsError
-
-    project = load_project(config_args)
-    model, data, run = project.model, project.datamodule, project.run
-    preprocess = getattr(data, "serving_preprocessing", None)
-    if preprocess is None:
-        print(f"error: {type(data).__name__} has no `serving_preprocessing`: give it the function that turns raw "
-              "samples into model inputs, the one its training features use (see the example's data.py)",
-              file=sys.stderr)  # fmt: skip
+    try:
+        predictor = load_predictor(config_args, args.engine, args.ckpt_path)
+    except PredictorError as refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
-    if args.engine == "onnx":
-        from .onnx_runtime import onnx_session
-
-        session = onnx_session(run.export_dir / "model.onnx")
-
-        def predict(inputs):
-            return torch.from_numpy(session.run(None, {"inputs": inputs.numpy()})[0]).float()
-    else:
-        try:
-            checkpoint = checkpoint_to_use(run, args.ckpt_path, "predict with")
-        except (MissingTrainedRun, WeightsError) as refused:  # no trained run; other base weights than its own
-            print(f"error: {refused}", file=sys.stderr)
-            return 2
-        model = type(model).load_from_checkpoint(checkpoint, map_location="cpu").eval()
-
-        def predict(inputs):
-            with torch.inference_mode():
-                return model(inputs).float()
 
     def progress(done: int, file_number: int, files: int) -> None:
         print(f"\rpredicted {done} (file {file_number} of {files})", end="", flush=True)
 
     try:
-        written = predict_files(files, args.output, preprocess, predict, args.batch_size, progress)
+        written = predict_files(files, args.output, predictor.preprocess, predictor.predict, args.batch_size, progress)
     except InputError as bad:
         print(f"\nerror: {bad}", file=sys.stderr)
         return 2

@@ -34,6 +34,8 @@ from ..runs.atomic_files import atomic_write_text
 
 BUDGET_FILE = Path("configs/inference-budget.yaml")
 BUDGET_KEYS = {"device", "batch_sizes", "latency_ms", "throughput_per_second", "peak_memory_mb"}
+# Optional: `served: {clients: N, p95_ms: MS}`, what `load-test` holds the served model to (load_test.py).
+SERVED_KEYS = {"clients", "p95_ms"}
 DEVICES = ("cpu", "cuda")
 WARMUP, REPEATS = 10, 50
 LATENCY_FORM = "{p50: MS, p95: MS}"  # how one batch size's latency limits are written
@@ -51,7 +53,7 @@ def read_budget(path: Path) -> dict[str, Any]:
     budget = yaml.safe_load(text) or {}
     if not isinstance(budget, dict):
         raise BudgetError(f"{path}: the budget is a mapping of {', '.join(sorted(BUDGET_KEYS))}")
-    unknown = sorted(set(budget) - BUDGET_KEYS)
+    unknown = sorted(set(budget) - BUDGET_KEYS - {"served"})
     if unknown:
         raise BudgetError(f"{path}{_line(text, unknown[0])}: unknown key {unknown[0]!r}; the budget has "
                           f"{', '.join(sorted(BUDGET_KEYS))}")  # fmt: skip
@@ -78,6 +80,15 @@ def read_budget(path: Path) -> dict[str, Any]:
     for key in ("throughput_per_second", "peak_memory_mb"):
         if not _positive(budget[key]):
             raise BudgetError(f"{path}{_line(text, key)}: {key} must be a positive number, got {budget[key]!r}")
+    served = budget.get("served", {})
+    if not (
+        isinstance(served, dict)
+        and set(served) <= SERVED_KEYS
+        and all(_positive(value) for value in served.values())
+        and float(served.get("clients", 1)).is_integer()
+    ):
+        raise BudgetError(f"{path}{_line(text, 'served')}: write served: {{clients: N, p95_ms: MS}}, positive numbers "
+                          f"(clients whole); got {served!r}")  # fmt: skip
     return budget
 
 

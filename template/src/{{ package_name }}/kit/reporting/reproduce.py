@@ -13,7 +13,8 @@ dependencies are what decides its content:
   formatting do not count.
 The kit is not a dependency: a template update does not make your trained models stale (its
 CHANGELOG says when results change; `reproduce NAME --force` rebuilds regardless).
-doit keeps the dependency state in .reproduce/doit.json. A sharded checkpoint (a directory of shards,
+doit keeps the dependency state in .reproduce/doit.json. After every build the page of every run
+(`report`, kit/reporting/runs_report.py) is written again. A sharded checkpoint (a directory of shards,
 `--trainer.strategy=fsdp2`) counts as one input: by its list of shard checksums (`CheckpointAwareChecker`).
 """
 
@@ -288,4 +289,17 @@ def reproduce_main(argv: list[str]) -> int:
     except RunNameError as bad:
         print(f"error: {bad}")
         return 2
-    return DoitMain(loader).run(["run", *(["--always-execute"] if args.force else []), *names])
+    code = DoitMain(loader).run(["run", *(["--always-execute"] if args.force else []), *names])
+    _write_runs_report()
+    return code
+
+
+def _write_runs_report() -> None:
+    """The page of every run (`report`), written again after every build, whether it succeeded or not."""
+    from ..runs.root import runs_root
+    from .runs_report import REPORT_NAME, build_report
+
+    root = runs_root()
+    if root.is_dir():
+        shown = build_report(root, root / REPORT_NAME)
+        print(f"Report of {shown} run(s): {root / REPORT_NAME}")

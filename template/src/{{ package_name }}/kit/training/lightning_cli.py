@@ -407,21 +407,23 @@ class ProjectCLI(LightningCLI):
 
     def _report_fit_end(self, rolling: RollingCheckpoint) -> None:
         metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
+        usage = _gpu_memory_used()  # for `report`: what the run took of its GPU
         if rolling.stopped_by_signal:
             signal_name = rolling.signal_name or "a signal"  # under DDP the signal may have reached another rank
-            end_start(self.run, "stopped", self.trainer.global_step, metrics, stopped_by=signal_name)
+            end_start(self.run, "stopped", self.trainer.global_step, metrics, stopped_by=signal_name, **usage)
             print(
                 f"Run '{self.run.name}' stopped on {signal_name} at step {self.trainer.global_step}; checkpoint "
                 f"written. Re-run the same command to continue (exit code {REQUEUE_EXIT_CODE}: a job script requeues)."
             )
             return
         if not rolling.wrote_final:
-            end_start(self.run, "failed", self.trainer.global_step, metrics, error="fit ended without final.ckpt")
+            error = "fit ended without final.ckpt"
+            end_start(self.run, "failed", self.trainer.global_step, metrics, error=error, **usage)
             return
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0:
             print(f"Stopped early after epoch {stopper.stopped_epoch + 1}: {stopper.monitor} stopped improving.")
-        end_start(self.run, "finished", self.trainer.global_step, metrics)
+        end_start(self.run, "finished", self.trainer.global_step, metrics, **usage)
         shown = ", ".join(f"{name} = {value:.4f}" for name, value in sorted(metrics.items()) if name.startswith("val"))
         if rolling.restored_at_end:
             shown = f"(it had trained to its end before this start; {FINAL_CHECKPOINT} written now)"
@@ -436,6 +438,16 @@ class ProjectCLI(LightningCLI):
             print(f"Run '{self.run.name}': using {chosen.name}")
 
     before_validate = before_test = before_predict = _evaluation_checkpoint
+
+
+def _gpu_memory_used() -> dict[str, float]:
+    """This process's peak GPU memory during `fit` ({} without a GPU): each process of a run has its own
+    GPU, and rank 0's stands for them (the others train the same model on as much data)."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {"peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
 class MissingDataError(RuntimeError):

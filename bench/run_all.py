@@ -17,6 +17,7 @@ BENCHMARKS = [
     "copier_speed.py",
     "inference.py",
     "serving.py",
+    "runs_report.py",
     "run_integrity.py",
     "help_speed.py",
 ]

@@ -97,8 +97,10 @@ def test_the_budget_passes_on_the_example_and_fails_on_a_slow_model(
         (("  1: {p50: 2.0, p95: 10.0}", "  1: {p50: 2.0}"), "line 8: batch size 1: write {p50: MS, p95: MS}"),
         (("  256: {", "  512: {"), "line 9: latency for batch size 512, which batch_sizes does not list"),
         (("device: cpu", "device: tpu"), "line 5: device 'tpu'"),
+        (("  clients: 8 ", "  clients: 2.5 "), "line 12: write served: {clients: N, p95_ms: MS}, positive numbers"),
+        (("  p95_ms: 50.0 ", "  p95_ms: -1 "), "line 12: write served: {clients: N, p95_ms: MS}, positive numbers"),
     ],
-    ids=["typo", "no p95", "batch size not served", "device"],
+    ids=["typo", "no p95", "batch size not served", "device", "served clients", "served p95"],
 )
 def test_a_bad_budget_file_is_refused_naming_the_line(example_package, tmp_path, change, message) -> None:
     from digits_mlp.kit.deployment.budget import BudgetError, read_budget

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from hub_cache import put_in_hub_cache, save_tiny_llama_with_tokenizer
+from servers import post, serving
 from training_runs import checkpoint_weights, max_abs_difference, train
 
 from template_dev import commit_all, make_project_venv, render
@@ -261,6 +262,10 @@ def test_reproduce_builds_every_artifact_and_the_merged_model_loads_without_the_
         assert predicted.returncode == 0, predicted.stderr[-3000:]
         rows = (project / output).read_text().splitlines()[1:]
         assert [int(row.split(",")[2]) for row in rows] == merged_predictions, engine
+    _, command, env = finetune
+    with serving(command, project, {**os.environ, **env}, run_name="example") as (url, _):  # texts in, topics out
+        answered, answer = post(url, {"inputs": tickets})
+    assert answered == 200 and [p["prediction"] for p in answer["predictions"]] == merged_predictions, answer
     evaluated = run(finetune, "evaluate", "--run_name", "example")
     assert evaluated.returncode == 0 and "| accuracy |" in evaluated.stdout, evaluated.stderr[-3000:]
     budget = run(finetune, "budget", "--run_name", "example")
@@ -280,6 +285,7 @@ def test_a_run_on_other_base_weights_is_refused_by_every_command_that_loads_it(f
         ["evaluate"],
         ["export"],
         ["predict-files", "data/serving-example.jsonl", "--output", "runs/x.csv"],
+        ["serve"],
     ):
         refused = run(finetune, *command, "--run_name", "moved-base")
         errors = [line for line in refused.stderr.splitlines() if line.strip()]

@@ -9,17 +9,13 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from servers import get, post, serving
 
 from template_dev import TOP, run
 
@@ -46,54 +42,6 @@ def trained(example_project, example_command, tmp_path_factory):
     rows = [[float(value) for value in line.split(",")] for line in lines]
     assert len(rows) == len(expected) == 10
     return project, env, rows, expected
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def serving(command: list[str], project: Path, env: dict, *options: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`serve --run_name served` on a free loopback port, ready; stopped (SIGTERM) on the way out."""
-    port = free_port()
-    server = subprocess.Popen(
-        [*command, "serve", "--run_name", "served", "--port", str(port), *options],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if get(f"{url}/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve did not become ready: {server.communicate(timeout=30)}")
-            time.sleep(0.2)
-        yield url, server
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-
-
-def get(url: str) -> tuple[int, dict]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.status, json.loads(response.read())
-
-
-def post(url: str, body: bytes | dict) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/predict", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
 
 
 def test_served_answers_are_predict_files_answers_and_requests_arriving_together_run_as_one_batch(
@@ -143,6 +91,37 @@ def test_a_bad_request_gets_one_clear_line_and_the_server_keeps_serving(trained,
         assert waited < 5, waited
         assert get(f"{url}/health") == (200, {"status": "ok"})
         assert server.poll() is None
+
+
+def test_the_batcher_runs_requests_of_one_shape_together_and_holds_the_rest_for_the_next_batch(example_package):
+    import asyncio
+
+    import torch
+    from digits_mlp.kit.deployment.model_server import MicroBatcher
+
+    batches: list[tuple[int, ...]] = []
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        batches.append(tuple(batch.shape))
+        return batch.sum(dim=1, keepdim=True)
+
+    async def four_requests_at_once() -> list:
+        batcher = MicroBatcher(predict, max_batch_size=4, max_wait_s=0.5)
+        batching = asyncio.create_task(batcher.serve_forever())
+        requests = [torch.ones(1, 3), torch.ones(2, 3), torch.ones(1, 5), torch.full((2, 3), 2.0)]
+        answers = await asyncio.gather(*(batcher.run(inputs) for inputs in requests))
+        batching.cancel()
+        return answers
+
+    answers = asyncio.run(four_requests_at_once())
+    # Rows of 3 together (3 of at most 4), the row of 5 alone (another shape), then the pair held behind it.
+    assert batches == [(3, 3), (1, 5), (2, 3)]
+    assert [(outputs.flatten().tolist(), size) for outputs, size in answers] == [
+        ([3.0], 3),
+        ([3.0, 3.0], 3),
+        ([5.0], 1),
+        ([6.0, 6.0], 2),
+    ]
 
 
 def test_a_run_that_cannot_serve_is_refused_in_one_line(trained, example_command) -> None:

@@ -9,15 +9,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import LAST_RELEASE, copy_of_example_project
 from copier import run_update
+from servers import free_port, post
 from training_runs import checkpoint_weights, resume_test_config
 
 from template_dev import EXAMPLE_ANSWERS, TOP, TORCH_PIN, commit_all, git, make_project_venv, render, run
@@ -455,9 +454,7 @@ def study_trials(journal: Path, name: str) -> list:
 def test_a_serving_job_answers_on_its_node_until_cancelled_and_then_stops_cleanly(cluster_project) -> None:
     project, command, site, env, runs = cluster_project
     run([*command, "fit", "--trainer.max_epochs=1", "--run_name", "to-serve"], cwd=project, env=env)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     job = submit(cluster_project, "--serve", "--port", str(port), "--run_name", "to-serve")
     script = (runs / "to-serve" / "slurm" / "serve.sbatch").read_text()
     # On a MIG slice by default; nothing to checkpoint or requeue.
@@ -474,11 +471,7 @@ def test_a_serving_job_answers_on_its_node_until_cancelled_and_then_stops_cleanl
 
 
 def _predicted(port: int, row: list[float]) -> dict | None:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/predict", json.dumps({"inputs": [row]}).encode(), {"Content-Type": "application/json"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return post(f"http://127.0.0.1:{port}", {"inputs": [row]})[1]
     except OSError:  # not listening yet
         return None

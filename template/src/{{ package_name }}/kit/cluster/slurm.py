@@ -218,7 +218,7 @@ def _training_tail(command: str) -> list[str]:
 def _serving_tail(command: str, port: int) -> list[str]:
     """`serve` under srun: scancel and the time limit send it SIGTERM, which it answers by finishing."""
     return [
-        f'echo "serving at http://$(hostname):{port}/ (scancel ${{SLURM_JOB_ID}} stops it)"',
+        f'echo "serving at http://$(hostname):{port}/ (scancel $SLURM_JOB_ID stops it)"',
         f"exec srun {command}",
     ]
 

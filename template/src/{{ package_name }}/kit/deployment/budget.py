@@ -39,6 +39,7 @@ SERVED_KEYS = {"clients", "p95_ms"}
 DEVICES = ("cpu", "cuda")
 WARMUP, REPEATS = 10, 50
 LATENCY_FORM = "{p50: MS, p95: MS}"  # how one batch size's latency limits are written
+SERVED_FORM = "served: {clients: N, p95_ms: MS}"
 
 
 class BudgetError(ValueError):
@@ -56,7 +57,7 @@ def read_budget(path: Path) -> dict[str, Any]:
     unknown = sorted(set(budget) - BUDGET_KEYS - {"served"})
     if unknown:
         raise BudgetError(f"{path}{_line(text, unknown[0])}: unknown key {unknown[0]!r}; the budget has "
-                          f"{', '.join(sorted(BUDGET_KEYS))}")  # fmt: skip
+                          f"{', '.join(sorted(BUDGET_KEYS))}, and optionally served")  # fmt: skip
     missing = sorted(BUDGET_KEYS - set(budget))
     if missing:
         raise BudgetError(f"{path}: missing {', '.join(missing)}")
@@ -87,8 +88,8 @@ def read_budget(path: Path) -> dict[str, Any]:
         and all(_positive(value) for value in served.values())
         and float(served.get("clients", 1)).is_integer()
     ):
-        raise BudgetError(f"{path}{_line(text, 'served')}: write served: {{clients: N, p95_ms: MS}}, positive numbers "
-                          f"(clients whole); got {served!r}")  # fmt: skip
+        raise BudgetError(f"{path}{_line(text, 'served')}: write {SERVED_FORM}, positive numbers (clients whole); "
+                          f"got {served!r}")  # fmt: skip
     return budget
 
 

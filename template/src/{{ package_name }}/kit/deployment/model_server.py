@@ -56,9 +56,9 @@ PAGE = Path(__file__).with_name("serve_page.html")
 class MicroBatcher:
     """Runs the requests that arrive together as one batch of at most `max_batch_size` samples.
 
-    The first request waits at most `max_wait_s` for others; a request that would overfill the batch
-    starts the next one. The model runs in a worker thread (torch releases the interpreter lock), so
-    requests keep arriving and being read meanwhile.
+    The first request waits at most `max_wait_s` for others; a request that would overfill the batch,
+    or whose inputs have another shape than the batch's, starts the next one. The model runs in a
+    worker thread (torch releases the interpreter lock), so requests keep arriving meanwhile.
     """
 
     def __init__(self, predict: Callable[["torch.Tensor"], "torch.Tensor"], max_batch_size: int, max_wait_s: float):
@@ -85,8 +85,8 @@ class MicroBatcher:
                     request = await asyncio.wait_for(self.queue.get(), wait)
                 except asyncio.TimeoutError:  # noqa: UP041 - on Python 3.10 it is not the builtin one
                     break
-                if count + len(request[0]) > self.max_batch_size:
-                    self.held = request
+                if count + len(request[0]) > self.max_batch_size or request[0].shape[1:] != pending[0][0].shape[1:]:
+                    self.held = request  # overfull, or inputs of another shape (texts of another length): next batch
                     break
                 pending.append(request)
                 count += len(request[0])
@@ -115,7 +115,7 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def read_samples(body: bytes, max_samples: int) -> list:
+def request_samples(body: bytes, max_samples: int) -> list:
     """The request's samples; BadRequest (400, 413, 422) naming what is wrong with the body."""
     try:
         payload = json.loads(body)
@@ -187,7 +187,7 @@ def build_app(predictor: "Predictor", max_batch_size: int, max_wait_s: float, ma
             if len(body) > max_request_bytes:
                 return refused(413, f"the body has more than {max_request_bytes} bytes (--max_request_bytes)")
         try:
-            samples = read_samples(body, max_batch_size)
+            samples = request_samples(body, max_batch_size)
             inputs = await asyncio.to_thread(_preprocessed, predictor.preprocess, samples)
         except BadRequest as bad:
             return refused(bad.status, str(bad))

@@ -188,13 +188,28 @@ def test_the_page_predicts_a_digit_in_a_real_browser(trained, example_command) -
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.goto(url)
         page.wait_for_function("document.getElementById('about').textContent.includes(\"Run 'served'\")")
-        page.fill("#sample", ", ".join(f"{value:g}" for value in rows[2]))
+        page.wait_for_selector("#grid", state="visible")  # 64 numbers a sample: an 8 x 8 square to draw on
+        offered = page.locator("#examples button").count()
+        page.click("#examples button:text-is('3')")  # the third serving example
+        typed = [float(value) for value in page.input_value("#sample").split(",")]
         page.click("#predict")
         page.wait_for_selector("#result", state="visible")
         shown = page.inner_text("#prediction")
         cells = page.locator("#outputs tr").count()
         latency = page.inner_text("#latency")
         page.screenshot(path=ARTIFACTS / "serve-page.png", full_page=True)
+        # Drawn by hand: clear the square, one stroke down its middle column, predict.
+        page.click("#clear")
+        box = page.locator("#grid").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.1)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.9, steps=12)
+        page.mouse.up()
+        drawn = [float(value) for value in page.input_value("#sample").split(",")]
+        page.click("#predict")
+        page.wait_for_selector("#result", state="visible")
+        drawn_answer = page.inner_text("#prediction")
+        page.screenshot(path=ARTIFACTS / "serve-page-drawn.png", full_page=True)
         page.fill("#sample", "1, 2, 3")
         page.click("#predict")
         page.wait_for_function("document.getElementById('error').textContent !== ''")
@@ -202,7 +217,12 @@ def test_the_page_predicts_a_digit_in_a_real_browser(trained, example_command) -
         hidden = page.locator("#result").is_hidden()
         page.screenshot(path=ARTIFACTS / "serve-page-refusal.png", full_page=True)
         browser.close()
+    assert offered == 10 and typed == rows[2], (offered, typed)
     assert shown == str(expected[2][0]) and cells == 10 and "ms" in latency, (shown, cells, latency)
+    # The stroke painted full ink (16, the examples' largest value) down column 4 of 8, nothing else.
+    painted = {index for index, value in enumerate(drawn) if value}
+    assert len(drawn) == 64 and {drawn[i] for i in painted} == {16.0} and {i % 8 for i in painted} == {4}, drawn
+    assert len(painted) >= 6 and drawn_answer in [str(digit) for digit in range(10)], (drawn, drawn_answer)
     assert "expected rows of 64 pixel values" in refusal and hidden, refusal
     # The refused request's 422 is the only error the browser may log (it reports failed fetches itself).
     assert [p for p in problems if "422" not in p] == [], problems

@@ -31,6 +31,9 @@ import numpy as np
 from .predictor import add_predictor_options
 
 SUFFIXES = (".npy", ".csv", ".csv.gz", ".txt", ".jsonl")
+# Raw samples as serving receives them (the template writes one of them): `serve`'s page offers
+# them to try, `load-test` sends them.
+SERVING_EXAMPLES = (Path("data/serving-example.csv"), Path("data/serving-example.jsonl"))
 
 
 class InputError(ValueError):
@@ -62,6 +65,15 @@ def read_samples(path: Path) -> np.ndarray | list:
         return np.loadtxt(path, delimiter=",", ndmin=2)
     except (OSError, ValueError) as bad:  # json's JSONDecodeError is a ValueError
         raise InputError(f"{path}: cannot read it: {bad}") from None
+
+
+def serving_examples(path: Path | None = None) -> list:
+    """The samples of `path`, else of the first SERVING_EXAMPLES file there is, as JSON holds them
+    (a row of numbers as a list); [] when there is no such file."""
+    path = path or next((candidate for candidate in SERVING_EXAMPLES if candidate.is_file()), None)
+    if path is None:
+        return []
+    return [sample.tolist() if hasattr(sample, "tolist") else sample for sample in read_samples(path)]
 
 
 def done_rows(output: Path) -> set[tuple[str, int]]:

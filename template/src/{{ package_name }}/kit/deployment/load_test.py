@@ -36,10 +36,9 @@ from ..base.project_package import PACKAGE
 from ..runs.atomic_files import atomic_write_text
 from ..runs.identity import run_name
 from ..runs.root import RunsRoot
-from .batch_inference import InputError, read_samples
+from .batch_inference import SERVING_EXAMPLES, InputError, serving_examples
 from .budget import BUDGET_FILE, BudgetError, read_budget
 
-SERVING_EXAMPLES = (Path("data/serving-example.csv"), Path("data/serving-example.jsonl"))
 READY_SECONDS = 180  # loading the project and the checkpoint, on a busy machine
 
 
@@ -180,13 +179,9 @@ def load_test_main(argv: list[str]) -> int:
         clients = args.clients or limits["clients"]
         if clients < 1 or args.requests < 1 or args.seconds <= 0:
             raise LoadTestError("--clients and --requests must be at least 1, --seconds above 0")
-        samples_file = args.samples or next((path for path in SERVING_EXAMPLES if path.is_file()), None)
-        if samples_file is None:
-            raise LoadTestError(f"no samples to send: give --samples FILE (or write {SERVING_EXAMPLES[0]})")
-        samples = read_samples(samples_file)
-        bodies = [json.dumps({"inputs": [_plain(sample)]}).encode() for sample in samples]
+        bodies = [json.dumps({"inputs": [sample]}).encode() for sample in serving_examples(args.samples)]
         if not bodies:
-            raise LoadTestError(f"{samples_file} holds no sample")
+            raise LoadTestError(f"no samples to send: give --samples FILE (or write {SERVING_EXAMPLES[0]})")
         port = free_loopback_port()
         server = started_server(config_args, port)
     except (BudgetError, InputError, LoadTestError) as refused:
@@ -210,8 +205,3 @@ def load_test_main(argv: list[str]) -> int:
         atomic_write_text(record, json.dumps(figures, indent=2) + "\n")
     print("Within budget." if not missed else "Over budget: " + "; ".join(missed))
     return 0 if not missed else 1
-
-
-def _plain(sample: Any) -> Any:
-    """A sample as JSON holds it (a numpy row becomes a list)."""
-    return sample.tolist() if hasattr(sample, "tolist") else sample

@@ -7,14 +7,16 @@ best checkpoint or, with `--engine onnx`, its export; every sample goes through 
 `serving_preprocessing`, the function its training features use (kit/deployment/predictor.py).
 
 - `GET /`: the page (serve_page.html: plain HTML and a little JavaScript, no build step): a sample
-  in, the prediction, the model's outputs and the latency out.
+  in (typed, one of the examples, or, for a row of n x n numbers such as the digits' 8 x 8 pixels,
+  drawn on a grid), the prediction, the model's outputs and the latency out.
 - `POST /predict` with `{"inputs": [sample, ...]}`, each sample as `serving_preprocessing` takes it
   (the digits example: a row of 64 numbers; the fine-tune example: a text); the answer is
   `{"predictions": [{"prediction": i, "outputs": [...]}, ...], "batch_size": n, "latency_ms": t}`,
   `prediction` being the largest output's index, as in `predict-files`' CSV, and `batch_size` how
   many samples the model ran together with these.
 - `GET /health` (the process answers), `GET /ready` (the model is loaded and taking requests),
-  `GET /info` (the run, what answers, the limits).
+  `GET /info` (the run, what answers, the limits), `GET /examples` (the data's serving examples,
+  data/serving-example.*, which the page offers to try).
 
 Requests that arrive together run as one batch (`MicroBatcher`: up to --max_batch_size samples,
 the first waiting at most --max_wait_ms for others). A bad request gets a 4xx and one line naming
@@ -42,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .batch_inference import InputError, serving_examples
 from .predictor import add_predictor_options
 
 if TYPE_CHECKING:
@@ -165,6 +168,15 @@ def build_app(predictor: "Predictor", max_batch_size: int, max_wait_s: float, ma
     @app.get("/ready")
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+
+    try:
+        examples = serving_examples()[:10]  # read once: the page offers them to try
+    except InputError:  # an unreadable examples file: the page offers none; serving does not depend on it
+        examples = []
+
+    @app.get("/examples")
+    async def offered_examples() -> dict:
+        return {"examples": examples}
 
     @app.get("/info")
     async def info() -> dict:

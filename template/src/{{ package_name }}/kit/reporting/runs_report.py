@@ -60,7 +60,8 @@ def _seconds(start: dict[str, Any]) -> float | None:
 def run_summary(manifest: dict[str, Any]) -> dict[str, Any]:
     """One run's line of the report, from its manifest, record and config."""
     run = RunDirectory(Path(manifest["path"]))
-    record, starts = run.record(), run.record().get("starts") or []
+    record = run.record()
+    starts = record.get("starts") or []
     last = starts[-1] if starts else {}
     monitor = manifest.get("monitor") or {}
     durations = [seconds for seconds in map(_seconds, starts) if seconds is not None]

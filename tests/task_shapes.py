@@ -5,8 +5,16 @@ a multi-label classifier (four yes/no properties of the digit), a regression (th
 a dense per-pixel classifier (each pixel's ink level: none, light, dark), and a single-label
 classifier whose batches are dicts built by a custom collate function, which tells the kit how to
 get inputs and targets from its batches with `inputs_and_targets`. The tests put this module on the
-generated project's path and name the classes as `--model` and `--data`.
+generated project's path and name the classes as `--model` and `--data`; or make one of them the
+project's own task as the README says (make_it_the_projects_task).
 """
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from template_dev import commit_all, run
 
 SOURCE = '''
 import lightning.pytorch as pl
@@ -149,7 +157,7 @@ class DigitValue(SmallNetwork):
     def loss(self, outputs, targets):
         return F.mse_loss(outputs, targets)
 
-    def accuracy(self, outputs, targets):  # logged as val/mae: the config monitors it, lower is better
+    def accuracy(self, outputs, targets):  # logged as val/mae: lower is better
         return (outputs - targets).abs().mean()
 
     def validation_step(self, batch, batch_idx):
@@ -185,29 +193,69 @@ class DictBatchClassifier(SmallNetwork):
         return self.batch(batch)
 '''
 
-# task kind: (model, data, the config lines the task needs beyond the class paths,
+# task kind: (model, data, the metric `checkpointing.monitor: auto` chooses from what validation logs,
 #        the metrics evaluate must report, the initial-loss check's verdict)
 SHAPES = {
     "multi-label": (
         "DigitProperties",
         "DigitPropertiesData",
-        [],
+        "val/acc",
         ["exact_match", "label_accuracy", "f1_macro", "pr_auc_macro"],
         "log(2) per label",
     ),
-    "regression": (
+    "regression": (  # logs val/loss and val/mae: no score, so its loss
         "DigitValue",
         "DigitValueData",
-        ["--checkpointing.monitor=val/mae", "--checkpointing.mode=min"],
+        "val/loss",
         ["mean_squared_error", "mean_absolute_error", "r2"],
         "[SKIP] initial loss is that of even scores: a regression",
     ),
-    "dense": ("InkLevels", "InkLevelData", [], ["positions", "accuracy", "mean_iou"], "log(3)"),
+    "dense": ("InkLevels", "InkLevelData", "val/acc", ["positions", "accuracy", "mean_iou"], "log(3)"),
     "single-label": (
         "DictBatchClassifier",
         "DictBatchData",
-        [],
+        "val/acc",
         ["accuracy", "f1_macro", "pr_auc_macro", "expected_calibration_error"],
         "log(10)",
     ),
 }
+
+
+def make_it_the_projects_task(project: Path, package: str, command: list[str], shape: str) -> None:
+    """The README's "Your own model and data": its one step removes the example's own files, the task's
+    model and data become the project's (one module, named in configs/default.yaml: nothing else there
+    changes), the raw data is fetched and recorded, and the change is committed."""
+    model, data, _, _, _ = SHAPES[shape]
+    readme = (project / "README.md").read_text()
+    remove_the_example = re.search(r"in one step:\n\n +```sh\n(.*?)```", readme, flags=re.S)[1]
+    run(["bash", "-c", remove_the_example], cwd=project)
+    assert not list((project / "configs" / "experiments").glob("*.yaml"))
+    assert not (project / "tests" / "test_your_data_and_model.py").exists()
+    source = project / "src" / package
+    (source / "shapes.py").write_text(
+        SOURCE.replace("digits_mlp.", f"{package}.").replace("task_shapes_module", f"{package}.shapes")
+    )
+    default = project / "configs" / "default.yaml"
+    text = default.read_text()
+    example_model = f"  class_path: {package}.model.DigitsClassifier\n  init_args:\n    hidden_sizes: [256, 256]\n"
+    assert example_model in text and "    dropout: 0.2\n" in text
+    text = text.replace(example_model, f"  class_path: {package}.shapes.{model}\n  init_args:\n")
+    text = text.replace("    dropout: 0.2\n", "").replace(
+        f"{package}.data.DigitsDataModule", f"{package}.shapes.{data}"
+    )
+    default.write_text(text)
+    run([*command, "data", "fetch"], cwd=project)
+    run([*command, "data", "record"], cwd=project)
+    commit_all(project, f"a {shape} task instead of the example")
+
+
+def the_projects_tests_and_reproduce_pass(project: Path, command: list[str], shape: str) -> None:
+    """The project's own `pytest`, and `reproduce --all` with the example's artifacts.py, for this task."""
+    venv_python = str(Path(command[0]).parent / "python")
+    tested = run([venv_python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, check=False)
+    assert tested.returncode == 0, tested.stdout[-4000:]
+    assert " passed" in tested.stdout and " failed" not in tested.stdout
+    reproduced = run([*command, "reproduce", "--all"], cwd=project, check=False)
+    assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
+    assert f"| task_kind | {shape} |" in (project / "artifacts" / "tables" / "final_metrics.md").read_text()
+    assert f"a {shape} model" in (project / "artifacts" / "cards" / "model-example.md").read_text()

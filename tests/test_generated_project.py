@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from task_shapes import SHAPES, SOURCE
+from task_shapes import SHAPES, SOURCE, make_it_the_projects_task, the_projects_tests_and_reproduce_pass
 
 from template_dev import EXAMPLE_ANSWERS, TORCH_SPEC, commit_all, make_project_venv, render, run
 
@@ -93,17 +93,23 @@ def test_other_loggers_write_into_the_run_directory(
         assert not [line for line in done.stderr.splitlines() if line.startswith("wandb:")], done.stderr
     # CSV beside it: reproduce's figures and the cards read it whatever logger was chosen.
     assert "val/acc" in (run_dir / "logs" / "metrics.csv").read_text()
-    a_task_of_another_shape_with_this_logger(project, package, venv.script(package), logger, tmp_path)
-
-
-def a_task_of_another_shape_with_this_logger(project: Path, package: str, command: Path, logger: str, tmp_path) -> None:
-    """Another task shape (tests/task_shapes.py) with this logger: fit, Ctrl-C, re-run, test, evaluate."""
     shape = {"tensorboard": "dense", "wandb": "multi-label"}[logger]
-    model, data, options, metrics, _ = SHAPES[shape]
-    assert options == []  # nothing beyond the class paths for these two
+    a_task_of_another_shape_with_this_logger(project, package, venv.script(package), logger, shape, tmp_path)
+    # ... and made the project's own task, the project's tests and `reproduce` pass with this logger too.
+    make_it_the_projects_task(project, package, [str(venv.script(package))], shape)
+    the_projects_tests_and_reproduce_pass(project, [str(venv.script(package))], shape)
+
+
+def a_task_of_another_shape_with_this_logger(
+    project: Path, package: str, command: Path, logger: str, shape: str, tmp_path: Path
+) -> None:
+    """Another task shape (tests/task_shapes.py) with this logger: check, fit, Ctrl-C, re-run, test, evaluate."""
+    model, data, _, metrics, _ = SHAPES[shape]
     (tmp_path / "task_shapes_module.py").write_text(SOURCE.replace("digits_mlp.", f"{package}."))
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}"]
+    checked = run([str(command), "check", *classes], cwd=project, env=env, check=False)
+    assert checked.returncode == 0 and "FAIL" not in checked.stdout, checked.stdout[-3000:] + checked.stderr[-2000:]
     ctrl_c = {"marker_file": str(tmp_path / "interrupted"), "epoch": 1, "batch_index": 2, "signal": "SIGINT"}
     interrupting = tmp_path / "ctrl-c.yaml"
     kill_at = {"class_path": f"{package}.kit.KillAt", "init_args": ctrl_c}

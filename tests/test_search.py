@@ -61,6 +61,8 @@ def test_a_killed_search_resumes_to_six_distinct_trials_in_one_study(example_pro
     assert len(finished_trials(runs, "killed")) in (3, 4), "the kill came too late to test a resume"
     done = run(command, cwd=project, env=env)
     assert "6 trials done" in done.stdout
+    # checkpointing.monitor: auto, chosen once for the study and given to every trial
+    assert "The search ranks its trials by val/acc (higher is better) (checkpointing.monitor: auto)." in done.stdout
     states = study_states(runs, "killed")
     assert [state for _, state in states] == ["COMPLETE"] * 6, states  # no trial lost, none asked twice
     assert not any(trial.intermediate_values for trial in study_trials(runs, "killed"))  # no pruner: no reports
@@ -68,7 +70,7 @@ def test_a_killed_search_resumes_to_six_distinct_trials_in_one_study(example_pro
     assert sorted(t["run_name"] for t in trials) == [f"sweep-killed-{n:03d}" for n in range(6)]
     for trial in trials:  # each a real run, finished
         manifest = json.loads((runs / trial["run_name"] / "manifest.json").read_text())
-        assert manifest["status"] == "finished"
+        assert manifest["status"] == "finished" and manifest["monitor"] == {"metric": "val/acc", "mode": "max"}
     assert run([*example_command, "results", "killed"], cwd=project, env=env).stdout.count("sweep-killed-") == 6
 
 
@@ -140,7 +142,7 @@ def test_a_bad_sweep_file_is_refused_naming_the_line(example_package, tmp_path, 
         "{low: 1.0e-4, high: 1.0e-1, log: true}": "{low: 0.1, high: 0.01}",
         "{choices: [[32], [64, 32]]}": "{choices: []}",
         "--trainer.max_epochs=1]": "--trainer.max_epochs=1, --checkpointing.monitor=null]",
-        "--trainer.max_epochs=1": "--trainer.max_epochs=1, --checkpointing.monitor=val/loss",  # mode stays max
+        "--trainer.max_epochs=1": "--trainer.max_epochs=1, --checkpointing.monitor=val/loss, --checkpointing.mode=max",
     }[change]
     sweep = tmp_path / "bad.yaml"
     sweep.write_text(SEARCH.format(name="bad").replace(change, broken))

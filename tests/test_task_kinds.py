@@ -1,29 +1,28 @@
 """The kit follows the task: four task shapes replace the example by naming their classes, and each is
-checked, trained, stopped and resumed exactly, tested and evaluated with the metrics of its kind;
-its checkpoint is not scored on a changed split unless named on purpose, nor with another model class.
-Two of them also become the project's own model and data, and the generated project's tests pass.
+checked, trained, killed and resumed exactly, stopped with Ctrl-C and resumed exactly, tested and
+evaluated with the metrics of its kind; its checkpoint is not scored on a changed split unless named
+on purpose, nor with another model class. Two of them also become the project's own model and data,
+and the generated project's tests and `reproduce` pass (the other two do so with the TensorBoard and
+W&B loggers: tests/test_generated_project.py).
 
 The models and data (tests/task_shapes.py) are put on the generated project's path as their own
-module, as a researcher's would be, and named with `--model` and `--data`; only the regression also
-says which metric to monitor (its validation logs an error, lower is better).
+module, as a researcher's would be, and named with `--model` and `--data`, nothing else: the metric
+checkpoints follow is chosen from what validation logs (`checkpointing.monitor: auto`; the
+regression logs a loss and an error, no score, so its loss), and a resumed run keeps that choice.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import copy_of_example_project
 from sklearn.metrics import average_precision_score, f1_score, jaccard_score, mean_squared_error, r2_score
-from task_shapes import SHAPES, SOURCE
-from training_runs import final_weights, max_abs_difference, resume_test_config, train
-
-from template_dev import commit_all, run
+from task_shapes import SHAPES, SOURCE, make_it_the_projects_task, the_projects_tests_and_reproduce_pass
+from training_runs import best_checkpoints, final_weights, max_abs_difference, resume_test_config, train
 
 SHORT_RUN = [
     "--trainer.max_epochs=3",
@@ -38,10 +37,10 @@ def test_another_task_is_checked_trained_resumed_tested_and_evaluated(
     shape, example_project, example_command, tmp_path
 ) -> None:
     project, _ = example_project
-    model, data, options, metrics, initial_loss = SHAPES[shape]
+    model, data, chosen_metric, metrics, initial_loss = SHAPES[shape]
     (tmp_path / "task_shapes_module.py").write_text(SOURCE)
     env = {"PYTHONPATH": str(tmp_path)}
-    classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}", *options]
+    classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}"]
 
     def command(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -51,11 +50,13 @@ def test_another_task_is_checked_trained_resumed_tested_and_evaluated(
     checked = command("check", *classes)
     assert checked.returncode == 0 and "FAIL" not in checked.stdout, checked.stdout[-3000:] + checked.stderr[-3000:]
     assert initial_loss in checked.stdout, checked.stdout
+    assert f"(checkpointing.monitor: auto): {chosen_metric} (" in checked.stdout, checked.stdout
 
     run = f"{shape}-whole"
     plain = resume_test_config(tmp_path / "plain.json", tmp_path / "plain.jsonl", None, tmp_path / "unused")
     uninterrupted = train(example_command, project, plain, run, *classes, *SHORT_RUN, env=env)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert f"checkpoints and early stopping follow {chosen_metric} (" in uninterrupted.stdout, uninterrupted.stdout
 
     kill = {"hook": "train_batch_end", "epoch": 1, "batch_index": 2}
     killable = resume_test_config(tmp_path / "kill.json", tmp_path / "kill.jsonl", kill, tmp_path / "killed")
@@ -65,6 +66,18 @@ def test_another_task_is_checked_trained_resumed_tested_and_evaluated(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from last.ckpt (epoch 2, step 6)" in resumed.stdout, resumed.stdout[-2000:]
     assert max_abs_difference(final_weights(project, f"{shape}-killed"), final_weights(project, run)) == 0.0
+    # The resumed run followed the metric it chose before the kill from its first step: its best-k state
+    # came back with it, so it keeps the same best checkpoints as the run that was never stopped.
+    assert "chosen from what validation logs" not in resumed.stdout
+    assert best_checkpoints(project, f"{shape}-killed") == best_checkpoints(project, run) != []
+    # Ctrl-C at the same point: the run stops with a checkpoint (exit code 3), and re-run it ends exactly too.
+    ctrl_c = {**kill, "signal": "SIGINT"}
+    stoppable = resume_test_config(tmp_path / "c.json", tmp_path / "c.jsonl", ctrl_c, tmp_path / "interrupted")
+    interrupted = train(example_command, project, stoppable, f"{shape}-ctrl-c", *classes, *SHORT_RUN, env=env)
+    assert interrupted.returncode == 3 and "stopped on SIGINT at step 7" in interrupted.stdout, interrupted.stdout
+    again = train(example_command, project, stoppable, f"{shape}-ctrl-c", *classes, *SHORT_RUN, env=env)
+    assert again.returncode == 0 and "resuming from last.ckpt (epoch 2, step 7)" in again.stdout, again.stdout
+    assert max_abs_difference(final_weights(project, f"{shape}-ctrl-c"), final_weights(project, run)) == 0.0
 
     tested = command("test", "--run_name", run, *classes)
     assert tested.returncode == 0 and "test/loss" in tested.stdout, tested.stdout[-2000:] + tested.stderr[-3000:]
@@ -108,11 +121,11 @@ def test_a_dict_batch_task_resumes_exactly_with_two_processes(example_project, e
     """Dict batches from a custom collate function under DDP (two processes, gloo): killed mid-epoch and
     re-run, the run ends with the weights of the same run uninterrupted, bit for bit."""
     project, _ = example_project
-    model, data, options, _, _ = SHAPES["single-label"]
+    model, data, _, _, _ = SHAPES["single-label"]
     (tmp_path / "task_shapes_module.py").write_text(SOURCE)
     env = {"PYTHONPATH": str(tmp_path)}
     two = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", *SHORT_RUN]
-    classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}", *options, *two]
+    classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}", *two]
     plain = resume_test_config(
         tmp_path / "p.json", tmp_path / "p.jsonl", None, tmp_path / "unused", distinct_ranks=True
     )
@@ -276,37 +289,8 @@ def test_the_dataset_card_sums_up_targets_by_kind_and_needs_no_fingerprint(examp
 def test_the_projects_own_tests_pass_for_another_task(shape, example_project, tmp_path) -> None:
     """The generated project's tests hold for any model, as the README's "Your own model and data" says:
     its one step removes the example's own files, the task's model and data become the project's (one
-    module, named in configs/default.yaml with their settings), and `pytest` and `reproduce` pass."""
-    model, data, options, _, _ = SHAPES[shape]
+    module, named in configs/default.yaml with their settings), and `pytest` and `reproduce` pass.
+    (The dense and multi-label tasks do the same with the TensorBoard and W&B loggers: test_generated_project.)"""
     project, command = copy_of_example_project(example_project, tmp_path / "project")
-    readme = (project / "README.md").read_text()
-    remove_the_example = re.search(r"in one step:\n\n +```sh\n(.*?)```", readme, flags=re.S)[1]
-    run(["bash", "-c", remove_the_example], cwd=project)
-    assert not list((project / "configs" / "experiments").glob("*.yaml"))
-    assert not (project / "tests" / "test_your_data_and_model.py").exists()
-    package = project / "src" / "digits_mlp"
-    (package / "shapes.py").write_text(SOURCE.replace("task_shapes_module", "digits_mlp.shapes"))
-    default = project / "configs" / "default.yaml"
-    text = default.read_text()
-    example_model = "  class_path: digits_mlp.model.DigitsClassifier\n  init_args:\n    hidden_sizes: [256, 256]\n"
-    assert example_model in text and "    dropout: 0.2\n" in text
-    for option in options:  # the regression's monitored metric and mode, as the README's table says
-        name, value = option.removeprefix("--checkpointing.").split("=")
-        text = re.sub(rf"^  {name}: .*$", f"  {name}: {value}", text, count=1, flags=re.M)
-    text = text.replace(example_model, f"  class_path: digits_mlp.shapes.{model}\n  init_args:\n")
-    text = text.replace("    dropout: 0.2\n", "").replace(
-        "digits_mlp.data.DigitsDataModule", f"digits_mlp.shapes.{data}"
-    )
-    default.write_text(text)
-    run([*command, "data", "fetch"], cwd=project)
-    run([*command, "data", "record"], cwd=project)
-    commit_all(project, f"a {shape} task instead of the example")
-    venv_python = str(Path(command[0]).parent / "python")
-    tested = run([venv_python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, check=False)
-    assert tested.returncode == 0, tested.stdout[-4000:]
-    assert " passed" in tested.stdout and " failed" not in tested.stdout
-    # reproduce: the example's artifacts.py builds its model, table, cards and export for this task too.
-    reproduced = run([*command, "reproduce", "--all"], cwd=project, check=False)
-    assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
-    assert f"| task_kind | {shape} |" in (project / "artifacts" / "tables" / "final_metrics.md").read_text()
-    assert f"a {shape} model" in (project / "artifacts" / "cards" / "model-example.md").read_text()
+    make_it_the_projects_task(project, "digits_mlp", command, shape)
+    the_projects_tests_and_reproduce_pass(project, command, shape)

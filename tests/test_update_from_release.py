@@ -79,6 +79,9 @@ def test_a_project_from_the_last_release_updates_keeps_its_edits_and_passes_its_
     assert f"from {PACKAGE}.kit.training.random_states import capture_rng_states" in own
     assert f"class_path: {PACKAGE}.kit.ProgressLines" in wide.read_text()
     assert "<<<<<<<" not in "".join(path.read_text() for path in src.rglob("*.py"))
+    # The monitored metric the project kept (val/acc) becomes "auto", which chooses val/acc for this model.
+    default = (project / "configs" / "default.yaml").read_text()
+    assert "  monitor: auto\n  mode: auto\n" in default and "<<<<<<<" not in default
     # New template files arrive with the update: the cluster container, the project's CI, the locks.
     assert (project / "container" / "apptainer.def").is_file() and (project / ".github/workflows/tests.yml").is_file()
     assert "torch==" in (project / "locks" / "cpu.txt").read_text() and (project / "locks" / "cuda.txt").is_file()
@@ -136,6 +139,22 @@ def test_the_migration_rewrites_each_old_kit_path_once(before: str) -> None:
     after = kit_rooms.rewrite(before, public)
     assert after == REWRITES[before]
     assert kit_rooms.rewrite(after, public) == after
+
+
+def test_a_metric_the_researcher_named_stays_after_the_update(
+    template_with_history: tuple[Path, str], tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """0.2.0's val/acc became "auto"; a project that named its own metric keeps it, without conflict markers."""
+    template, _ = template_with_history
+    project = tmp_path / "project"
+    render(template, project, vcs_ref=LAST_RELEASE)
+    default = project / "configs" / "default.yaml"
+    edit(default, "  monitor: val/acc\n  mode: max\n", "  monitor: val/loss\n  mode: min\n")
+    commit_all(project, "a regression: val/loss")
+    run_update(str(project), overwrite=True, defaults=True, unsafe=True, quiet=True)
+    text = default.read_text()
+    assert "  monitor: val/loss\n  mode: min\n" in text and "<<<<<<<" not in text, text
+    assert "keep_named_monitor: configs/default.yaml keeps your monitor: val/loss, mode: min" in capfd.readouterr().out
 
 
 STOP_AT_STEP_15 = """\

@@ -102,6 +102,11 @@ def validated_epochs(project: Path, run_name: str) -> set[int]:
         return {int(row["epoch"]) for row in csv.DictReader(stream) if row.get("val/acc")}
 
 
+def best_checkpoints(project: Path, run_name: str) -> list[str]:
+    """The best-k checkpoint files a run kept, by name."""
+    return sorted(path.name for path in (project / "runs" / run_name / "checkpoints").glob("best-*.ckpt"))
+
+
 def final_weights(project: Path, run_name: str) -> dict[str, torch.Tensor]:
     return checkpoint_weights(project / "runs" / run_name / "checkpoints" / "final.ckpt")
 

@@ -23,6 +23,9 @@ from torch import nn
 from typing_extensions import override
 
 from ..base.your_code import one_line
+from ..runs.identity import AUTO
+from ..training.fit_policies import better_direction
+from ..training.monitor_choice import choose_monitor, described
 from ..training.scratch_trainer import scratch_trainer
 
 
@@ -313,7 +316,15 @@ def check_modes_and_checkpoint(
         "on_save_checkpoint dropping 'optimizer_states', or checkpoints saved with weights_only / save_weights_only",
     )
     results = [modes, optimizer_state]
-    if monitor is not None:
+    if monitor == AUTO:
+        chosen = choose_monitor(trainer.callback_metrics)
+        followed = (
+            described(chosen, better_direction(chosen))
+            if chosen
+            else "none, validation logs no metric: rolling and final checkpoints only"
+        )
+        results.append(CheckResult("the metric checkpoints follow (checkpointing.monitor: auto)", True, followed))
+    elif monitor is not None:
         logged = sorted(name for name in trainer.callback_metrics if not name.startswith("train"))
         loss = next((name for name in logged if name.endswith("loss")), None)  # a loss fits any task kind
         results.append(

@@ -27,7 +27,9 @@ A sweep file:
       model.init_args.hidden_sizes: {choices: [[64], [128, 64]]}
 
 The objective is each trial's best monitored value (`checkpointing.monitor`, maximised or minimised
-as `checkpointing.mode` says in the configs the trials use).
+as `checkpointing.mode` says in the configs the trials use). With `monitor: auto` the search chooses
+the metric once, before its first trial, from what one validation batch logs
+(kit/training/monitor_choice.py), and gives every trial that metric.
 
 Pruning (off unless `pruner:` says otherwise): each trial reports its monitored value after every
 validation, and a trial that falls behind stops early (kit/training/trial_pruning.py). `median`
@@ -49,9 +51,10 @@ from typing import Any
 import yaml
 
 from ..runs.atomic_files import atomic_write_text
-from ..runs.identity import experiment, monitors_no_metric
+from ..runs.identity import AUTO, experiment, monitors_no_metric
 from ..runs.root import RunsRoot
-from ..training.fit_policies import CheckpointPolicy, refuse_a_mode_against_the_metric
+from ..training.fit_policies import CheckpointPolicy, better_direction
+from ..training.monitor_choice import choose_monitor, described, metrics_validation_logs, monitor_at_start
 
 SPEC_KEYS = {"name", "strategy", "trials", "sampler", "pruner", "seed", "options", "parameters"}
 FLOAT_OR_INT_KEYS = {"low", "high", "log", "step"}
@@ -118,7 +121,7 @@ def run_search(
     from ..training.trial_pruning import pruning_trial
 
     distributions = search_distributions(spec, text)
-    mode = _ranking_mode(spec, extra_options)
+    mode, ranking_options = _ranking(spec, extra_options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directory = RunsRoot.current().sweeps / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,7 @@ def run_search(
             break
         number = trial.number
         run_name = f"sweep-{name}-{number:03d}"
-        options = [*spec.get("options", []), *_options(trial.params), *extra_options]
+        options = [*spec.get("options", []), *_options(trial.params), *ranking_options, *extra_options]
         with pruning_trial(trial) if spec.get("pruner", "none") != "none" else contextlib.nullcontext() as pruning:
             code = fit([*options, "--run_name", run_name])
         if code != 0:
@@ -195,8 +198,9 @@ def _claim_unowned_trial(study, trials: list, worker: str, local: bool) -> list:
     return []
 
 
-def _ranking_mode(spec: dict[str, Any], extra_options: list[str]) -> str:
-    """The trials' checkpointing.mode (the study's direction); refused when they monitor no metric."""
+def _ranking(spec: dict[str, Any], extra_options: list[str]) -> tuple[str, list[str]]:
+    """The trials' checkpointing.mode (the study's direction), and the options that give every trial the
+    metric "auto" chose (none when the config names it); refused when the trials monitor no metric."""
     options = [*spec.get("options", []), *extra_options]
     if monitors_no_metric(options):
         raise SweepFileError(
@@ -206,11 +210,29 @@ def _ranking_mode(spec: dict[str, Any], extra_options: list[str]) -> str:
     checkpointing = experiment(options).get("checkpointing", {})
     defaults = CheckpointPolicy()
     monitor, mode = checkpointing.get("monitor", defaults.monitor), checkpointing.get("mode", defaults.mode)
-    try:  # refused before the first trial trains, as `fit` would refuse it
-        refuse_a_mode_against_the_metric(monitor, mode)
-    except ValueError as wrong:
-        raise SweepFileError(f"checkpointing: {wrong}") from None
-    return mode
+    if monitor != AUTO:
+        try:  # refused before the first trial trains, as `fit` would refuse it
+            return monitor_at_start(monitor, mode, None)[1], []
+        except ValueError as wrong:
+            raise SweepFileError(f"checkpointing: {wrong}") from None
+    monitor = _metric_auto_chooses(options)
+    mode = better_direction(monitor)
+    print(f"The search ranks its trials by {described(monitor, mode)} (checkpointing.monitor: auto).", flush=True)
+    return mode, [f"--checkpointing.monitor={monitor}", f"--checkpointing.mode={mode}"]
+
+
+def _metric_auto_chooses(options: list[str]) -> str:
+    """What `fit` with `options` would choose for "auto", from one validation batch of the model and data."""
+    from ..training.project_loading import load_project
+
+    project = load_project(options)
+    chosen = choose_monitor(metrics_validation_logs(project.model, project.datamodule))
+    if chosen is None:
+        raise SweepFileError(
+            "a search ranks its trials by checkpointing.monitor, and validation logs no metric to choose "
+            "(checkpointing.monitor: auto): log one in validation_step, or name one in the sweep's options"
+        )
+    return chosen
 
 
 def _open_study(spec: dict[str, Any], name: str, directory: Path, mode: str):

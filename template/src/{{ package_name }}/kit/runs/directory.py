@@ -29,7 +29,7 @@ from .. import PUBLIC
 from .atomic_files import TEMPORARY_SUFFIX, atomic_write_text
 from .checksums import ALGORITHM, checkpoint_checksum
 from .code_state import git_state, read_snapshot_record
-from .identity import what_is_trained
+from .identity import AUTO, what_is_trained, with_chosen_monitor
 
 MANIFEST_NAME = "manifest.json"
 # A run's checkpoint files, named here once: rolling_checkpoint.py writes them, checkpoint_files.py
@@ -161,7 +161,9 @@ class RunDirectory:
         """
         if not self.config_path.exists():
             return
-        recorded, given = comparable_config(self.config_path.read_text()), comparable_config(config_text)
+        chosen = self.chosen_monitor()
+        recorded = comparable_config(self.config_path.read_text(), chosen)
+        given = comparable_config(config_text, chosen)
         if recorded == given:
             return
         import difflib
@@ -204,6 +206,20 @@ class RunDirectory:
     def recorded_pretrained(self) -> dict[str, dict] | None:
         """The base weights (model id -> revision and file hashes) the run started from; None if it used none."""
         return self.read_manifest().get("pretrained")
+
+    def chosen_monitor(self) -> dict[str, Any] | None:
+        """The metric and mode this run follows ({"metric", "mode"}; metric None: it logs none), as its
+        manifest records them; None before it has chosen (a new run, or "auto" before its first validation)."""
+        monitor = self.read_manifest().get("monitor")
+        if not monitor or monitor.get("metric") == AUTO:
+            return None
+        return monitor
+
+    def note_chosen_monitor(self, metric: str | None, mode: str | None) -> None:
+        """Record the metric "auto" chose at the first validation: every later start follows it."""
+        manifest = self.read_manifest()
+        manifest["monitor"] = {"metric": metric, "mode": mode}
+        _write_json_atomically(self.manifest_path, manifest)
 
     def recorded_config(self) -> dict[str, Any]:
         """The settings the run was started with (its config.yaml), parsed; {} before its first start."""
@@ -315,13 +331,15 @@ class RunDirectory:
         _write_json_atomically(self.manifest_path, manifest)
 
 
-def comparable_config(config_text: str) -> dict[str, Any]:
+def comparable_config(config_text: str, chosen_monitor: dict[str, Any] | None = None) -> dict[str, Any]:
     """A recorded or given config as a mapping of what is trained, in today's words.
 
     Configs recorded by older releases name kit classes by module (see _with_public_kit_paths) and
-    may hold placement keys; both are normalised away.
+    may hold placement keys; both are normalised away. An "auto" monitor reads as the run's
+    `chosen_monitor` (RunDirectory.chosen_monitor), when it has chosen one.
     """
-    return what_is_trained(yaml.safe_load(_with_public_kit_paths(config_text)) or {})
+    config = yaml.safe_load(_with_public_kit_paths(config_text)) or {}
+    return what_is_trained(with_chosen_monitor(config, chosen_monitor))
 
 
 def _with_public_kit_paths(config_text: str) -> str:

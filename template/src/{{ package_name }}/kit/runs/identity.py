@@ -67,6 +67,9 @@ DISPLAY_CALLBACKS = (
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Options that print and exit; they name no experiment.
 HELP_OPTIONS = ("-h", "--help", "--print_config")
+# checkpointing.monitor and .mode: "auto" is chosen at the run's first validation from what it logs
+# (kit/training/monitor_choice.py) and recorded in its manifest; the run is that choice from then on.
+AUTO = "auto"
 
 
 class RunNameError(ValueError):
@@ -113,6 +116,23 @@ def monitors_no_metric(args: list[str] | tuple[str, ...]) -> bool:
     """Whether the config a command describes sets checkpointing.monitor to null (nothing ranks its runs)."""
     checkpointing = experiment(args).get("checkpointing") or {}
     return "monitor" in checkpointing and checkpointing["monitor"] is None
+
+
+def with_chosen_monitor(config: dict[str, Any], chosen: dict[str, Any] | None) -> dict[str, Any]:
+    """`config` with an "auto" checkpointing.monitor and .mode replaced by a run's `chosen` ones
+    ({"metric", "mode"}, its manifest's); `config` unchanged when nothing was chosen yet.
+
+    So a run started as "auto" and one that names the metric "auto" chose are the same experiment, and
+    a run recorded with val/acc before "auto" became the default continues under the new default.
+    """
+    checkpointing = config.get("checkpointing")
+    if not chosen or chosen.get("metric") == AUTO or not isinstance(checkpointing, dict):
+        return config
+    config = copy.deepcopy(config)
+    for key, value in (("monitor", chosen.get("metric")), ("mode", chosen.get("mode"))):
+        if config["checkpointing"].get(key) == AUTO:
+            config["checkpointing"][key] = value
+    return config
 
 
 def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:

@@ -62,14 +62,18 @@ def find_run_by_config(root: Path, name: str, config_text: str) -> RunDirectory 
     derives another name for the same experiment; the run is found by its recorded config instead.
     """
     label = name.rsplit("-", 1)[0]
-    wanted = comparable_config(config_text)
-    matches = [
+    candidates = [
         RunDirectory(config.parent)
         for config in sorted(root.glob(f"{label}-*/{CONFIG_NAME}"))
         if re.fullmatch(re.escape(label) + r"-[0-9a-f]{8}", config.parent.name)
-        and comparable_config(config.read_text()) == wanted
     ]
+    matches = [run for run in candidates if _trains_the_same(run, config_text)]
     return matches[0] if len(matches) == 1 else None
+
+
+def _trains_the_same(run: RunDirectory, config_text: str) -> bool:
+    chosen = run.chosen_monitor()  # an "auto" monitor means the one the run chose
+    return comparable_config(run.config_path.read_text(), chosen) == comparable_config(config_text, chosen)
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:

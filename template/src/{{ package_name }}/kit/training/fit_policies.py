@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from ..runs.identity import AUTO
+
 
 @dataclass
 class CheckpointPolicy:
@@ -19,16 +21,17 @@ class CheckpointPolicy:
     every_n_steps: rewrite runs/<run>/checkpoints/last.ckpt every this many optimizer steps (null: never by steps).
     every_n_minutes: ... and whenever this many minutes passed since the last write (null: never by time).
     save_top_k: keep this many best checkpoints by `monitor`.
-    monitor: the validation metric that ranks checkpoints (null, for a model whose validation logs no metric:
-        no best checkpoints and no early stopping; evaluation and export use final.ckpt).
-    mode: "max" if a higher `monitor` is better, "min" if lower is better.
+    monitor: the validation metric that ranks checkpoints; auto: chosen at the first validation from what it
+        logs (a score such as val/acc, else val/loss; kit/training/monitor_choice.py); null, for a model whose
+        validation logs no metric: no best checkpoints and no early stopping; evaluation and export use final.ckpt.
+    mode: "max" if a higher `monitor` is better, "min" if lower is better; auto: from the metric's name.
     """
 
     every_n_steps: int | None = None
     every_n_minutes: float | None = 5.0
     save_top_k: int = 2
-    monitor: str | None = "val/acc"
-    mode: Literal["min", "max"] = "max"
+    monitor: str | None = AUTO
+    mode: Literal["min", "max", "auto"] = AUTO
 
 
 # Words in a metric's name that say which way is better; a mode against them would keep the worst
@@ -53,6 +56,8 @@ def better_direction(monitor: str | None) -> str | None:
 def refuse_a_mode_against_the_metric(monitor: str | None, mode: str) -> None:
     """ValueError when `mode` contradicts the monitored metric's name (val/acc with min, val/loss with max)."""
     expected = better_direction(monitor) or mode
+    if AUTO in (monitor, mode):
+        return  # chosen from the name (kit/training/monitor_choice.py)
     if mode != expected:
         better = "higher" if expected == "max" else "lower"
         raise ValueError(

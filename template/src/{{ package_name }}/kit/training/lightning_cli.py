@@ -22,7 +22,7 @@ from argparse import ArgumentError
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -46,6 +46,7 @@ from ..runs.directory import (
     RunDirectory,
 )
 from ..runs.identity import (
+    AUTO,
     DEFAULT_CONFIG,
     PLACEMENT_KEYS,
     RUN_CONTROL_KEYS,
@@ -71,13 +72,9 @@ from ..weights.adapters import parameter_summary
 from ..weights.cache import WeightsError, refuse_other_base_weights, resolved_sources
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .divergence import TrainingDiverged
-from .fit_policies import (
-    CheckpointPolicy,
-    EarlyStoppingPolicy,
-    automatic_precision,
-    refuse_a_mode_against_the_metric,
-)
+from .fit_policies import CheckpointPolicy, EarlyStoppingPolicy, automatic_precision, better_direction
 from .idle_hooks import skip_idle_batch_hooks
+from .monitor_choice import described, monitor_at_start
 from .no_profiler import NoProfiler
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
@@ -215,37 +212,24 @@ class ProjectCLI(LightningCLI):
         if self.subcommand != "fit":
             return self._prepared(**kwargs)
         policy = self._policy
-        _refusing_bad_settings("checkpointing", refuse_a_mode_against_the_metric, policy.monitor, policy.mode)
-        stopping: EarlyStoppingPolicy = self.config_init["fit"]["early_stopping"]
+        # "auto" follows what the run chose at its first validation; a new run chooses at its own (on_chosen).
+        metric, mode = _refusing_bad_settings(
+            "checkpointing", monitor_at_start, policy.monitor, policy.mode, self.run.chosen_monitor()
+        )
+        self._monitor = {"metric": metric, "mode": mode}
         checkpoint_dir = self.run.checkpoint_dir
         callbacks = [
-            RunBookkeeping(self.run, policy.monitor),  # first: it checks the metric before early stopping reads it
+            # first: it checks (or, for "auto", chooses) the metric before early stopping reads it
+            RunBookkeeping(self.run, metric, on_chosen=self._follow_chosen_monitor),
             PeerGuard(),
             RandomStateCheckpoint(),
             _refusing_bad_settings(
                 "checkpointing", RollingCheckpoint, checkpoint_dir, policy.every_n_steps, policy.every_n_minutes
             ),
         ]
-        if policy.monitor is not None:  # null: a model without a validation metric has no "best"
-            best = ModelCheckpoint(
-                dirpath=checkpoint_dir,
-                filename=BEST_CHECKPOINT_FILENAME,
-                auto_insert_metric_name=False,
-                monitor=policy.monitor,
-                mode=policy.mode,
-                save_top_k=policy.save_top_k,
-                save_last=False,
-                enable_version_counter=False,
-            )
-            callbacks.insert(3, best)
-        if stopping.patience is not None and policy.monitor is not None:
-            callbacks.insert(
-                1,  # after RunBookkeeping
-                EarlyStopping(
-                    monitor=policy.monitor, mode=policy.mode, patience=stopping.patience, min_delta=stopping.min_delta
-                ),
-            )
-        pruning = active_trial_pruning(policy.monitor)  # only while an Optuna search with a pruner trains a trial
+        if metric != AUTO:
+            callbacks = _with_callbacks_following(callbacks, self._callbacks_following(metric, mode))
+        pruning = active_trial_pruning(metric)  # only while an Optuna search with a pruner trains a trial
         if pruning is not None:
             callbacks.append(pruning)
         plugins = _as_list(trainer_config.get("plugins"))
@@ -277,6 +261,49 @@ class ProjectCLI(LightningCLI):
     @property
     def _policy(self) -> CheckpointPolicy:
         return self.config_init[self.subcommand]["checkpointing"]
+
+    def _callbacks_following(self, metric: str | None, mode: str | None) -> list[Callback]:
+        """The best `save_top_k` checkpoints and early stopping by `metric` (none without one)."""
+        if metric is None:  # a model without a validation metric has no "best"
+            return []
+        policy, stopping = self._policy, self.config_init["fit"]["early_stopping"]
+        best = ModelCheckpoint(
+            dirpath=self.run.checkpoint_dir,
+            filename=BEST_CHECKPOINT_FILENAME,
+            auto_insert_metric_name=False,
+            monitor=metric,
+            mode=mode,
+            save_top_k=policy.save_top_k,
+            save_last=False,
+            enable_version_counter=False,
+        )
+        if stopping.patience is None:
+            return [best]
+        stopper = EarlyStopping(monitor=metric, mode=mode, patience=stopping.patience, min_delta=stopping.min_delta)
+        return [best, stopper]
+
+    def _follow_chosen_monitor(self, trainer: Trainer, metric: str | None) -> None:
+        """At the first validation of a new "auto" run (every process, the same `metric`): the best-k
+        checkpoints and early stopping start following it, and the manifest records it for later starts."""
+        mode = better_direction(metric) if metric else None
+        self._monitor = {"metric": metric, "mode": mode}
+        added = self._callbacks_following(metric, mode)
+        for callback in added:
+            callback.setup(trainer, trainer.lightning_module, stage="fit")
+        skip_idle_batch_hooks(added)
+        trainer.callbacks = _with_callbacks_following(trainer.callbacks, added)
+        pruning = active_trial_pruning(metric)
+        if pruning is not None:
+            pruning.monitor = metric
+        if trainer.is_global_zero:
+            self.run.note_chosen_monitor(metric, mode)
+            if metric is not None:
+                print(
+                    f"Run '{self.run.name}': checkpoints and early stopping follow {described(metric, mode)}, "
+                    f"chosen from what validation logs (checkpointing.monitor: auto)."
+                )
+            else:
+                self._say_no_monitored_metric("validation logs no metric")
 
     # -- resume ---------------------------------------------------------------------------------
     def before_fit(self) -> None:
@@ -346,11 +373,16 @@ class ProjectCLI(LightningCLI):
         frozen = f" ({parameters['frozen']:,} frozen)" if parameters["frozen"] else ""
         model = type(self.model).__name__
         print(f"Run '{self.run.name}': {model}, {parameters['trainable']:,} trainable parameters{frozen}")
-        if self._policy.monitor is None:
-            print(
-                f"Run '{self.run.name}': checkpointing.monitor is null, so no best checkpoints and no early stopping; "
-                f"evaluation and export use {FINAL_CHECKPOINT} (rolling {LAST_CHECKPOINT} until then)."
+        if self._monitor["metric"] is None:
+            self._say_no_monitored_metric(
+                "checkpointing.monitor is null" if self._policy.monitor is None else "validation logs no metric"
             )
+
+    def _say_no_monitored_metric(self, why: str) -> None:
+        print(
+            f"Run '{self.run.name}': {why}, so no best checkpoints and no early stopping; "
+            f"evaluation and export use {FINAL_CHECKPOINT} (rolling {LAST_CHECKPOINT} until then)."
+        )
 
     def _check_code(self) -> tuple[dict[str, str], list[str]]:
         """This start's code (kit/runs/code_state.py) and how it differs from the run's; refused unless allowed."""
@@ -376,8 +408,7 @@ class ProjectCLI(LightningCLI):
         changed_code: list[str],
         pretrained: dict[str, dict],
     ) -> None:
-        monitor = {"metric": self._policy.monitor, "mode": self._policy.mode}
-        self.run.start(self.config_text, monitor=monitor, code=code, pretrained=pretrained)
+        self.run.start(self.config_text, monitor=self._monitor, code=code, pretrained=pretrained)
         placement = {key: self.config["fit"]["trainer"].get(key) for key in PLACEMENT_KEYS}
         placement["processes"] = self.trainer.world_size
         seed = self.config["fit"].get("seed_everything")
@@ -438,6 +469,19 @@ class ProjectCLI(LightningCLI):
             print(f"Run '{self.run.name}': using {chosen.name}")
 
     before_validate = before_test = before_predict = _evaluation_checkpoint
+
+
+def _with_callbacks_following(callbacks: list[Callback], added: list[Callback]) -> list[Callback]:
+    """`callbacks` with early stopping right after RunBookkeeping (which checks the metric first) and
+    the best-k ModelCheckpoint right before RollingCheckpoint (which writes last.ckpt after it)."""
+    callbacks = list(callbacks)
+    for callback in added:
+        if isinstance(callback, EarlyStopping):
+            after = next(i for i, c in enumerate(callbacks) if isinstance(c, RunBookkeeping)) + 1
+        else:
+            after = next(i for i, c in enumerate(callbacks) if isinstance(c, RollingCheckpoint))
+        callbacks.insert(after, callback)
+    return callbacks
 
 
 def _gpu_memory_used() -> dict[str, float]:

@@ -25,7 +25,7 @@ class LoadedProject:
     model: LightningModule
     datamodule: LightningDataModule
     run: RunDirectory  # the run directory `fit` with these options uses
-    monitor: str  # the metric that checkpoints and early stopping follow
+    monitor: str | None  # checkpointing.monitor as configured ("auto": chosen at the first validation)
 
 
 def load_project(args: list[str] = ()) -> LoadedProject:

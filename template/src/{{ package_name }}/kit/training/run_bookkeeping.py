@@ -5,9 +5,10 @@ One callback, `RunBookkeeping`, does four small jobs:
   says how good it is (the manifest entry copies it; kit/runs/checkpoint_io.py);
 - it refuses to let a checkpoint with NaN or infinite weights be written (kit/training/divergence.py):
   every save passes here, in every process, before anything is written;
-- it stops `fit` at the first validation (the sanity check, before any training) when the model
+- at the first validation (the sanity check, before any training) it stops `fit` when the model
   does not log the metric that checkpoints and early stopping follow, naming the metrics it does
-  log: a regression model under the classification default `val/acc`;
+  log (a regression model told to follow `val/acc`); for `checkpointing.monitor: auto` it chooses
+  that metric there instead (kit/training/monitor_choice.py), rank 0's choice for every process;
 - it marks the run `failed` (manifest and record) when an error ends `fit`, instead of leaving
   `running`.
 One callback rather than three because Lightning calls every hook of every callback at every
@@ -22,6 +23,7 @@ rank 0 writes: Lightning saves checkpoints on rank 0, and the failure is recorde
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -29,10 +31,12 @@ from lightning.pytorch.callbacks import Callback, ModelSummary
 from typing_extensions import override
 
 from ..runs.directory import MONITORED_VALUE_KEY, RunDirectory
+from ..runs.identity import AUTO
 from ..runs.lease import RunTakenOver
 from ..runs.record import end_start
 from .distributed import PeerGuard
 from .divergence import refuse_non_finite_weights
+from .monitor_choice import choose_monitor
 
 
 class MissingMonitoredMetric(ValueError):
@@ -40,9 +44,16 @@ class MissingMonitoredMetric(ValueError):
 
 
 class RunBookkeeping(Callback):
-    def __init__(self, run: RunDirectory, monitor: str | None) -> None:
+    def __init__(
+        self,
+        run: RunDirectory,
+        monitor: str | None,
+        on_chosen: Callable[[Trainer, str | None], None] | None = None,
+    ) -> None:
+        """monitor: the metric to check, AUTO to choose one; on_chosen(trainer, metric): told the choice."""
         self.run = run
         self.monitor = monitor
+        self.on_chosen = on_chosen
         self.monitor_checked = False
 
     # -- callbacks with nothing left to do would still be called at every step -----------------
@@ -72,14 +83,20 @@ class RunBookkeeping(Callback):
         if self.monitor_checked or self.monitor is None:
             return
         self.monitor_checked = True
+        if self.monitor == AUTO:
+            chosen = choose_monitor(trainer.callback_metrics) if trainer.is_global_zero else None
+            self.monitor = trainer.strategy.broadcast(chosen)  # one choice: the metrics one process logs
+            if self.on_chosen is not None:
+                self.on_chosen(trainer, self.monitor)
+            return
         if self.monitor not in trainer.callback_metrics:
             logged = sorted(name for name in trainer.callback_metrics if not name.startswith("train"))
             raise MissingMonitoredMetric(
                 f"checkpointing.monitor is {self.monitor!r}, which validation does not log "
                 f"(it logs: {', '.join(logged) or 'nothing'}). Checkpoints and early stopping follow that metric: "
                 f"set checkpointing.monitor to one of these in configs/default.yaml, with checkpointing.mode "
-                f"(min for a loss or an error, max for an accuracy), or to null for a model without a validation "
-                f"metric (no best checkpoints, no early stopping)."
+                f"(min for a loss or an error, max for an accuracy), or to auto (chosen from what validation logs), "
+                f"or to null for a model without a validation metric (no best checkpoints, no early stopping)."
             )
 
     # -- a failed run says so --------------------------------------------------------------------

@@ -78,6 +78,9 @@ def test_another_task_is_checked_trained_resumed_tested_and_evaluated(
     again = train(example_command, project, stoppable, f"{shape}-ctrl-c", *classes, *SHORT_RUN, env=env)
     assert again.returncode == 0 and "resuming from last.ckpt (epoch 2, step 7)" in again.stdout, again.stdout
     assert max_abs_difference(final_weights(project, f"{shape}-ctrl-c"), final_weights(project, run)) == 0.0
+    # No validation at the stop (Lightning's own on a mid-epoch stop): no best checkpoint of a step the run
+    # uninterrupted never validated at, so the same best ones and the same best value (what a search ranks by).
+    assert best_checkpoints(project, f"{shape}-ctrl-c") == best_checkpoints(project, run), again.stdout
 
     tested = command("test", "--run_name", run, *classes)
     assert tested.returncode == 0 and "test/loss" in tested.stdout, tested.stdout[-2000:] + tested.stderr[-3000:]

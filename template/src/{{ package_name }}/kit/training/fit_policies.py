@@ -55,9 +55,9 @@ def better_direction(monitor: str | None) -> str | None:
 
 def refuse_a_mode_against_the_metric(monitor: str | None, mode: str) -> None:
     """ValueError when `mode` contradicts the monitored metric's name (val/acc with min, val/loss with max)."""
-    expected = better_direction(monitor) or mode
     if AUTO in (monitor, mode):
         return  # chosen from the name (kit/training/monitor_choice.py)
+    expected = better_direction(monitor) or mode
     if mode != expected:
         better = "higher" if expected == "max" else "lower"
         raise ValueError(

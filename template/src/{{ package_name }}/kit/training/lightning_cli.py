@@ -292,9 +292,7 @@ class ProjectCLI(LightningCLI):
             callback.setup(trainer, trainer.lightning_module, stage="fit")
         skip_idle_batch_hooks(added)
         trainer.callbacks = _with_callbacks_following(trainer.callbacks, added)
-        pruning = active_trial_pruning(metric)
-        if pruning is not None:
-            pruning.monitor = metric
+        active_trial_pruning(metric)  # a pruned search's trial reports the chosen metric
         if trainer.is_global_zero:
             self.run.note_chosen_monitor(metric, mode)
             if metric is not None:

@@ -32,7 +32,7 @@ VALIDATION_PREFIXES = ("val", "valid", "validation")
 
 def is_validation_metric(name: str) -> bool:
     """Whether a logged name is a validation metric (val/acc, val_loss, validation/f1_epoch)."""
-    return re.split(r"[/_.]", name, maxsplit=1)[0].lower() in VALIDATION_PREFIXES
+    return re.split(r"[/_.-]", name, maxsplit=1)[0].lower() in VALIDATION_PREFIXES
 
 
 def choose_monitor(logged: Iterable[str]) -> str | None:

@@ -20,7 +20,8 @@ Best-k checkpoints by the monitored metric come from Lightning's ModelCheckpoint
 On a stop signal (SIGUSR1: SLURM sends it before a time limit or preemption; SIGTERM: what
 `kill`, a scheduler or a container runtime sends; SIGINT: Ctrl-C) the signal handler only sets a
 flag. At the next batch boundary (or, on an epoch's last batch, after that epoch's validation)
-`last.ckpt` is written and training stops; `stopped_by_signal` tells the command to exit with
+`last.ckpt` is written and training stops, without the validation Lightning would add at a
+mid-epoch stop (see _stop_mid_epoch); `stopped_by_signal` tells the command to exit with
 runs.REQUEUE_EXIT_CODE, so that a job script requeues the job and `supervise` restarts it, and
 the same command continues exactly. A second Ctrl-C stops at once, without a checkpoint.
 The handlers replace Lightning's for SIGTERM once training starts (Lightning's ends the process
@@ -45,7 +46,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 from typing_extensions import override
 
 from ..runs.directory import FINAL_CHECKPOINT, LAST_CHECKPOINT, ON_EXCEPTION_CHECKPOINT
@@ -135,6 +136,20 @@ class RollingCheckpoint(Checkpoint):
         self.stopped_by_signal = True
         trainer.should_stop = True
 
+    def _stop_mid_epoch(self, trainer: pl.Trainer) -> None:
+        """A stop between an epoch's batches: `last.ckpt`, and none of the epoch's ending.
+
+        Told to stop mid-epoch, Lightning validates (its path for early stopping), and best-k checkpoints
+        and early stopping then act at the epoch's end: at a step the same run uninterrupted never
+        validates at. That left a best checkpoint nothing deletes and another best value for a search or
+        `seeds` to rank by, and spent a whole validation of SLURM's grace time. The run goes on from
+        `last.ckpt`, which holds their state as of this step, so this process skips them.
+        """
+        self._stop_for_signal(trainer)
+        trainer.limit_val_batches = 0  # Trainer.enable_validation: no validation after this
+        monitoring = (ModelCheckpoint, EarlyStopping)
+        trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, monitoring)]
+
     @property
     def last_path(self) -> Path:
         return self.dirpath / LAST_CHECKPOINT
@@ -174,7 +189,7 @@ class RollingCheckpoint(Checkpoint):
             if agreement_due:  # one process agrees with itself: only the divergence check and its timing
                 self._agree_on_signal_and_time(trainer)
             if self.signal_received:
-                self._stop_for_signal(trainer)
+                self._stop_mid_epoch(trainer)
             elif step_due or self._minutes_passed(time.monotonic()):
                 self.save_last(trainer)
             return
@@ -183,7 +198,7 @@ class RollingCheckpoint(Checkpoint):
         agreed = not is_distributed() or agreement_due
         time_due = self._agree_on_signal_and_time(trainer) if agreed else False
         if agreed and self.stop_agreed:
-            self._stop_for_signal(trainer)
+            self._stop_mid_epoch(trainer)
         elif step_due or time_due:
             self.save_last(trainer)
 

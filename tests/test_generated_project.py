@@ -194,7 +194,7 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
             "error: `data record` calls the data module's raw_files(), which BoringDataModule does not define",
         ),
         "a mode against the monitored metric": (
-            ["fit", "--checkpointing.monitor=val/loss", "--run_name", "wrong-way"],
+            ["fit", "--checkpointing.monitor=val/loss", "--checkpointing.mode=max", "--run_name", "wrong-way"],
             "monitor is 'val/loss' with mode 'max', but a lower val/loss is better: the best checkpoints would be",
         ),
     }

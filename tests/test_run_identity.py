@@ -37,7 +37,9 @@ def test_submit_and_fit_name_the_same_run(kit, monkeypatch) -> None:
     monkeypatch.chdir(kit.project)
     loaded = kit.load_project(["--trainer.max_epochs=2", "--trainer.devices=1"])
     assert loaded.run.name == kit.run_name(local, kit.default)
-    assert loaded.monitor == "val/acc" and type(loaded.model).__name__ == "DigitsClassifier"
+    assert (
+        loaded.monitor == "auto" and type(loaded.model).__name__ == "DigitsClassifier"
+    )  # chosen at the first validation
 
 
 def test_what_is_trained_names_the_run_and_comments_do_not(kit, tmp_path: Path) -> None:

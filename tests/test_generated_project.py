@@ -96,8 +96,11 @@ def test_other_loggers_write_into_the_run_directory(
     shape = {"tensorboard": "dense", "wandb": "multi-label"}[logger]
     a_task_of_another_shape_with_this_logger(project, package, venv.script(package), logger, shape, tmp_path)
     # ... and made the project's own task, the project's tests and `reproduce` pass with this logger too.
+    logged = {"tensorboard": "runs/*/tensorboard/events.out.tfevents.*", "wandb": "runs/*/wandb/offline-run-*"}[logger]
+    before = set(project.glob(logged))
     make_it_the_projects_task(project, package, [str(venv.script(package))], shape)
     the_projects_tests_and_reproduce_pass(project, [str(venv.script(package))], shape)
+    assert set(project.glob(logged)) - before, f"reproduce's training wrote no {logger} files"
 
 
 def a_task_of_another_shape_with_this_logger(

@@ -90,14 +90,15 @@ def test_the_report_shows_every_run_what_differs_and_the_sweeps_and_seeds(report
                                     "seeds-two-seeds-1", "stopped"])  # fmt: skip
     status = {row[0]: row[1] for row in rows}
     assert status["stopped"] == "stopped" and {status[n] for n in names if n != "stopped"} == {"finished"}
-    # Best first, by each run's recorded best val/acc (the stopped run's from the validation its stop ran).
+    # Best first, by each run's recorded best val/acc; the run stopped in its first epoch validated never (a
+    # stop runs no validation of its own), so it has no best value: last, shown as a dash.
     best = {row[0]: row[2] for row in rows}
     recorded = {name: json.loads((runs / name / "manifest.json").read_text()) for name in names}
     values = {name: max((c["value"] for c in m["checkpoints"].values() if c.get("value") is not None), default=None)
               for name, m in recorded.items()}  # fmt: skip
-    ranked = sorted(names, key=lambda n: -values[n])
-    assert names == ranked, (names, values)
-    assert all(best[name] == f"{values[name]:.4g}" for name in ranked)
+    ranked = sorted((name for name in names if values[name] is not None), key=lambda n: -values[n])
+    assert values["stopped"] is None and names == [*ranked, "stopped"], (names, values)
+    assert all(best[name] == f"{values[name]:.4g}" for name in ranked) and best["stopped"] == "\u2014"
     # The settings that differ are columns; the shared ones are listed once below.
     assert {"model.init_args.learning_rate", "seed_everything", "trainer.max_epochs"} <= set(header)
     assert "data.init_args.batch_size" not in header and "data.init_args.batch_size: 128" in text

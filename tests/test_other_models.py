@@ -11,6 +11,7 @@ exactly, and `test` scores its final checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -105,6 +106,26 @@ def test_two_optimizers_without_a_validation_metric_check_train_resume_and_test(
     tested = command("test", "--run_name", "two-optimizers", MODEL[0])
     assert tested.returncode == 0, tested.stderr[-3000:]
     assert "Run 'two-optimizers': using final.ckpt" in tested.stdout and "test/acc" in tested.stdout
+
+
+def test_auto_says_when_there_is_no_metric_to_follow(example_project, example_command, tmp_path) -> None:
+    """`checkpointing.monitor: auto` with the same model: a validation that logs nothing, and no validation at
+    all (limit_val_batches=0), each end in one line at the start, recorded so that a re-run keeps it."""
+    project, _ = example_project
+    (tmp_path / "two_optimizers.py").write_text(TWO_OPTIMIZERS)
+    path = {"PYTHONPATH": str(tmp_path)}
+    plain = resume_test_config(tmp_path / "plain.json", tmp_path / "plain.jsonl", None, tmp_path / "unused")
+    for name, options, why in (
+        ("logs-nothing", [], "validation logs no metric"),
+        ("no-validation", ["--trainer.limit_val_batches=0"], "validation does not run"),
+    ):
+        done = train(
+            example_command, project, plain, name, MODEL[0], *SHORT_RUN, "--trainer.max_epochs=1", *options, env=path
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"Run '{name}': {why}, so no best checkpoints and no early stopping" in done.stdout, done.stdout
+        manifest = json.loads((project / "runs" / name / "manifest.json").read_text())
+        assert manifest["monitor"] == {"metric": None, "mode": None}, manifest
 
 
 def test_check_reports_a_crashing_model_check_by_check_in_one_line_each(example_project, example_command) -> None:

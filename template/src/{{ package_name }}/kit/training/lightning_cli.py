@@ -301,7 +301,9 @@ class ProjectCLI(LightningCLI):
                     f"chosen from what validation logs (checkpointing.monitor: auto)."
                 )
             else:
-                self._say_no_monitored_metric("validation logs no metric")
+                self._say_no_monitored_metric(
+                    "validation logs no metric" if trainer.enable_validation else "validation does not run"
+                )
 
     # -- resume ---------------------------------------------------------------------------------
     def before_fit(self) -> None:

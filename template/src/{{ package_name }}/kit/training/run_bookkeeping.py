@@ -8,7 +8,8 @@ One callback, `RunBookkeeping`, does four small jobs:
 - at the first validation (the sanity check, before any training) it stops `fit` when the model
   does not log the metric that checkpoints and early stopping follow, naming the metrics it does
   log (a regression model told to follow `val/acc`); for `checkpointing.monitor: auto` it chooses
-  that metric there instead (kit/training/monitor_choice.py), rank 0's choice for every process;
+  that metric there instead (kit/training/monitor_choice.py), rank 0's choice for every process,
+  and when training starts without any validation to come, it chooses none;
 - it marks the run `failed` (manifest and record) when an error ends `fit`, instead of leaving
   `running`.
 One callback rather than three because Lightning calls every hook of every callback at every
@@ -61,6 +62,8 @@ class RunBookkeeping(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         idle = (ModelSummary, PeerGuard) if trainer.world_size == 1 else (ModelSummary,)
         trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, idle)]
+        if self.monitor == AUTO and not trainer.enable_validation:
+            self._choose(trainer, None)  # no validation_step, no validation data or limit_val_batches=0: none to follow
 
     # -- the checkpoint's own note of how good it is -------------------------------------------
     @override
@@ -85,9 +88,7 @@ class RunBookkeeping(Callback):
         self.monitor_checked = True
         if self.monitor == AUTO:
             chosen = choose_monitor(trainer.callback_metrics) if trainer.is_global_zero else None
-            self.monitor = trainer.strategy.broadcast(chosen)  # one choice: the metrics one process logs
-            if self.on_chosen is not None:
-                self.on_chosen(trainer, self.monitor)
+            self._choose(trainer, trainer.strategy.broadcast(chosen))  # one choice: the metrics one process logs
             return
         if self.monitor not in trainer.callback_metrics:
             logged = sorted(name for name in trainer.callback_metrics if not name.startswith("train"))
@@ -98,6 +99,11 @@ class RunBookkeeping(Callback):
                 f"(min for a loss or an error, max for an accuracy), or to auto (chosen from what validation logs), "
                 f"or to null for a model without a validation metric (no best checkpoints, no early stopping)."
             )
+
+    def _choose(self, trainer: Trainer, metric: str | None) -> None:
+        self.monitor, self.monitor_checked = metric, True
+        if self.on_chosen is not None:
+            self.on_chosen(trainer, metric)
 
     # -- a failed run says so --------------------------------------------------------------------
     @override

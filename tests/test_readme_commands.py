@@ -4,7 +4,8 @@ Commands that would change the machine are dry-run instead: `python -m venv` che
 interpreter exists, `pip install` runs with --dry-run (but the install from the lock, which
 downloads every locked package to check its hash: the example_project fixture's venv is made by
 that very command, template_dev.make_project_venv; here the lock file must exist), `copier update` runs
-with --pretend, `serve` runs for 30 s and is stopped with SIGTERM (a clean stop exits 0); activating
+with --pretend, `serve` runs until it answers at the address the README gives (its page and /ready)
+and is then stopped with SIGTERM (a clean stop exits 0 and says so); activating
 the virtualenv is done by putting its bin/ first on PATH. The project's venv has exactly the
 packages of a venv installed from its lock (locks/cpu.txt, as the README says: the example_project
 fixture), so the project's own tests (`pytest`, in the Test section) pass in the locked environment.
@@ -14,8 +15,13 @@ tests/test_task_kinds.py, in a copy that then trains another task.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -62,9 +68,32 @@ def as_run(command: str) -> str | None:
         return "pip install --dry-run " + shlex.join(words[2:])
     if words[:4] == ["python", "-m", "copier", "update"]:
         return command + " --pretend"
-    if words[1:2] == ["serve"]:  # a server runs until stopped: SIGTERM after 30 s must end it cleanly, exit 0
-        return f"timeout --preserve-status -s TERM 30 {command}"
     return command
+
+
+def serve_until_it_answers(command: str, url: str, project: Path, env: dict) -> subprocess.CompletedProcess:
+    """`serve` as the README runs it, until `url` shows its page and says ready; then SIGTERM, as Ctrl-C would
+    (a server that never answers is killed after two minutes and fails the test by its exit code)."""
+    server = subprocess.Popen(
+        shlex.split(command), cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while server.poll() is None:
+        try:
+            with (
+                urllib.request.urlopen(f"{url}ready", timeout=5) as ready,
+                urllib.request.urlopen(url, timeout=5) as page,
+            ):
+                if ready.status == 200 and "<html" in page.read().decode().lower():
+                    server.send_signal(signal.SIGTERM)
+                    break
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                break
+            time.sleep(0.2)
+    stdout, stderr = server.communicate(timeout=60)
+    return subprocess.CompletedProcess(command, server.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +127,12 @@ def test_readme_has_the_future_self_sections(readme_project) -> None:
 
 def test_every_readme_command_runs(readme_project) -> None:
     project, venv = readme_project
-    commands = readme_commands((project / "README.md").read_text())
+    readme = (project / "README.md").read_text()
+    commands = readme_commands(readme)
     package = EXAMPLE_ANSWERS["package_name"]
     assert len([c for c in commands if c.startswith(package)]) >= 20
     env = {**venv.env, "VIRTUAL_ENV": str(venv.path), "WANDB_MODE": "disabled", "RUNS_DIR": str(project / "runs")}
+    served_at = re.search(r"serve +# the model at (http://127\.0\.0\.1:\d+/)", readme)[1]
     ran = []
     for command in commands:
         if command.startswith("copier update"):  # "commit first", as the README says; the hooks run too
@@ -110,7 +141,11 @@ def test_every_readme_command_runs(readme_project) -> None:
         to_run = as_run(command)
         if to_run is None or to_run in ran:
             continue  # run already, and nothing since changes its outcome (`copier update` is a --pretend here)
-        done = run(["bash", "-c", to_run], cwd=project, env=env, check=False, timeout=600)
+        if to_run.startswith(f"{package} serve"):  # a server runs until stopped: at the README's address
+            done = serve_until_it_answers(to_run, served_at, project, {**os.environ, **env})
+            assert "Stopped on SIGTERM after answering" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+        else:
+            done = run(["bash", "-c", to_run], cwd=project, env=env, check=False, timeout=600)
         assert done.returncode == 0, f"README command failed: {to_run}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         if to_run.startswith(package):  # the project's own commands leave Lightning's chatter out
             for chatter in LIGHTNING_CHATTER:

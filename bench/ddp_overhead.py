@@ -11,7 +11,10 @@ model, data and batch size:
   per-step save/stop agreement, CSV logger, progress lines, early stopping.
 
 Per-step time = rank 0's training batches of an epoch / steps (validation excluded; the first epoch
-of every run is a warm-up). Sides alternate in ABBA order over the repeats, in this one run; each
+of every run is a warm-up). Also printed: each process's CPU time per step (the same epochs), its
+own work without the time it spends waiting for the other process at a collective: with two
+processes on two shared cores the wall-time ratio moves by several per cent from run to run, the
+CPU time much less. Sides alternate in ABBA order over the repeats, in this one run; each
 side is its own pair of processes (DDP cannot be torn down and rebuilt in one process).
 
 With `--strategy fsdp2` both sides use the kit's `fsdp2` (FSDP2, the model sharded layer by layer):
@@ -90,13 +93,19 @@ def run_side(side: str, project: Path, epochs: int, label: str, out: Path) -> No
         logging.getLogger(name).setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
         (template_fit if side == "fit" else bare_lightning)(epochs, label)
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        out.write_text(json.dumps(step_timer.EPOCH_TIMES[label]))
+    rank = os.environ.get("LOCAL_RANK", "0")
+    timed = {"wall": step_timer.EPOCH_TIMES[label], "cpu": step_timer.EPOCH_CPU[label]}
+    rank_file(out, rank).write_text(json.dumps(timed))
 
 
-def per_step_ms(out: Path) -> list[float]:
-    times = json.loads(out.read_text())
-    return [seconds / steps * 1e3 for seconds, steps in times[1:]]  # the first epoch warms up
+def rank_file(out: Path, rank: str) -> Path:
+    return out.with_name(f"{out.stem}-rank{rank}.json")
+
+
+def per_step_ms(out: Path, rank: str, kind: str) -> list[float]:
+    """Rank `rank`'s per-step `kind` time ("wall" or "cpu"), one value per epoch after the first (a warm-up)."""
+    times = json.loads(rank_file(out, rank).read_text())[kind]
+    return [seconds / steps * 1e3 for seconds, steps in times[1:]]
 
 
 def main() -> None:
@@ -118,13 +127,16 @@ def main() -> None:
     work, _ = use_rendered_example("bench-ddp-")
     env = {**os.environ, "BENCH_STRATEGY": args.strategy}
     times: dict[str, list[float]] = {"bare": [], "fit": []}
+    cpu: dict[tuple[str, str], list[float]] = {(side, rank): [] for side in times for rank in ("0", "1")}
     for repeat in range(args.repeats):
         for side in ("bare", "fit") if repeat % 2 == 0 else ("fit", "bare"):
             label, out = f"{args.strategy}-{side}-{repeat}", work / f"{side}-{repeat}.json"
             command = [sys.executable, __file__, "--side", side, "--project", str(work / "project")]
             command += ["--epochs", str(args.epochs), "--label", label, "--out", str(out)]
             subprocess.run(command, check=True, capture_output=True, text=True, env=env)
-            times[side] += per_step_ms(out)
+            times[side] += per_step_ms(out, "0", "wall")
+            for rank in ("0", "1"):
+                cpu[side, rank] += per_step_ms(out, rank, "cpu")
     bare, fit = statistics.median(times["bare"]), statistics.median(times["fit"])
     fastest = min(times["fit"]) / min(times["bare"])
     name = args.strategy
@@ -133,6 +145,11 @@ def main() -> None:
     print(f"{'bare Lightning ' + name:<28} {bare:>8.3f} ms")
     print(f"{'template fit (' + name + ')':<28} {fit:>8.3f} ms")
     print(f"ratio {fit / bare:.3f}x (+{fit - bare:.3f} ms per step); fastest epochs {fastest:.3f}x")
+    # CPU time per step of each process: its own work, without the time it waits for the other at a collective.
+    for rank in ("0", "1"):
+        bare_cpu, fit_cpu = statistics.median(cpu["bare", rank]), statistics.median(cpu["fit", rank])
+        ratio = fit_cpu / bare_cpu
+        print(f"rank {rank} CPU per step: bare {bare_cpu:.3f} ms, fit {fit_cpu:.3f} ms, ratio {ratio:.3f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A callback that times the training batches of each epoch (validation and epoch-end work excluded)."""
+"""A callback that times the training batches of each epoch (validation and epoch-end work excluded):
+wall time, and this process's CPU time (all its threads), which does not count waiting for another process."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import lightning.pytorch as pl
 
 # Filled by StepTimer in this process: one (seconds, steps) pair per epoch, per timer label.
 EPOCH_TIMES: dict[str, list[tuple[float, int]]] = {}
+# The same epochs' CPU time of this process: one (cpu seconds, steps) pair per epoch, per timer label.
+EPOCH_CPU: dict[str, list[tuple[float, int]]] = {}
 
 
 class StepTimer(pl.Callback):
@@ -15,15 +18,19 @@ class StepTimer(pl.Callback):
         self.label = label
         self._epoch_started = 0.0
         self._last_batch_ended = 0.0
+        self._cpu_started = self._cpu_last_batch_ended = 0.0
         self._steps = 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._steps = 0
         self._epoch_started = time.perf_counter()
+        self._cpu_started = time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._steps += 1
         self._last_batch_ended = time.perf_counter()
+        self._cpu_last_batch_ended = time.process_time()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         EPOCH_TIMES.setdefault(self.label, []).append((self._last_batch_ended - self._epoch_started, self._steps))
+        EPOCH_CPU.setdefault(self.label, []).append((self._cpu_last_batch_ended - self._cpu_started, self._steps))

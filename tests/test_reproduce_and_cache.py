@@ -94,11 +94,13 @@ def test_missing_raw_input_is_named(transform_module, tmp_path) -> None:
 
 # -- reproduce, records and cards, in a project of their own ------------------------------------
 @pytest.fixture(scope="module")
-def artifact_project(template_repo, tmp_path_factory):
+def artifact_project(template_repo, locked_example_install, tmp_path_factory):
     project = tmp_path_factory.mktemp("reproduce") / "digits-mlp"
     render(template_repo, project)
     commit_all(project)
-    venv = make_project_venv(project, standalone=False)
+    # The packages of the example's lock, as a researcher has them (the template's own venv also holds
+    # transformers, which torchmetrics then imports in every command: 2 s more each).
+    venv = make_project_venv(project, standalone=False, borrow_from=locked_example_install)
 
     def command(*args: str, check: bool = True):
         env = {**venv.env, "RUNS_DIR": str(project / "runs")}

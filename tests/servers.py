@@ -32,21 +32,26 @@ def serving(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if get(f"{url}/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve did not become ready: {server.communicate(timeout=30)}")
-            time.sleep(0.2)
+        wait_until_ready(server, url)
         yield url, server
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
+
+
+def wait_until_ready(server: subprocess.Popen, url: str, seconds: float = 90) -> None:
+    """Until `server` answers 200 at `url`/ready; AssertionError with its output if it ends or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if get(f"{url}/ready")[0] == 200:
+                return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"serve did not become ready: {server.communicate(timeout=30)}")
+        time.sleep(0.2)
 
 
 def get(url: str) -> tuple[int, dict]:

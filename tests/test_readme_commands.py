@@ -20,11 +20,11 @@ import re
 import shlex
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import wait_until_ready
 
 from template_dev import EXAMPLE_ANSWERS, LOCK_INSTALL, commit_all, make_project_venv, render, run
 
@@ -72,26 +72,18 @@ def as_run(command: str) -> str | None:
 
 
 def serve_until_it_answers(command: str, url: str, project: Path, env: dict) -> subprocess.CompletedProcess:
-    """`serve` as the README runs it, until `url` shows its page and says ready; then SIGTERM, as Ctrl-C would
-    (a server that never answers is killed after two minutes and fails the test by its exit code)."""
+    """`serve` as the README runs it, until `url` says ready and shows its page; then SIGTERM, as Ctrl-C would
+    (a server that never becomes ready fails the test with its output after two minutes)."""
     server = subprocess.Popen(
         shlex.split(command), cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 120
-    while server.poll() is None:
-        try:
-            with (
-                urllib.request.urlopen(f"{url}ready", timeout=5) as ready,
-                urllib.request.urlopen(url, timeout=5) as page,
-            ):
-                if ready.status == 200 and "<html" in page.read().decode().lower():
-                    server.send_signal(signal.SIGTERM)
-                    break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                break
-            time.sleep(0.2)
+    try:
+        wait_until_ready(server, url.rstrip("/"), seconds=120)
+        with urllib.request.urlopen(url, timeout=5) as page:
+            assert page.status == 200 and "<html" in page.read().decode().lower()
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
     stdout, stderr = server.communicate(timeout=60)
     return subprocess.CompletedProcess(command, server.returncode, stdout, stderr)
 

@@ -20,6 +20,7 @@ BENCHMARKS = [
     "runs_report.py",
     "run_integrity.py",
     "help_speed.py",
+    "command_start.py",
 ]
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+import preloaded_commands
 
 TOP = Path(__file__).resolve().parent  # the template repository
 EXAMPLE_ANSWERS: dict = yaml.safe_load((TOP / "example-answers.yml").read_text())
@@ -29,7 +30,7 @@ GIT_IDENTITY = {
 def run(command: list[str], cwd: Path, check: bool = True, env: dict | None = None, **kwargs):
     """Run a command, capture its output, and on failure show that output in the error."""
     full_env = {**os.environ, **GIT_IDENTITY, **(env or {})}
-    done = subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, **kwargs)
+    done = preloaded_commands.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, **kwargs)
     if check and done.returncode != 0:
         raise AssertionError(
             f"{' '.join(map(str, command))} exited {done.returncode} in {cwd}\n"

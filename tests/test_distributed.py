@@ -29,6 +29,8 @@ from training_runs import (
     validated_epochs,
 )
 
+import preloaded_commands
+
 TRAINING_EXAMPLES = 1_259
 # 1,259 examples over 2 ranks: 630 each (one example padded in), 5 batches of at most 128 per rank.
 STEPS_PER_EPOCH = 5
@@ -185,7 +187,9 @@ def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, e
     records.unlink()
 
     command = [*example_command, "fit", "--config", str(config), "--run_name", "ddp-signalled", *TWO_PROCESSES]
-    process = subprocess.Popen([*command, *long_run], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = preloaded_commands.start(
+        [*command, *long_run], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while not (records.exists() and any(r["epoch"] >= 3 for r in read_records(records))):
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be signalled"

@@ -30,6 +30,7 @@ from hub_cache import put_in_hub_cache, save_tiny_llama_with_tokenizer
 from servers import post, serving
 from training_runs import checkpoint_weights, max_abs_difference, train
 
+import preloaded_commands
 from template_dev import commit_all, make_project_venv, render
 
 PACKAGE = "ticket_topics"
@@ -79,7 +80,7 @@ def finetune_project(template_repo: Path, root: Path) -> tuple[Path, list[str], 
 
 def run(finetune, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     project, command, env = finetune
-    return subprocess.run(
+    return preloaded_commands.run(
         [*command, *args], cwd=project, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
     )
 
@@ -102,7 +103,7 @@ def final_state(project: Path, run_name: str) -> dict[str, torch.Tensor]:
 def test_the_projects_own_tests_pass(finetune) -> None:
     project, _, env = finetune
     python = project / ".venv" / "bin" / "python"
-    done = subprocess.run(
+    done = preloaded_commands.run(
         # -m "slow or not slow": the two-process SIGKILL test too
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow"],
         cwd=project, env={**os.environ, **env},

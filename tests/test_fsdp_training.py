@@ -11,7 +11,6 @@ and the previous checkpoint used; the evaluation commands get one consolidated f
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -30,6 +29,8 @@ from training_runs import (
     train,
     validated_epochs,
 )
+
+import preloaded_commands
 
 TWO_SHARDED = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=fsdp2"]
 STEPS_PER_EPOCH = 5  # 1,259 examples over 2 ranks, batches of 128 (as under DDP: test_distributed.py)
@@ -119,7 +120,7 @@ def test_a_damaged_shard_is_set_aside_and_the_previous_checkpoint_used(
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensors: the file still loads
     shard.write_bytes(bytes(data))
     # Asked for one file of it, the evaluation refuses in one line and makes nothing.
-    evaluated = subprocess.run(
+    evaluated = preloaded_commands.run(
         [*example_command, "evaluate", "--run_name", run_name, "--ckpt_path", str(shard.parent)],
         cwd=project, capture_output=True, text=True,
     )  # fmt: skip
@@ -137,7 +138,7 @@ def test_a_damaged_shard_is_set_aside_and_the_previous_checkpoint_used(
 
 def test_test_evaluate_and_export_use_one_consolidated_file(example_project, example_command, reference) -> None:
     project, _ = example_project
-    tested = subprocess.run(
+    tested = preloaded_commands.run(
         [*example_command, "test", "--run_name", "fsdp-reference", "--trainer.accelerator=cpu"],
         cwd=project, capture_output=True, text=True,
     )  # fmt: skip
@@ -151,7 +152,7 @@ def test_test_evaluate_and_export_use_one_consolidated_file(example_project, exa
     assert max_abs_difference(one_file["state_dict"], checkpoint_weights(sharded)) == 0.0
     assert "optimizer_states" not in one_file and one_file["global_step"] > 0
     for command in ("evaluate", "export"):
-        done = subprocess.run(
+        done = preloaded_commands.run(
             [*example_command, command, "--run_name", "fsdp-reference"], cwd=project, capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr[-3000:]
@@ -168,8 +169,8 @@ def test_reproduce_trains_the_example_sharded_once_and_builds_every_artifact_fro
     text = artifacts.read_text().replace(declared, f"{declared}, {sharded}")
     assert text != artifacts.read_text()
     artifacts.write_text(text)
-    assert subprocess.run([*command, "data", "fetch"], cwd=project, capture_output=True).returncode == 0
-    built = subprocess.run([*command, "reproduce", "--all"], cwd=project, capture_output=True, text=True)
+    assert preloaded_commands.run([*command, "data", "fetch"], cwd=project, capture_output=True).returncode == 0
+    built = preloaded_commands.run([*command, "reproduce", "--all"], cwd=project, capture_output=True, text=True)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     # One `reproduce`: the second process re-runs `fit`, not the whole plan.
     for artifact in ("example-model", "final-metrics", "exported-model", "model-card"):
@@ -179,7 +180,7 @@ def test_reproduce_trains_the_example_sharded_once_and_builds_every_artifact_fro
     assert {p.name for p in final.iterdir()} == SHARD_FILES
     assert "| accuracy |" in (project / "artifacts" / "tables" / "final_metrics.md").read_text()
     assert "`digits_mlp.model.DigitsClassifier`" in (project / "artifacts" / "cards" / "model-example.md").read_text()
-    again = subprocess.run([*command, "reproduce", "--all"], cwd=project, capture_output=True, text=True)
+    again = preloaded_commands.run([*command, "reproduce", "--all"], cwd=project, capture_output=True, text=True)
     assert again.returncode == 0 and ".  " not in again.stdout, again.stdout[-3000:]  # all up to date
 
 

@@ -17,6 +17,8 @@ import subprocess
 
 from training_runs import final_weights, max_abs_difference, resume_test_config, train
 
+import preloaded_commands
+
 TWO_OPTIMIZERS = """
 import lightning.pytorch as pl
 import torch
@@ -73,7 +75,7 @@ def test_two_optimizers_without_a_validation_metric_check_train_resume_and_test(
     path = {"PYTHONPATH": str(tmp_path)}
 
     def command(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return preloaded_commands.run(
             [*example_command, *args], cwd=project, capture_output=True, text=True, env={**os.environ, **path}
         )
 
@@ -132,7 +134,7 @@ def test_check_reports_a_crashing_model_check_by_check_in_one_line_each(example_
     """A forward pass that cannot run (inputs of 64 features into a first layer for 63): every check says so
     in a line naming the error and where in the project's code it passed, and all of them run."""
     project, _ = example_project
-    checked = subprocess.run(
+    checked = preloaded_commands.run(
         [*example_command, "check", "--model.init_args.input_size=63"], cwd=project, capture_output=True, text=True
     )
     assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr[-3000:]

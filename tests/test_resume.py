@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from training_runs import (
     validated_epochs,
 )
 from training_runs import train as train_with
+
+import preloaded_commands
 
 STEPS_PER_EPOCH = 10  # 1,259 training examples in batches of 128
 # (where to kill, the KillAt options): mid-epoch; on an epoch's last batch; after training, before validation.
@@ -212,7 +213,7 @@ def test_supervise_restarts_a_crashed_run_until_it_finishes(example_project, exa
     project, _ = example_project
     config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", KILL_POINTS["mid_epoch"], tmp_path / "k", 0)
     options = ["fit", "--config", str(config), *SHORT_RUN, "--run_name", "supervised"]
-    done = subprocess.run(
+    done = preloaded_commands.run(
         [*example_command, "supervise", "--max-restarts", "2", "--backoff-seconds", "0.1", "--", *options],
         cwd=project,
         capture_output=True,

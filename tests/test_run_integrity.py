@@ -20,6 +20,7 @@ import pytest
 from conftest import copy_of_example_project
 from training_runs import SHORT_RUN, resume_test_config, train
 
+import preloaded_commands
 from template_dev import EXAMPLE_ANSWERS, git, run
 
 PACKAGE = EXAMPLE_ANSWERS["package_name"]
@@ -45,7 +46,7 @@ def test_a_second_start_of_a_live_run_is_refused_and_leaves_the_first_untouched(
 ) -> None:
     project, _ = example_project
     run_dir = project / "runs" / "two-writers"
-    first = subprocess.Popen(
+    first = preloaded_commands.start(
         [*example_command, "fit", "--run_name", "two-writers", *LONG_RUN],
         cwd=project,
         stdout=subprocess.PIPE,

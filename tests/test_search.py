@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import preloaded_commands
 from template_dev import run
 
 SEARCH = """\
@@ -52,7 +53,7 @@ def test_a_killed_search_resumes_to_six_distinct_trials_in_one_study(example_pro
     search.write_text(SEARCH.format(name="killed"))
     command = [*example_command, "sweep", str(search)]
     env = {"RUNS_DIR": str(runs)}
-    process = subprocess.Popen(command, cwd=project, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    process = preloaded_commands.start(command, cwd=project, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while len(finished_trials(runs, "killed")) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

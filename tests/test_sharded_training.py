@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from training_runs import effective_batches, final_weights, max_abs_difference, read_records, records_by_rank, train
 
+import preloaded_commands
+
 COUNT, ROWS_PER_SHARD, BATCH_SIZE = 2_000, 500, 128  # 1,600 training samples in 4 shards: 13 batches per epoch
 # Two epochs: the kill lands mid-way through the second, so the resumed run must continue mid-epoch.
 SHARDED_RUN = ["--trainer.max_epochs=2", "--checkpointing.every_n_steps=3", "--checkpointing.every_n_minutes=null"]
@@ -51,7 +53,9 @@ def sharded_config(path: Path, data_dir: Path, workers: int, records: Path | Non
 
 
 def data_command(command: list[str], project: Path, *options: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*command, "data", *options], cwd=project, capture_output=True, text=True, env={**os.environ})
+    return preloaded_commands.run(
+        [*command, "data", *options], cwd=project, capture_output=True, text=True, env={**os.environ}
+    )
 
 
 def test_packing_is_the_cached_prepare_step(example_project, example_command, tmp_path) -> None:

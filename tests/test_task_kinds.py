@@ -24,6 +24,8 @@ from sklearn.metrics import average_precision_score, f1_score, jaccard_score, me
 from task_shapes import SHAPES, SOURCE, make_it_the_projects_task, the_projects_tests_and_reproduce_pass
 from training_runs import best_checkpoints, final_weights, max_abs_difference, resume_test_config, train
 
+import preloaded_commands
+
 SHORT_RUN = [
     "--trainer.max_epochs=3",
     "--trainer.limit_train_batches=4",
@@ -43,7 +45,7 @@ def test_another_task_is_checked_trained_resumed_tested_and_evaluated(
     classes = [f"--model=task_shapes_module.{model}", f"--data=task_shapes_module.{data}"]
 
     def command(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return preloaded_commands.run(
             [*example_command, *args], cwd=project, capture_output=True, text=True, env={**os.environ, **env}
         )
 

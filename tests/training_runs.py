@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+import preloaded_commands
+
 # A short run whose rolling checkpoint is written every 3 steps (not by time): the crash tests' base.
 EPOCHS = 3
 SHORT_RUN = [
@@ -61,7 +63,7 @@ def train(command: list[str], project: Path, config: Path, run_name: str, *extra
     died, and would hold a pipe open for ever (seen in CI: the test waited 20 minutes).
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(
+        process = preloaded_commands.start(
             [*command, "fit", "--config", str(config), "--run_name", run_name, *extra],
             env={**os.environ, **(env or {})},
             start_new_session=True,  # its own process group: a test may signal the group, as a terminal does

@@ -1,0 +1,100 @@
+"""The tests' command server (preloaded_commands.py) gives a command what a fresh process would.
+
+The same probe runs as a fresh process and as a child of the example project's command server,
+and reports what a command can see of itself; everything but the pids must be the same. Then the
+ways a test ends a command: its own exit code, an unhandled exception, SIGKILL and SIGTERM sent by
+the test to the pid it was given, and a wait with a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import preloaded_commands
+
+PROBE = """
+import gc, json, os, sys, time
+import __main__
+report = {
+    "argv": sys.argv,
+    "cwd": os.getcwd(),
+    "path_head": sys.path[:2],
+    "executable": sys.executable,
+    "main_spec": getattr(__main__.__spec__, "name", None),
+    "session_is_own": os.getsid(0) == os.getpid(),
+    "stdin": sys.stdin.read(),
+    "variable": os.environ.get("PROBE_VARIABLE"),
+    "gc_enabled": gc.isenabled(),
+}
+print(json.dumps(report))
+print("to stderr", file=sys.stderr)
+how = sys.argv[1]
+if how == "exit-code":
+    sys.exit(3)
+if how == "raise":
+    raise RuntimeError("the probe fails")
+if how == "wait":
+    print(f"PID {os.getpid()}", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture(scope="module")
+def probe(example_project, tmp_path_factory) -> tuple[list[str], dict]:
+    """`python -m probe_module` in the example project's venv (a project venv: the server starts it)."""
+    project, venv = example_project
+    folder = tmp_path_factory.mktemp("probe")
+    (folder / "probe_module.py").write_text(PROBE)
+    env = {**os.environ, "PYTHONPATH": str(folder), "PROBE_VARIABLE": "seen"}
+    command = [str(venv.python), "-m", "probe_module"]
+    assert preloaded_commands.can_start(command, env=env)
+    return command, {"cwd": project, "env": env}
+
+
+def test_a_preloaded_command_sees_what_a_fresh_process_sees(probe) -> None:
+    command, options = probe
+    reports = {}
+    for name, start in (("fresh", subprocess.Popen), ("preloaded", preloaded_commands.Popen)):
+        process = start(
+            [*command, "exit-code", "an argument"], **options, start_new_session=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out, err = process.communicate("what the test wrote", timeout=120)
+        assert process.returncode == 3 and err == "to stderr\n", (name, process.returncode, err)
+        reports[name] = json.loads(out)
+    assert reports["preloaded"] == reports["fresh"]
+    assert reports["fresh"]["main_spec"] == "probe_module" and reports["fresh"]["session_is_own"]
+
+
+def test_a_preloaded_command_ends_as_a_fresh_one_would(probe) -> None:
+    command, options = probe
+    fresh = subprocess.run([*command, "raise"], **options, capture_output=True, text=True)
+    failed = preloaded_commands.run([*command, "raise"], **options, capture_output=True, text=True)
+    assert failed.returncode == fresh.returncode == 1
+    assert "RuntimeError: the probe fails" in failed.stderr and "Traceback" in failed.stderr
+    for sent in (signal.SIGKILL, signal.SIGTERM):
+        process = preloaded_commands.Popen([*command, "wait"], **options, stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline()  # the report
+        pid = int(process.stdout.readline().split()[1])
+        assert pid == process.pid and process.poll() is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=0.5)
+        started = time.monotonic()
+        os.kill(process.pid, sent)
+        assert process.wait(timeout=30) == -sent and time.monotonic() - started < 10
+        process.stdout.close()
+
+
+def test_only_a_project_venvs_commands_are_preloaded(example_project) -> None:
+    _, venv = example_project
+    assert preloaded_commands.can_start([str(venv.script("digits_mlp")), "fit"])
+    assert not preloaded_commands.can_start([sys.executable, "-m", "pip", "list"])  # not a project's venv
+    assert not preloaded_commands.can_start(["git", "status"])
+    assert not preloaded_commands.can_start([str(venv.script("digits_mlp")), "fit"], env={"OMP_NUM_THREADS": "7"})

@@ -14,8 +14,10 @@ if [ "$(id -u)" = 0 ]; then
     echo "test.sh: the Slurm tests will install slurm-wlm and munge if missing, write /etc/slurm and /etc/munge," \
          "and run munged, slurmctld and slurmd as root while they last (scripts/start-slurm.sh, stop-slurm.sh)."
 fi
-# Two workers, each test file on one of them (--dist loadfile): a file's module fixtures (the Slurm
+# Three workers, each test file on one of them (--dist loadfile): a file's module fixtures (the Slurm
 # cluster, a rendered project) are made once, and the DDP and Slurm tests of one file never race
 # each other. Files are taken longest first (tests/conftest.py, LONGEST_FIRST), not by test count.
-# TEST_WORKERS=0 runs everything in this process.
-exec .venv/bin/python -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
+# Three, not two, on 2 cores: the suite is CPU-bound, but its commands, forked from a preloaded
+# process (preloaded_commands.py), leave more of each test waiting: CI 1,151 s of pytest with three,
+# 1,259 s with two (docs/benchmarks.md). TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest tests -n "${TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

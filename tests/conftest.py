@@ -155,7 +155,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-# The order the two test processes take files in (scripts/test.sh: --dist loadfile, no reordering by
+# The order the test processes take files in (scripts/test.sh: --dist loadfile, no reordering by
 # size): the longest first, so that the last file to end is a short one; and an install-free file
 # second, so that the other process works while the first installs the example from its lock.
 # Seconds measured in CI (test time per file; both processes together: about 3,200 s at b423520).

@@ -18,6 +18,6 @@ fi
 # cluster, a rendered project) are made once, and the DDP and Slurm tests of one file never race
 # each other. Files are taken longest first (tests/conftest.py, LONGEST_FIRST), not by test count.
 # Three, not two, on 2 cores: the suite is CPU-bound, but its commands, forked from a preloaded
-# process (preloaded_commands.py), leave more of each test waiting: CI 1,151 s of pytest with three,
-# 1,259 s with two (docs/benchmarks.md). TEST_WORKERS=0 runs everything in this process.
+# process (preloaded_commands.py), leave more of each test waiting: CI's pytest took 1,151 and 1,225 s
+# with three (two runs), 1,259 s with two (docs/benchmarks.md). TEST_WORKERS=0 runs everything in this process.
 exec .venv/bin/python -m pytest tests -n "${TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

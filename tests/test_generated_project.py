@@ -62,6 +62,18 @@ def test_commands_freeze_what_they_import_and_collect_garbage_after(example_proj
         done = run([str(venv.python), "-c", probe, *command], cwd=project, env=env)
         frozen, enabled, code = re.search(r"FROZEN (\d+) ENABLED (\w+) CODE (\d+)", done.stdout).groups()
         assert int(frozen) > imported and enabled == "True" and code == "0", (command, done.stdout[-500:])
+    # A second command in the same process (as the project's own tests run them) freezes nothing more:
+    # garbage left by the first (here a reference cycle) is still collected.
+    twice = (
+        f"import gc, weakref; from {PACKAGE}.cli import main\n"
+        "class Cycle: pass\n"
+        "main(['fit', '--trainer.max_epochs=1', '--run_name', 'twice'])\n"
+        "left = Cycle(); left.me = left; alive = weakref.ref(left); del left\n"
+        "main(['runs'])\n"
+        "gc.collect()\n"
+        "print('LEFT COLLECTED', alive() is None)"
+    )
+    assert "LEFT COLLECTED True" in run([str(venv.python), "-c", twice], cwd=project, env=env).stdout
 
 
 def test_is_ruff_clean_and_formatted_as_generated(example_project) -> None:

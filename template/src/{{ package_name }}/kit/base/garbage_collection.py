@@ -8,7 +8,10 @@ change no result:
 
 - `imports_without_collection()`: no collection while a command imports its modules, then those
   objects are moved out of the collector's sight (`gc.freeze`, made for objects that live until
-  the process ends) and collection is back on for everything created after.
+  the process ends) and collection is back on for everything created after. Once per process: a
+  process that runs `main` again (the project's own tests do) has imported its modules already,
+  and a second freeze would keep the garbage of the first command (a trained model in a
+  reference cycle) for good.
 - `collect_once_at_exit()`: at exit, one collection finalizes whatever is garbage by then (files
   left open in a reference cycle are flushed, as at a normal shutdown), then everything left is
   frozen, so the shutdown does not walk it again.
@@ -26,17 +29,23 @@ import gc
 from collections.abc import Iterator
 
 _exit_collection_registered = False
+_imports_frozen = False
 
 
 @contextlib.contextmanager
 def imports_without_collection() -> Iterator[None]:
-    """No garbage collection while the block imports; what it imported is then frozen (kept for good)."""
+    """No garbage collection while the block imports; what it imported is then frozen (the first time only)."""
+    global _imports_frozen
+    if _imports_frozen:
+        yield
+        return
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
+        _imports_frozen = True
         if was_enabled:
             gc.enable()
 

@@ -189,6 +189,31 @@ def test_a_trial_left_without_its_worker_is_trained_not_lost(example_package, tm
     assert study_states(tmp_path / "runs", "unowned") == [(0, "COMPLETE"), (1, "COMPLETE")]
 
 
+def test_a_trial_killed_while_asked_gets_all_its_parameters(example_package, tmp_path, monkeypatch):
+    """`study.ask` writes one journal entry per parameter: a search killed between them leaves a trial
+    with only some (seen in CI: `results` then failed on the missing column). The next `sweep`
+    samples the rest before the trial trains, so every trial has every parameter."""
+    import yaml
+    from digits_mlp.kit.experiments.optuna_search import _open_study, search_distributions
+    from digits_mlp.kit.experiments.sweeps import results_main, sweep_main
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    text = SEARCH.format(name="half-asked").replace("trials: 6", "trials: 2")
+    (sweep := tmp_path / "search.yaml").write_text(text)
+    spec = yaml.safe_load(text)
+    (directory := tmp_path / "runs" / "sweeps" / "half-asked").mkdir(parents=True)
+    study = _open_study(spec, "half-asked", directory, "max")
+    rate = search_distributions(spec, text)["model.init_args.learning_rate"]
+    study.ask().suggest_float("model.init_args.learning_rate", rate.low, rate.high, log=rate.log)  # killed here
+    code, printed = _printed(sweep_main, [str(sweep)])
+    assert code == 0 and "trial 0 continues" in printed and "2 trials done" in printed, printed
+    trials = study_trials(tmp_path / "runs", "half-asked")
+    assert [set(trial.params) for trial in trials] == [set(spec["parameters"])] * 2
+    code, table = _printed(results_main, ["half-asked"])
+    assert code == 0 and table.count("sweep-half-asked-") == 2, table
+
+
 def _printed(function, argv) -> tuple[int, str]:
     import contextlib
     import io

@@ -137,6 +137,7 @@ def run_search(
         others_running = sum(t.state == running for t in trials) - len(own)
         if own:
             trial = optuna.trial.Trial(study, own[0]._trial_id)  # the trial this worker had when it stopped
+            _suggest_missing(trial, distributions)
             print(f"sweep {name}: trial {trial.number} continues {trial.params}", flush=True)
         elif done + others_running < spec["trials"]:
             trial = study.ask(distributions)
@@ -170,6 +171,24 @@ def run_search(
     print(f"; best trial {best.number}: {best.value:.4f} {values}")
     print(f"Gather them with `results {name}`.")
     return 0
+
+
+def _suggest_missing(trial, distributions: dict[str, Any]) -> None:
+    """Sample the parameters a trial lacks: `study.ask` writes one journal entry per parameter, so a
+    search killed inside it leaves a trial with only some of them (it never trained: training starts
+    after `ask`). Without them the trial would train on the config's defaults and record a row
+    without those columns."""
+    import optuna
+
+    for name, distribution in distributions.items():
+        if name in trial.params:
+            continue
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+            trial.suggest_categorical(name, distribution.choices)
+        elif isinstance(distribution, optuna.distributions.IntDistribution):
+            trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        else:
+            trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
 
 
 def _claim_unowned_trial(study, trials: list, worker: str, local: bool) -> list:

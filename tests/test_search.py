@@ -172,17 +172,10 @@ def test_a_changed_search_space_is_refused_with_the_difference(example_package, 
 def test_a_trial_left_without_its_worker_is_trained_not_lost(example_package, tmp_path, monkeypatch):
     """A search killed between asking the study for a trial and naming its worker (two journal entries)
     leaves that trial RUNNING and unowned: the next `sweep` trains it instead of ending without it."""
-    import yaml
-    from digits_mlp.kit.experiments.optuna_search import _open_study, search_distributions
+    from digits_mlp.kit.experiments.optuna_search import search_distributions
     from digits_mlp.kit.experiments.sweeps import sweep_main
 
-    monkeypatch.chdir(example_package)
-    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
-    text = SEARCH.format(name="unowned").replace("trials: 6", "trials: 2")
-    (sweep := tmp_path / "search.yaml").write_text(text)
-    spec = yaml.safe_load(text)
-    (directory := tmp_path / "runs" / "sweeps" / "unowned").mkdir(parents=True)
-    study = _open_study(spec, "unowned", directory, "max")
+    sweep, spec, text, study = _two_trial_study(example_package, tmp_path, monkeypatch, "unowned")
     study.ask(search_distributions(spec, text))  # ... and the search was killed here
     code, printed = _printed(sweep_main, [str(sweep)])
     assert code == 0 and "trial 0 continues" in printed and "2 trials done" in printed, printed
@@ -193,17 +186,10 @@ def test_a_trial_killed_while_asked_gets_all_its_parameters(example_package, tmp
     """`study.ask` writes one journal entry per parameter: a search killed between them leaves a trial
     with only some (seen in CI: `results` then failed on the missing column). The next `sweep`
     samples the rest before the trial trains, so every trial has every parameter."""
-    import yaml
-    from digits_mlp.kit.experiments.optuna_search import _open_study, search_distributions
+    from digits_mlp.kit.experiments.optuna_search import search_distributions
     from digits_mlp.kit.experiments.sweeps import results_main, sweep_main
 
-    monkeypatch.chdir(example_package)
-    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
-    text = SEARCH.format(name="half-asked").replace("trials: 6", "trials: 2")
-    (sweep := tmp_path / "search.yaml").write_text(text)
-    spec = yaml.safe_load(text)
-    (directory := tmp_path / "runs" / "sweeps" / "half-asked").mkdir(parents=True)
-    study = _open_study(spec, "half-asked", directory, "max")
+    sweep, spec, text, study = _two_trial_study(example_package, tmp_path, monkeypatch, "half-asked")
     rate = search_distributions(spec, text)["model.init_args.learning_rate"]
     study.ask().suggest_float("model.init_args.learning_rate", rate.low, rate.high, log=rate.log)  # killed here
     code, printed = _printed(sweep_main, [str(sweep)])
@@ -212,6 +198,20 @@ def test_a_trial_killed_while_asked_gets_all_its_parameters(example_package, tmp
     assert [set(trial.params) for trial in trials] == [set(spec["parameters"])] * 2
     code, table = _printed(results_main, ["half-asked"])
     assert code == 0 and table.count("sweep-half-asked-") == 2, table
+
+
+def _two_trial_study(example_package, tmp_path, monkeypatch, name: str):
+    """A two-trial search file named `name` and its opened study, before any `sweep`: (file, spec, text, study)."""
+    import yaml
+    from digits_mlp.kit.experiments.optuna_search import _open_study
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    text = SEARCH.format(name=name).replace("trials: 6", "trials: 2")
+    (sweep := tmp_path / "search.yaml").write_text(text)
+    spec = yaml.safe_load(text)
+    (directory := tmp_path / "runs" / "sweeps" / name).mkdir(parents=True)
+    return sweep, spec, text, _open_study(spec, name, directory, "max")
 
 
 def _printed(function, argv) -> tuple[int, str]:

@@ -6,13 +6,22 @@ each command is then a child forked from it (the same `fit`: about 2 s forked, 5
 process, as `subprocess.Popen` would give: its own pid (the tests signal and SIGKILL it directly),
 its own session when asked, the caller's stdin/stdout/stderr (passed over a Unix socket), cwd,
 environment, `sys.argv` and `sys.path`, and its exit status as `waitpid` reports it (-9 after a
-SIGKILL). Lightning's launcher still starts a DDP run's other processes fresh, from `sys.argv`.
+SIGKILL). The commands a command starts in turn (`reproduce`'s and the project's own tests' `fit`,
+the other processes of a DDP run that Lightning's launcher starts) come from the same server, in
+the process group of the command that asked, as they would have been: `subprocess.Popen` is this
+module's `Popen` inside a command, which starts anything it cannot route as a fresh process. A
+command started in a session of its own (`start_new_session`) gets a server of its own in that
+session, forked from the first one, so that its children can join its process group: the tests
+signal and kill a command's group, as a terminal or Slurm does.
 
 What a fresh process would differ in: the hash seed (shared by the children of one server, so the
 tests cannot catch hash-order dependence; nothing in the kit iterates sets of strings into results)
 and libraries' settings read when they are loaded (libgomp's OMP_NUM_THREADS: a test that sets it
-starts fresh processes, see `can_start`). torch's and numpy's global seeds are drawn anew in each
-child, as in a fresh process. `TEST_FRESH_PROCESSES=1` starts every command as a fresh process.
+starts fresh processes, see `can_start`), the parent (a command's own command is the server's
+child, not the command's: nothing in the kit or Lightning reads `getppid` of a rank), and who
+leads a new session (its server; the command leads its process group, which is what signals
+reach). torch's and numpy's global seeds are drawn anew in each child, as in a fresh process.
+`TEST_FRESH_PROCESSES=1` starts every command as a fresh process.
 
 Hand-written because no kept library does this: multiprocessing's forkserver runs functions of the
 calling interpreter, not another venv's console scripts with their own argv, environment and
@@ -42,16 +51,30 @@ _READY = "command server ready"
 # ---- the tests' side ---------------------------------------------------------------------------
 
 
+# Inside a command (a server's child): the server that forked it, that server's session, and
+# OMP_NUM_THREADS as it was when the server loaded torch. None in the tests' own process.
+_forked_by: tuple[str, int, str | None] | None = None
+
+
 def can_start(command: list, **popen_options) -> bool:
     """Whether `command` is a project venv's console script (or `python -m`) that a server can start."""
-    if os.environ.get("TEST_FRESH_PROCESSES") or not command:
+    if os.environ.get("TEST_FRESH_PROCESSES") or not command or isinstance(command, str | bytes):
         return False
-    if popen_options.get("shell") or popen_options.get("preexec_fn") or popen_options.get("pass_fds"):
+    if any(popen_options.get(option) for option in ("shell", "preexec_fn", "pass_fds", "executable")):
+        return False
+    if popen_options.get("process_group") is not None:
         return False
     env = popen_options.get("env") or os.environ
-    if env.get("OMP_NUM_THREADS") != os.environ.get("OMP_NUM_THREADS"):
+    loaded_with = _forked_by[2] if _forked_by else os.environ.get("OMP_NUM_THREADS")
+    if env.get("OMP_NUM_THREADS") != loaded_with:
         return False  # read by libgomp when torch loads: a preloaded server would keep its own
-    return _interpreter(command) is not None
+    python = _interpreter([os.fspath(a) for a in command])
+    if python is None or _forked_by is None:
+        return python is not None
+    # A command's own command: from its server, which can put the child in the asking command's
+    # process group only from the same session (a command that called setsid itself starts fresh).
+    same_venv = python.parent.parent.resolve() == Path(sys.prefix).resolve()
+    return same_venv and os.getsid(0) == _forked_by[1]
 
 
 def _interpreter(command: list) -> Path | None:
@@ -63,19 +86,28 @@ def _interpreter(command: list) -> Path | None:
     first = Path(command[0])
     if first.name.startswith("python") and len(command) > 2 and command[1] == "-m":
         python = first
+    elif first.name.startswith("python") and len(command) > 1:  # `python <console script>`
+        python = first if _console_script_python(Path(command[1])) else None
     else:
-        try:
-            with open(first, "rb") as script:
-                shebang, _, body = script.read(512).decode().partition("\n")
-        except (OSError, UnicodeDecodeError):
-            return None
-        if not shebang.startswith("#!") or "sys.exit(main())" not in body:
-            return None
-        python = Path(shebang[2:].strip())
+        python = _console_script_python(first)
+    if python is None:
+        return None
     venv = python.parent.parent
     if venv.name == ".venv" and (venv / "pyvenv.cfg").is_file() and (venv.parent / ".copier-answers.yml").is_file():
         return python
     return None
+
+
+def _console_script_python(script: Path) -> Path | None:
+    """The Python a console script's shebang names (None: not a console script)."""
+    try:
+        with open(script, "rb") as opened:
+            shebang, _, body = opened.read(512).decode().partition("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not shebang.startswith("#!") or "sys.exit(main())" not in body:
+        return None
+    return Path(shebang[2:].strip())
 
 
 class _Server:
@@ -122,13 +154,25 @@ class Popen(subprocess.Popen):
     """`subprocess.Popen` whose child is forked by the command server of the command's venv.
 
     Only the start and the wait differ; pipes, `communicate`, timeouts and signals are Popen's own.
+    A command it cannot route (see `can_start`) starts as `subprocess.Popen` would start it.
     """
+
+    _routed = False
 
     def _execute_child(
         self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo, creationflags, shell,
         p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals,
         gid, gids, uid, umask, start_new_session, process_group,
     ) -> None:  # fmt: skip
+        options = {"shell": shell, "preexec_fn": preexec_fn, "pass_fds": pass_fds, "executable": executable}
+        group = None if process_group == -1 else process_group  # -1: Popen's internal "not given"
+        if not can_start(args, env=env, process_group=group, **options):
+            return super()._execute_child(
+                args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo, creationflags, shell,
+                p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals,
+                gid, gids, uid, umask, start_new_session, process_group,
+            )  # fmt: skip
+        self._routed = True
         self.pid = None
         args = [os.fspath(a) for a in args]
         cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
@@ -139,6 +183,8 @@ class Popen(subprocess.Popen):
             "cwd": cwd,
             "env": {os.fsdecode(k): os.fsdecode(v) for k, v in (env if env is not None else os.environ).items()},
             "new_session": bool(start_new_session),
+            # A command's own command joins the asking command's process group, as a fresh child would.
+            "process_group": os.getpgid(0) if _forked_by and not start_new_session else None,
         }
         own = []  # descriptors opened here for the child's stdin/stdout/stderr that Popen does not own
         fds = []
@@ -149,7 +195,7 @@ class Popen(subprocess.Popen):
             fds.append(fd)
         self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._connection.connect(_server_for(_interpreter(args)).address)
+            self._connection.connect(_forked_by[0] if _forked_by else _server_for(_interpreter(args)).address)
             message = json.dumps(request).encode()
             socket.send_fds(self._connection, [len(message).to_bytes(8, "big") + message], fds)
             self._received = b""
@@ -162,6 +208,8 @@ class Popen(subprocess.Popen):
 
     def _try_wait(self, wait_flags):
         """(pid, wait status) as `os.waitpid` gives them, from the server that is the child's parent."""
+        if not self._routed:
+            return super()._try_wait(wait_flags)
         line = self._reply(block=not wait_flags & os.WNOHANG)
         if line is None:
             return (0, 0)
@@ -180,7 +228,9 @@ class Popen(subprocess.Popen):
         line, _, self._received = self._received.partition(b"\n")
         return line.decode()
 
-    def _internal_poll(self, _deadstate=None, **_):
+    def _internal_poll(self, _deadstate=None, **kwargs):
+        if not self._routed:
+            return super()._internal_poll(_deadstate, **kwargs)
         if self.returncode is None and self._waitpid_lock.acquire(False):
             try:
                 if self.returncode is None:
@@ -211,7 +261,7 @@ def _is_open(fd: int) -> bool:
 
 def start(command: list, **popen_options) -> subprocess.Popen:
     """`subprocess.Popen(command, ...)`, from a command server when the command is a project's."""
-    return (Popen if can_start(command, **popen_options) else subprocess.Popen)(command, **popen_options)
+    return Popen(command, **popen_options)
 
 
 def run(command: list, input=None, timeout: float | None = None, capture_output: bool = False, **popen_options):
@@ -231,22 +281,47 @@ def run(command: list, input=None, timeout: float | None = None, capture_output:
 
 
 def _serve(address: str) -> tuple[dict, list[int]]:
-    """Accept commands until stdin closes; returns only in a forked child: (request, its fds)."""
+    """Preload, then accept commands until stdin closes; returns only in a command: (request, its fds)."""
     import gc
 
+    global _forked_by
+    omp_threads = os.environ.get("OMP_NUM_THREADS")
     gc.disable()  # as the project's command imports Lightning (kit/base/garbage_collection.py)
     for module in PRELOAD:
         with contextlib.suppress(ImportError):  # a project without it: its commands import what they need
             __import__(module)
     gc.freeze()
     gc.enable()
+    listener = _listen(address)
+    print(_READY, flush=True)
+    request, fds = _accept_commands(listener, address, until=None)
+    _forked_by = (*_forked_by[:2], omp_threads)
+    return request, fds
+
+
+def _listen(address: str) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
+    return listener
+
+
+def _accept_commands(
+    listener: socket.socket, address: str, until: tuple[int, socket.socket] | None
+) -> tuple[dict, list[int]]:
+    """Fork a child per request; tell the requester its pid, then its wait status.
+
+    Ends when stdin closes (the tests' server), or when the command `until` (pid, connection) ends (a
+    session's server: the command's status is sent, then this process exits). Returns only in a
+    forked command.
+    """
+    global _forked_by
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
-    selector.register(sys.stdin, selectors.EVENT_READ, "stdin")
-    print(_READY, flush=True)
+    if until is None:
+        selector.register(sys.stdin, selectors.EVENT_READ, "stdin")
+    else:
+        selector.register(os.pidfd_open(until[0]), selectors.EVENT_READ, (*until, True))
     while True:
         for key, _ in selector.select():
             if key.data == "stdin":
@@ -256,28 +331,63 @@ def _serve(address: str) -> tuple[dict, list[int]]:
                 connection, _ = listener.accept()
                 request, fds = _receive(connection)
                 pid = os.fork()
-                if pid == 0:  # the command: without the server's sockets and the other commands' pidfds
+                if pid == 0:  # without this server's sockets and the other commands' pidfds
                     for registered in list(selector.get_map().values()):
                         if isinstance(registered.fileobj, int):
                             os.close(registered.fileobj)  # another command's pidfd
-                            registered.data[1].close()  # and its connection
-                        elif registered.fileobj is listener:
-                            listener.close()
+                            if registered.data[1] is not None:
+                                registered.data[1].close()  # and its connection
                     selector.close()
+                    listener.close()
+                    if request["new_session"]:
+                        return _serve_a_session(request, fds, connection, address)
                     connection.close()
+                    _forked_by = (address, os.getsid(0), None)
+                    if request["process_group"] is not None:
+                        with contextlib.suppress(OSError):  # the asking command's group ended with it
+                            os.setpgid(0, request["process_group"])
                     return request, fds
                 for fd in fds:
                     os.close(fd)
+                if request["new_session"]:  # that session's server reports the command's pid and status
+                    connection.close()
+                    selector.register(os.pidfd_open(pid), selectors.EVENT_READ, (pid, None, False))
+                    continue
                 connection.sendall(f"{pid}\n".encode())
-                selector.register(os.pidfd_open(pid), selectors.EVENT_READ, (pid, connection))
-            else:  # a child ended: its status goes to the test waiting for it
-                pid, connection = key.data
+                selector.register(os.pidfd_open(pid), selectors.EVENT_READ, (pid, connection, False))
+            else:  # a child ended: its status goes to the test or command waiting for it
+                pid, connection, last = key.data
                 selector.unregister(key.fileobj)
                 os.close(key.fileobj)
                 _, status = os.waitpid(pid, 0)
-                with contextlib.suppress(OSError):  # the test stopped waiting (its Popen was dropped)
-                    connection.sendall(f"{status}\n".encode())
-                connection.close()
+                if connection is not None:
+                    with contextlib.suppress(OSError):  # the requester stopped waiting (its Popen was dropped)
+                        connection.sendall(f"{status}\n".encode())
+                    connection.close()
+                if last:
+                    listener.close()
+                    os.unlink(address)
+                    os._exit(0)
+
+
+def _serve_a_session(request: dict, fds: list[int], connection: socket.socket, parent: str) -> tuple[dict, list[int]]:
+    """In a new session: fork the command as the leader of its own process group, then serve the
+    commands it starts, so that they can join its group. Returns only in a forked command."""
+    global _forked_by
+    os.setsid()
+    address = f"{parent}-{os.getpid()}"
+    listener = _listen(address)
+    pid = os.fork()
+    if pid == 0:
+        listener.close()
+        connection.close()
+        os.setpgid(0, 0)
+        _forked_by = (address, os.getsid(0), None)
+        return request, fds
+    for fd in fds:
+        os.close(fd)
+    connection.sendall(f"{pid}\n".encode())
+    return _accept_commands(listener, address, until=(pid, connection))
 
 
 def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
@@ -291,11 +401,9 @@ def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
 
 
 def _run_in_child(request: dict, fds: list[int]) -> None:
-    """Become the command: its session, descriptors, cwd, environment, argv and path; then run it."""
+    """Become the command: its descriptors, cwd, environment, argv and path; then run it."""
     import runpy
 
-    if request["new_session"]:
-        os.setsid()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -309,14 +417,16 @@ def _run_in_child(request: dict, fds: list[int]) -> None:
         sys.stdout.reconfigure(write_through=True)
         sys.stderr.reconfigure(write_through=True)
     _fresh_random_seeds()
+    subprocess.Popen = Popen  # the commands this one starts: from this server when they can be
     if len(argv) > 2 and argv[1] == "-m":
         sys.argv = [argv[2], *argv[3:]]
         sys.path[:] = [os.getcwd(), *from_env, *installed]
         runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
     else:
-        sys.argv = list(argv)
-        sys.path[:] = [os.path.dirname(os.path.abspath(argv[0])), *from_env, *installed]
-        runpy.run_path(argv[0], run_name="__main__")
+        script = argv[1:] if Path(argv[0]).name.startswith("python") else argv  # `python <console script>`
+        sys.argv = list(script)
+        sys.path[:] = [os.path.dirname(os.path.abspath(script[0])), *from_env, *installed]
+        runpy.run_path(script[0], run_name="__main__")
     sys.exit(0)
 
 

@@ -8,6 +8,7 @@ from template_dev import run
 
 
 def test_a_slow_dataset_is_input_bound_and_the_knobs_are_named(example_package, monkeypatch) -> None:
+    import torch
     from digits_mlp.kit import load_model_and_data
     from digits_mlp.kit.diagnostics.loader_report import measure
     from torch.utils.data import DataLoader, Dataset
@@ -31,7 +32,14 @@ def test_a_slow_dataset_is_input_bound_and_the_knobs_are_named(example_package, 
             time.sleep(0.015)
             return self.examples[index]
 
-    report = measure(model, DataLoader(SlowItems(data.splits["train"]), batch_size=16), max_batches=8)
+    # One intra-op thread, as in a one-CPU job: with two, a small step under the other test processes'
+    # load waits on the other thread (a step of this model once took 120 ms instead of about 3).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = measure(model, DataLoader(SlowItems(data.splits["train"]), batch_size=16), max_batches=8)
+    finally:
+        torch.set_num_threads(threads)
     assert report.input_bound and report.waiting_share > 0.5, report
     assert report.model_steps_per_second > 3 * report.steps_per_second  # the model alone is much faster
     verdict = report.verdict()

@@ -20,15 +20,20 @@ import pytest
 import preloaded_commands
 
 PROBE = """
-import gc, json, os, sys, time
+import sys
+lightning_preloaded = "lightning.pytorch" in sys.modules  # before anything here imports: a forked command
+import gc, json, os, subprocess, time
 import __main__
 report = {
+    "lightning_preloaded": lightning_preloaded,
     "argv": sys.argv,
     "cwd": os.getcwd(),
     "path_head": sys.path[:2],
     "executable": sys.executable,
     "main_spec": getattr(__main__.__spec__, "name", None),
-    "session_is_own": os.getsid(0) == os.getpid(),
+    "group_is_own": os.getpgid(0) == os.getpid(),
+    "session_apart": os.getsid(0) != int(os.environ["PROBE_TESTS_SESSION"]),
+    "group": os.getpgid(0),
     "stdin": sys.stdin.read(),
     "variable": os.environ.get("PROBE_VARIABLE"),
     "gc_enabled": gc.isenabled(),
@@ -43,6 +48,10 @@ if how == "raise":
 if how == "wait":
     print(f"PID {os.getpid()}", flush=True)
     time.sleep(120)
+if how == "start-another":  # a command of the same venv, as Lightning's launcher starts a DDP rank
+    another = subprocess.Popen([sys.executable, "-m", "probe_module", "wait"], stdout=subprocess.PIPE, text=True)
+    print(json.dumps({"pid": another.pid, "report": json.loads(another.stdout.readline())}), flush=True)
+    time.sleep(120)
 """
 
 
@@ -52,7 +61,7 @@ def probe(example_project, tmp_path_factory) -> tuple[list[str], dict]:
     project, venv = example_project
     folder = tmp_path_factory.mktemp("probe")
     (folder / "probe_module.py").write_text(PROBE)
-    env = {**os.environ, "PYTHONPATH": str(folder), "PROBE_VARIABLE": "seen"}
+    env = {**os.environ, "PYTHONPATH": str(folder), "PROBE_VARIABLE": "seen", "PROBE_TESTS_SESSION": str(os.getsid(0))}
     command = [str(venv.python), "-m", "probe_module"]
     assert preloaded_commands.can_start(command, env=env)
     return command, {"cwd": project, "env": env}
@@ -69,8 +78,41 @@ def test_a_preloaded_command_sees_what_a_fresh_process_sees(probe) -> None:
         out, err = process.communicate("what the test wrote", timeout=120)
         assert process.returncode == 3 and err == "to stderr\n", (name, process.returncode, err)
         reports[name] = json.loads(out)
+        assert reports[name].pop("lightning_preloaded") == (name == "preloaded")
+        assert reports[name].pop("group") != os.getpgid(0)
     assert reports["preloaded"] == reports["fresh"]
-    assert reports["fresh"]["main_spec"] == "probe_module" and reports["fresh"]["session_is_own"]
+    assert reports["fresh"]["main_spec"] == "probe_module" and reports["fresh"]["group_is_own"]
+    assert reports["fresh"]["session_apart"]
+
+
+def test_a_commands_own_command_is_preloaded_in_its_process_group(probe) -> None:
+    """What Lightning's launcher and `reproduce` start: from the server, in the starting command's group,
+    so that signalling the group (as a terminal, Slurm or a test does) reaches both, as it would fresh."""
+    command, options = probe
+    for name, start in (("fresh", subprocess.Popen), ("preloaded", preloaded_commands.Popen)):
+        process = start([*command, "start-another"], **options, start_new_session=True,
+                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert json.loads(process.stdout.readline())["group_is_own"]
+        another = json.loads(process.stdout.readline())
+        assert another["report"]["lightning_preloaded"] == (name == "preloaded"), name
+        assert another["report"]["group"] == process.pid, name  # in the group the first one leads
+        assert another["report"]["argv"][1:] == ["wait"] and another["report"]["variable"] == "seen"
+        os.killpg(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while _running(another["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(another["pid"]), f"{name}: the group's other command outlived the group's SIGKILL"
+        process.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (its parent may not have reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_preloaded_command_ends_as_a_fresh_one_would(probe) -> None:

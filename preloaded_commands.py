@@ -51,9 +51,10 @@ _READY = "command server ready"
 # ---- the tests' side ---------------------------------------------------------------------------
 
 
-# Inside a command (a server's child): the server that forked it, that server's session, and
-# OMP_NUM_THREADS as it was when the server loaded torch. None in the tests' own process.
-_forked_by: tuple[str, int, str | None] | None = None
+# Inside a command (a server's child): the address of the server that forked it and that server's
+# session; None in the tests' own process. And OMP_NUM_THREADS as it was when the server loaded torch.
+_forked_by: tuple[str, int] | None = None
+_omp_threads_when_loaded: str | None = None
 
 
 def can_start(command: list, **popen_options) -> bool:
@@ -65,7 +66,7 @@ def can_start(command: list, **popen_options) -> bool:
     if popen_options.get("process_group") is not None:
         return False
     env = popen_options.get("env") or os.environ
-    loaded_with = _forked_by[2] if _forked_by else os.environ.get("OMP_NUM_THREADS")
+    loaded_with = _omp_threads_when_loaded if _forked_by else os.environ.get("OMP_NUM_THREADS")
     if env.get("OMP_NUM_THREADS") != loaded_with:
         return False  # read by libgomp when torch loads: a preloaded server would keep its own
     python = _interpreter([os.fspath(a) for a in command])
@@ -166,13 +167,14 @@ class Popen(subprocess.Popen):
     ) -> None:  # fmt: skip
         options = {"shell": shell, "preexec_fn": preexec_fn, "pass_fds": pass_fds, "executable": executable}
         group = None if process_group == -1 else process_group  # -1: Popen's internal "not given"
-        if not can_start(args, env=env, process_group=group, **options):
+        connection = self._connect(args) if can_start(args, env=env, process_group=group, **options) else None
+        if connection is None:
             return super()._execute_child(
                 args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo, creationflags, shell,
                 p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals,
                 gid, gids, uid, umask, start_new_session, process_group,
             )  # fmt: skip
-        self._routed = True
+        self._routed, self._connection = True, connection
         self.pid = None
         args = [os.fspath(a) for a in args]
         cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
@@ -193,9 +195,7 @@ class Popen(subprocess.Popen):
                 fd = os.dup(inherited) if _is_open(inherited) else os.open(os.devnull, os.O_RDWR)
                 own.append(fd)
             fds.append(fd)
-        self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._connection.connect(_forked_by[0] if _forked_by else _server_for(_interpreter(args)).address)
             message = json.dumps(request).encode()
             socket.send_fds(self._connection, [len(message).to_bytes(8, "big") + message], fds)
             self._received = b""
@@ -205,6 +205,20 @@ class Popen(subprocess.Popen):
             for fd in own:
                 os.close(fd)
             self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+
+    @staticmethod
+    def _connect(args) -> socket.socket | None:
+        """A connection to the server that starts `args`; None inside a command whose server has ended
+        (a DDP rank that outlived the command that started it): then its commands start fresh."""
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(_forked_by[0] if _forked_by else _server_for(_interpreter(args)).address)
+        except OSError:
+            connection.close()
+            if _forked_by is None:
+                raise
+            return None
+        return connection
 
     def _try_wait(self, wait_flags):
         """(pid, wait status) as `os.waitpid` gives them, from the server that is the child's parent."""
@@ -284,8 +298,8 @@ def _serve(address: str) -> tuple[dict, list[int]]:
     """Preload, then accept commands until stdin closes; returns only in a command: (request, its fds)."""
     import gc
 
-    global _forked_by
-    omp_threads = os.environ.get("OMP_NUM_THREADS")
+    global _omp_threads_when_loaded
+    _omp_threads_when_loaded = os.environ.get("OMP_NUM_THREADS")
     gc.disable()  # as the project's command imports Lightning (kit/base/garbage_collection.py)
     for module in PRELOAD:
         with contextlib.suppress(ImportError):  # a project without it: its commands import what they need
@@ -294,9 +308,7 @@ def _serve(address: str) -> tuple[dict, list[int]]:
     gc.enable()
     listener = _listen(address)
     print(_READY, flush=True)
-    request, fds = _accept_commands(listener, address, until=None)
-    _forked_by = (*_forked_by[:2], omp_threads)
-    return request, fds
+    return _accept_commands(listener, address, until=None)
 
 
 def _listen(address: str) -> socket.socket:
@@ -342,7 +354,7 @@ def _accept_commands(
                     if request["new_session"]:
                         return _serve_a_session(request, fds, connection, address)
                     connection.close()
-                    _forked_by = (address, os.getsid(0), None)
+                    _forked_by = (address, os.getsid(0))
                     if request["process_group"] is not None:
                         with contextlib.suppress(OSError):  # the asking command's group ended with it
                             os.setpgid(0, request["process_group"])
@@ -366,7 +378,8 @@ def _accept_commands(
                     connection.close()
                 if last:
                     listener.close()
-                    os.unlink(address)
+                    with contextlib.suppress(OSError):  # the tests may have removed the folder already
+                        os.unlink(address)
                     os._exit(0)
 
 
@@ -382,7 +395,7 @@ def _serve_a_session(request: dict, fds: list[int], connection: socket.socket, p
         listener.close()
         connection.close()
         os.setpgid(0, 0)
-        _forked_by = (address, os.getsid(0), None)
+        _forked_by = (address, os.getsid(0))
         return request, fds
     for fd in fds:
         os.close(fd)

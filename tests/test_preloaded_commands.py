@@ -140,3 +140,17 @@ def test_only_a_project_venvs_commands_are_preloaded(example_project) -> None:
     assert not preloaded_commands.can_start([sys.executable, "-m", "pip", "list"])  # not a project's venv
     assert not preloaded_commands.can_start(["git", "status"])
     assert not preloaded_commands.can_start([str(venv.script("digits_mlp")), "fit"], env={"OMP_NUM_THREADS": "7"})
+
+
+def test_a_command_whose_server_has_ended_starts_its_own_commands_fresh(example_project, monkeypatch) -> None:
+    """A DDP rank can outlive the command (and its session's server) that started it."""
+    project, venv = example_project
+    gone = ("/nonexistent/command-server-socket", os.getsid(0))
+    monkeypatch.setattr(preloaded_commands, "_forked_by", gone)  # as inside a command of that server
+    monkeypatch.setattr(preloaded_commands, "_omp_threads_when_loaded", os.environ.get("OMP_NUM_THREADS"))
+    monkeypatch.setattr(sys, "prefix", str(venv.path))  # ... of the example project's venv
+    command = [str(venv.python), "-m", "digits_mlp", "--help"]
+    assert preloaded_commands.can_start(command)
+    process = preloaded_commands.Popen(command, cwd=project, stdout=subprocess.PIPE, text=True)
+    out, _ = process.communicate(timeout=120)
+    assert not process._routed and process.returncode == 0 and "fit" in out

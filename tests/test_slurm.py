@@ -389,17 +389,14 @@ def test_sweep_as_a_job_array_runs_every_trial(cluster_project, tmp_path: Path) 
     job = submit(cluster_project, "--sweep", str(sweep), "--gpu", "mig:1g.10gb")
     script = (runs / "sweeps" / "array.sbatch").read_text()
     assert "#SBATCH --array=0-1" in script and "sweep --trial $SLURM_ARRAY_TASK_ID" in script
-    wait_for(
-        lambda: (
-            job_state(job) is None
-            or all((runs / f"sweep-array-00{i}" / "checkpoints" / "final.ckpt").exists() for i in (0, 1))
-        ),
-        300,
-        "both array tasks",
-    )
-    for trial in (0, 1):
-        manifest = (runs / f"sweep-array-00{trial}" / "manifest.json").read_text()
-        assert '"status": "finished"' in manifest
+    manifests = [runs / f"sweep-array-00{trial}" / "manifest.json" for trial in (0, 1)]
+
+    def finished(manifest: Path) -> bool:  # written last, after final.ckpt (waiting for that one raced it)
+        return manifest.exists() and '"status": "finished"' in manifest.read_text()
+
+    wait_for(lambda: job_state(job) is None or all(map(finished, manifests)), 300, "both array tasks")
+    for manifest in manifests:
+        assert finished(manifest), manifest.read_text() if manifest.exists() else f"no {manifest}"
 
 
 def test_optuna_search_as_a_job_array_resumes_a_killed_task_in_the_same_study(cluster_project, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def test_a_slow_dataset_is_input_bound_and_the_knobs_are_named(example_package, 
             return self.examples[index]
 
     # One intra-op thread, as in a one-CPU job: with two, a small step under the other test processes'
-    # load waits on the other thread (a step of this model once took 120 ms instead of about 3).
+    # load waits on the other thread (a step of this model once took 120 ms instead of about 2).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

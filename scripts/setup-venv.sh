@@ -11,6 +11,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
-.venv/bin/python -m pip install --quiet -r requirements-test.txt
-.venv/bin/python -m pip install --quiet --no-deps -e .   # template_dev.py, the tests' and benchmarks' helper
+# The rest through uv, pinned: it downloads and unpacks in parallel (about 30 s where pip took 75 s on
+# 2 cores, docs/benchmarks.md). torch stays pip's: pip reads the machine's own configuration (a local
+# CPU wheel, a constraint), which uv does not. --compile-bytecode: pip writes .pyc files on install,
+# uv only when asked; without them, where PYTHONDONTWRITEBYTECODE is set (as on this machine), every
+# test process would compile the libraries' sources again.
+.venv/bin/python -m pip install --quiet "uv==0.13.9"
+.venv/bin/uv pip install --quiet --python .venv/bin/python --compile-bytecode -r requirements-test.txt
+.venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .   # template_dev.py, the tests' helper
 echo "setup-venv: .venv ready ($(.venv/bin/python -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__)'))"

@@ -14,6 +14,11 @@ if [ "$(id -u)" = 0 ]; then
     echo "test.sh: the Slurm tests will install slurm-wlm and munge if missing, write /etc/slurm and /etc/munge," \
          "and run munged, slurmctld and slurmd as root while they last (scripts/start-slurm.sh, stop-slurm.sh)."
 fi
+# The test processes start commands whose torch runs two OpenMP threads each: by default a waiting
+# thread spins, burning a core that another process needs (the example's `fit` beside two busy loops:
+# 9.8 s of CPU in training, 2.6 s with PASSIVE; docs/benchmarks.md). PASSIVE makes waiting threads
+# sleep; the thread count, and so every result, stays the default's.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # Three workers, each test file on one of them (--dist loadfile): a file's module fixtures (the Slurm
 # cluster, a rendered project) are made once, and the DDP and Slurm tests of one file never race
 # each other. Files are taken longest first (tests/conftest.py, LONGEST_FIRST), not by test count.

@@ -21,6 +21,7 @@ BENCHMARKS = [
     "run_integrity.py",
     "help_speed.py",
     "command_start.py",
+    "omp_wait.py",
 ]
 
 if __name__ == "__main__":

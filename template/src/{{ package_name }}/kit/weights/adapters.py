@@ -21,6 +21,7 @@ def adapter_child(model: nn.Module) -> str | None:
     if "peft" not in sys.modules:
         return None  # a model holding a PeftModel imported peft to build it; importing it here costs ~0.3 s a start
     from peft import PeftModel
+
     return next((name for name, child in model.named_children() if isinstance(child, PeftModel)), None)
 
 

@@ -1,0 +1,74 @@
+"""The example's `fit` with OpenMP's default wait policy and with OMP_WAIT_POLICY=PASSIVE, on a busy machine.
+
+scripts/test.sh sets OMP_WAIT_POLICY=PASSIVE for the test suite: its three test processes share two
+cores, and torch's OpenMP threads that wait for work spin by default, taking CPU time that the other
+processes need. This measures what that costs: the same command, a fresh process each, the two
+settings alternating, while `--busy` processes keep the cores loaded (0: a quiet machine). User+system
+CPU of the command (its children included) and its wall time; the thread count is the default in both.
+
+    .venv/bin/python bench/omp_wait.py [--repeats 3] [--busy 2] [--epochs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from example_project import use_rendered_example
+
+SETTINGS = {"default": None, "passive": "PASSIVE"}
+
+
+def fit_once(setting: str, epochs: int, env: dict) -> tuple[float, float]:
+    """CPU and wall seconds of one `fit` of the example in a fresh process."""
+    shutil.rmtree(Path(env["RUNS_DIR"]) / "bench-omp", ignore_errors=True)
+    run_env = {k: v for k, v in env.items() if k != "OMP_WAIT_POLICY"}
+    if SETTINGS[setting]:
+        run_env["OMP_WAIT_POLICY"] = SETTINGS[setting]
+    arguments = ["fit", f"--trainer.max_epochs={epochs}", "--run_name", "bench-omp"]
+    code = f"import sys; from digits_mlp.cli import main; sys.exit(main({arguments!r}))"
+    before, started = os.times(), time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=run_env, check=True, capture_output=True)
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return cpu, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy-loop processes beside it")
+    parser.add_argument("--epochs", type=int, default=5)
+    args = parser.parse_args()
+    _, _ = use_rendered_example("bench-omp-")
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd() / "src")}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in SETTINGS}
+        for repeat in range(args.repeats):
+            for setting in SETTINGS if repeat % 2 == 0 else reversed(SETTINGS):
+                results[setting].append(fit_once(setting, args.epochs, env))
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    print(
+        f"`fit --trainer.max_epochs={args.epochs}` of the example, fresh process, {args.busy} busy processes "
+        f"beside it on {os.cpu_count()} CPUs, median of {args.repeats}:"
+    )
+    cpu = {name: statistics.median(c for c, _ in runs) for name, runs in results.items()}
+    wall = {name: statistics.median(w for _, w in runs) for name, runs in results.items()}
+    for name in SETTINGS:
+        print(f"  {name:8s} CPU {cpu[name]:6.2f} s   wall {wall[name]:6.2f} s")
+    cpu_ratio, wall_ratio = cpu["passive"] / cpu["default"], wall["passive"] / wall["default"]
+    print(f"  passive / default: CPU {cpu_ratio:.2f}, wall {wall_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,9 @@ SLURM_VARIABLES = (
 
 
 def installed_packages() -> list[str]:
-    names = {(d.metadata["Name"] or "?").lower(): d.version for d in importlib.metadata.distributions()}
+    # One parse of each METADATA file: `.metadata` parses it again at every access, `.version` too.
+    headers = [d.metadata for d in importlib.metadata.distributions()]
+    names = {(h["Name"] or "?").lower(): h["Version"] for h in headers}
     return [f"{name}=={version}" for name, version in sorted(names.items())]
 
 

@@ -156,28 +156,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # The order the test processes take files in (scripts/test.sh: --dist loadfile, no reordering by
-# size): the longest first, so that the last file to end is a short one; and an install-free file
-# second, so that the other process works while the first installs the example from its lock.
-# Seconds measured in CI (test time per file; both processes together: about 3,200 s at b423520).
+# size): the longest first, so that the last file to end is a short one; two install-free files
+# first, so that the others work while the third installs the example from its lock. xdist gives
+# a process its next file as soon as two or fewer of its tests are left, so the file after the
+# README test (two tests, the second takes minutes) waits behind it: that is why Slurm's comes before.
+# Seconds a file took in CI (its process's wall time, three processes: 2,424 s in all, at 5acee00).
 LONGEST_FIRST = [
-    "test_finetune_example.py",  # 556 s; renders and installs its own project
-    "test_update_from_release.py",  # 118 s, needs no install
-    "test_resume.py",  # 384 s; installs the example from the lock (~70 s) on its way
-    "test_readme_commands.py",  # 160-300 s in one test: started early, it does not end the run
-    "test_slurm.py",  # 304 s
-    "test_fsdp_training.py",  # 285 s
-    "test_update.py",  # 112 s, needs no install
-    "test_distributed.py",  # 254 s
-    "test_sharded_training.py",  # 115 s
-    "test_run_integrity.py",  # 110 s
-    "test_task_kinds.py",  # ~140 s: four task shapes trained, killed, resumed, tested and evaluated
-    "test_reproduce_and_cache.py",  # 96 s
-    "test_generated_project.py",  # 82 s
-    "test_deployment.py",  # 82 s
-    "test_serving.py",  # ~55 s after the example's install: servers, clients and a browser
-    "test_bad_storage.py",  # 48 s
-    "test_search.py",  # 41 s
-    "test_pretrained_weights.py",  # 40 s
+    "test_finetune_example.py",  # 208 s; renders and installs its own project
+    "test_update_from_release.py",  # 133 s, needs no install
+    "test_resume.py",  # 209 s; installs the example from the lock (~110 s) on its way
+    "test_slurm.py",  # 382 s, much of it waiting for Slurm's scheduler while the others compute
+    "test_readme_commands.py",  # 297 s in its second test
+    "test_generated_project.py",  # 202 s
+    "test_update.py",  # 175 s
+    "test_task_kinds.py",  # 141 s: four task shapes trained, killed, resumed, tested and evaluated
+    "test_fsdp_training.py",  # 101 s
+    "test_distributed.py",  # 86 s
+    "test_deployment.py",  # 67 s
+    "test_serving.py",  # 57 s: servers, clients and a browser
+    "test_reproduce_and_cache.py",  # 56 s
+    "test_sharded_training.py",  # 53 s
+    "test_run_integrity.py",  # 49 s
+    "test_environment_lock.py",  # 41 s
+    "test_render.py",  # 33 s
+    "test_search.py",  # 23 s
+    "test_pretrained_weights.py",  # 22 s
 ]
 
 

@@ -15,8 +15,8 @@ if [ "$(id -u)" = 0 ]; then
          "and run munged, slurmctld and slurmd as root while they last (scripts/start-slurm.sh, stop-slurm.sh)."
 fi
 # The test processes start commands whose torch runs two OpenMP threads each: by default a waiting
-# thread spins, burning a core that another process needs (the example's `fit` beside two busy loops:
-# 9.8 s of CPU in training, 2.6 s with PASSIVE; docs/benchmarks.md). PASSIVE makes waiting threads
+# thread spins, burning a core that another process needs (a 5-epoch `fit` of the example beside two
+# busy loops: 7.65 s of CPU, 5.66 s with PASSIVE; bench/omp_wait.py). PASSIVE makes waiting threads
 # sleep; the thread count, and so every result, stays the default's.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # Three workers, each test file on one of them (--dist loadfile): a file's module fixtures (the Slurm

@@ -14,11 +14,9 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from example_project import use_rendered_example
+from example_project import command_cost, use_rendered_example
 
 WITHOUT = (
     "import contextlib; import digits_mlp.kit.base.garbage_collection as g; "
@@ -32,12 +30,7 @@ COMMANDS = {
 
 
 def cpu_seconds(arguments: list[str], setting: str, env: dict) -> float:
-    run_it = f"import sys; from digits_mlp.cli import main; sys.exit(main({arguments!r}))"
-    code = ("" if setting == "with" else WITHOUT) + run_it
-    before = os.times()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-    after = os.times()
-    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return command_cost(arguments, env, first="" if setting == "with" else WITHOUT)[0]
 
 
 def main() -> None:

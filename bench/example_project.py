@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,3 +32,14 @@ def use_rendered_example(prefix: str) -> tuple[Path, float]:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)  # Lightning sets its own levels on the last two
     return work, rendered
+
+
+def command_cost(arguments: list[str], env: dict, first: str = "") -> tuple[float, float]:
+    """CPU (user + system, its children included) and wall seconds of one command of the example
+    project, `main(arguments)` in a fresh process that runs the code `first` before it."""
+    code = first + f"import sys; from digits_mlp.cli import main; sys.exit(main({arguments!r}))"
+    before, started = os.times(), time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return cpu, time.perf_counter() - started

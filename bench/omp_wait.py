@@ -18,10 +18,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from example_project import use_rendered_example
+from example_project import command_cost, use_rendered_example
 
 # The environment each setting adds.
 SETTINGS = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "one thread": {"OMP_NUM_THREADS": "1"}}
@@ -32,13 +31,7 @@ def fit_once(setting: str, epochs: int, env: dict) -> tuple[float, float]:
     shutil.rmtree(Path(env["RUNS_DIR"]) / "bench-omp", ignore_errors=True)
     run_env = {k: v for k, v in env.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     run_env.update(SETTINGS[setting])
-    arguments = ["fit", f"--trainer.max_epochs={epochs}", "--run_name", "bench-omp"]
-    code = f"import sys; from digits_mlp.cli import main; sys.exit(main({arguments!r}))"
-    before, started = os.times(), time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env=run_env, check=True, capture_output=True)
-    after = os.times()
-    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    return cpu, time.perf_counter() - started
+    return command_cost(["fit", f"--trainer.max_epochs={epochs}", "--run_name", "bench-omp"], run_env)
 
 
 def main() -> None:
@@ -47,7 +40,7 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy-loop processes beside it")
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
-    _, _ = use_rendered_example("bench-omp-")
+    use_rendered_example("bench-omp-")
     env = {**os.environ, "PYTHONPATH": str(Path.cwd() / "src")}
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:

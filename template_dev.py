@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from uv import find_uv_bin
 
 import preloaded_commands
 
@@ -131,8 +132,8 @@ def make_project_venv(
     site-packages): those of `borrow_from` (e.g. a project venv installed from the lock), else
     those of the interpreter running this code; only the project itself is installed: fast, for
     tests that render many projects. Such a venv has no pip of its own unless `with_pip` (the
-    README's commands call `pip`): this process's pip installs into it, with the build backend
-    it borrows (about 3 s a venv instead of 10: no ensurepip, no isolated build environment).
+    README's commands call `pip`): uv installs the project into it, with the build backend it
+    borrows (no ensurepip, no isolated build environment, no download).
     """
     venv = project / ".venv"
     python = venv / "bin" / "python"
@@ -151,13 +152,14 @@ def make_project_venv(
             borrow_from = borrow_from.borrowed
         borrowed = borrow_from.site_packages() if borrow_from else Path(sysconfig.get_paths()["purelib"])
         _site_packages(python).joinpath("borrowed-test-packages.pth").write_text(f"{borrowed}\n")
-        # From a project venv: exactly its packages (pip would not see a .pth'd folder's as installed).
-        project_only = ["--no-deps", "-e", "."] if borrow_from else ["-e", ".[example,dev]"]
         if with_pip:  # its own pip, whose setuptools (ensurepip's) needs an isolated build
+            # From a project venv: exactly its packages (pip would not see a .pth'd folder's as installed).
+            project_only = ["--no-deps", "-e", "."] if borrow_from else ["-e", ".[example,dev]"]
             installed = run([str(python), "-m", "pip", "install", *project_only], cwd=project)
-        else:
-            pip = [sys.executable, "-m", "pip", "--python", str(python)]
-            installed = run([*pip, "install", "--no-build-isolation", *project_only], cwd=project)
+        else:  # uv: 0.6 s where pip took 2 s. It cannot see the borrowed packages, so it checks no
+            # dependency (--no-deps): one the borrowed ones lack fails the first import instead.
+            uv = [find_uv_bin(), "pip", "install", "--python", str(python), "--offline"]
+            installed = run([*uv, "--no-deps", "--no-build-isolation", "-e", "."], cwd=project)
         if borrow_from:
             log.append(borrow_from.install_log)  # what this venv's packages came from
     log.append(installed.stdout + installed.stderr)

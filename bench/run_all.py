@@ -21,6 +21,7 @@ BENCHMARKS = [
     "run_integrity.py",
     "help_speed.py",
     "command_start.py",
+    "subcommand_parsers.py",
     "omp_wait.py",
 ]
 

@@ -212,7 +212,10 @@ def test_common_mistakes_end_in_one_clear_message(example_project, example_comma
     env = {"RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(tmp_path / "own")}
     mistakes = {
         "a missing checkpoint": (["test", "--ckpt_path", "nope.ckpt"], "--ckpt_path nope.ckpt: no such file"),
-        "a value of the wrong type": (["fit", "--model.init_args.dropout=lots"], 'Parser key "dropout"'),
+        "a value of the wrong type": (
+            ["fit", "--model.init_args.dropout=lots"],
+            "error: model.init_args.dropout: expected float, got 'lots' (every option:",
+        ),
         "raw data that is not there": (
             ["fit", "--data.class_path=missing_data.DataNotDownloaded"],
             "the data is not there: nowhere/table.csv is missing: copy it from the lab's share",

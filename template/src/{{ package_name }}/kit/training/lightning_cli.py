@@ -76,6 +76,7 @@ from .fit_policies import CheckpointPolicy, EarlyStoppingPolicy, automatic_preci
 from .idle_hooks import skip_idle_batch_hooks
 from .monitor_choice import described, monitor_at_start
 from .no_profiler import NoProfiler
+from .option_errors import one_line
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
 from .refused_inputs import checkpoint_mismatch_message, refused_data_message, refused_settings_message
@@ -116,6 +117,17 @@ class RunAlreadyFinished(Exception):
 
 
 class ProjectCLI(LightningCLI):
+    def __init__(self, *args, only_subcommand: str | None = None, **kwargs) -> None:
+        self.only_subcommand = only_subcommand
+        super().__init__(*args, **kwargs)
+
+    @override
+    def subcommands(self) -> dict[str, set[str]]:
+        """Only the subcommand being run gets a parser: Lightning builds one for each of the four, and
+        each is a signature walk of the trainer, model and data classes (bench/command_start.py)."""
+        every = LightningCLI.subcommands()
+        return {self.only_subcommand: every[self.only_subcommand]} if self.only_subcommand else every
+
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -593,9 +605,10 @@ def build_cli(cli_class: type[ProjectCLI], args: list[str], run: bool) -> Projec
     """The project's LightningCLI (run=False: built, not run; project_loading.py); a bad option ends with
     its one message, not 60 lines of usage first."""
     default_config = {"default_config_files": _default_config_files()}
-    # With subcommands, each subcommand parser reads the default config; jsonargparse gives each
-    # subcommand parser the main parser's other settings.
-    where = {name: default_config for name in SUBCOMMANDS} if run else default_config
+    # With a subcommand, its parser reads the default config; jsonargparse gives a subcommand parser
+    # the main parser's other settings. (cli.py runs this only with a subcommand first.)
+    subcommand = args[0] if run and args and args[0] in SUBCOMMANDS else None
+    where = {subcommand: default_config} if subcommand else default_config
     try:
         return cli_class(
             LightningModule,
@@ -606,10 +619,11 @@ def build_cli(cli_class: type[ProjectCLI], args: list[str], run: bool) -> Projec
             parser_kwargs={**NO_ABBREVIATIONS, **where, "prog": CONSOLE_SCRIPT, "exit_on_error": False},
             args=args,
             run=run,
+            only_subcommand=subcommand,
         )
     except ArgumentError as bad:
-        subcommand = args[0] if run and args and args[0] in SUBCOMMANDS else "fit"
-        print(f"error: {bad}\n(every option: `{CONSOLE_SCRIPT} {subcommand} --help`)", file=sys.stderr)
+        every_option = f"`{CONSOLE_SCRIPT} {subcommand or 'fit'} --help`"
+        print(f"error: {one_line(str(bad))} (every option: {every_option})", file=sys.stderr)
         raise SystemExit(2) from None
     except ValueError as wrapped:
         # jsonargparse wraps what a model's or data module's constructor raised ("Does not validate

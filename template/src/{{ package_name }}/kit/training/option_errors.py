@@ -1,0 +1,67 @@
+"""An option or config value the parser refuses, said in one line. Managed by the copier-lightning template.
+
+jsonargparse reports `--model.init_args.dropout=lots` in eleven lines: the Union of the model's
+class and None, each one's error, the value's type and a NestedArg, with the key and what it
+expected in the middle. `one_line` reads that back into one line:
+
+    model.init_args.dropout: expected float, got 'lots'
+    model.init_args.nosuch: DigitsClassifier takes no such option
+    model: cannot import digits_mlp.model.DigitsClassifer (module 'digits_mlp.model' has no attribute ...)
+    trainer.callbacks: expected a subclass of Callback, got 'digits_mlp.model.DigitsClassifier'
+
+Hand-written because jsonargparse's ArgumentError carries only its text; a message that does not
+have one of these shapes (an unknown option, say, already one line) is returned as it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+_KEY = re.compile(r'Parser key "([^"]+)"')
+_CLASS = re.compile(r"Problem with given class_path '([^']+)':")
+_NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_NOT_IMPORTED = re.compile(r"(module '[^']+' has no attribute '[^']+'|No module named '[^']+')")
+_NOT_SUBCLASS = re.compile(r"Import path does not correspond to a subclass of (\w+)")
+_EXPECTED = re.compile(r"Expected a (.+?)(?:\. Got value: (.*))?$")
+_GIVEN = re.compile(r"^Given value: (.*)$")
+
+
+def one_line(message: str) -> str:
+    """One line for jsonargparse's message about a refused value or option, else `message` unchanged."""
+    lines = [line.strip(" -") for line in message.splitlines()]
+    keys = [match[1] for line in lines if (match := _KEY.search(line))]
+    if not keys:
+        return message
+    given = next((match[1] for line in lines if (match := _GIVEN.match(line))), None)
+    owner = next((match[1] for line in lines if (match := _CLASS.search(line))), None)
+    if owner is not None:  # the value named a class, or an option inside one
+        if unknown := _NOT_ACCEPTED.search(message):
+            return f"{keys[0]}.init_args.{unknown[1]}: {owner.rsplit('.', 1)[-1]} takes no such option"
+        if missing := _NOT_IMPORTED.search(message):
+            return f"{keys[0]}: cannot import {owner} ({missing[1]})"
+    if (wrong := _NOT_SUBCLASS.search(message)) and given is not None:
+        return f"{keys[0]}: expected a subclass of {wrong[1]}, got {given!r}"
+    expected = [(match[1], match[2]) for line in lines if (match := _EXPECTED.search(line))]
+    # An option inside a class's options says what it got on its own line: those lines are the ones
+    # that matter (the others are the Union around the class: "or None").
+    inner = [(kind, got) for kind, got in expected if got is not None]
+    if inner:
+        key = f"{keys[0]}.init_args.{keys[-1]}" if owner is not None and len(keys) > 1 else keys[-1]
+        kinds, value = [kind for kind, _ in inner], inner[0][1]
+    elif expected and given is not None:
+        key, kinds, value = keys[0], [kind for kind, _ in expected], given
+    else:
+        return message
+    named = [name for name in dict.fromkeys(map(_kind_name, kinds)) if name != "None"]
+    return f"{key}: expected {' or '.join(named)}, got {value!r}" if named else message
+
+
+def _kind_name(kind: str) -> str:
+    """`<class 'int'>` -> int; `typing.Literal['min', 'max']` -> one of 'min', 'max'."""
+    if match := re.fullmatch(r"<class '(?:[\w.]+\.)?(\w+)'>", kind):
+        return "None" if match[1] == "NoneType" else match[1]
+    if match := re.fullmatch(r"typing\.Literal\[(.*)\]", kind):
+        return f"one of {match[1]}"
+    if kind.startswith(("dot import path string", "path but")):
+        return "a class path (package.module.Class)"
+    return kind

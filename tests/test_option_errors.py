@@ -1,0 +1,74 @@
+"""A refused option or config value ends in one line naming the key (kit/training/option_errors.py).
+
+In-process, through the example project's own `main`, so every message is the one the installed
+jsonargparse and Lightning write today: a change in their wording shows here as a failure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+HINT = " (every option: `digits_mlp fit --help`)"
+REFUSED = {
+    "--model.init_args.dropout=lots": "model.init_args.dropout: expected float, got 'lots'",
+    "--model.init_args.hidden_sizes=[64,x]": "model.init_args.hidden_sizes: expected int, got 'x'",
+    "--data.init_args.batch_size=1.5": "data.init_args.batch_size: expected int, got '1.5'",
+    "--trainer.max_epochs=abc": "trainer.max_epochs: expected int, got 'abc'",
+    "--checkpointing.mode=sideways": "checkpointing.mode: expected one of 'min', 'max', 'auto', got 'sideways'",
+    "--seed_everything=abc": "seed_everything: expected bool or int, got 'abc'",
+    "--model.init_args.widht=3": "model.init_args.widht: DigitsClassifier takes no such option",
+    "--model=digits_mlp.model.DigitsClassifer": (
+        "model: cannot import digits_mlp.model.DigitsClassifer "
+        "(module 'digits_mlp.model' has no attribute 'DigitsClassifer')"
+    ),
+    "--model=digits_mlp.data.DigitsDataModule": (
+        "model: expected a subclass of LightningModule, got 'digits_mlp.data.DigitsDataModule'"
+    ),
+    "--trainer.callbacks+=NoSuchCallback": (
+        "trainer.callbacks: expected a class path (package.module.Class), got 'NoSuchCallback'"
+    ),
+    # Already one line in jsonargparse's words: kept as it is.
+    "--trainer.max_epoch=3": "unrecognized arguments: --trainer.max_epoch=3",
+}
+
+
+@pytest.fixture
+def project_main(example_package, monkeypatch: pytest.MonkeyPatch):
+    from digits_mlp.cli import main
+
+    monkeypatch.chdir(example_package)  # commands run from the project's root
+    return main
+
+
+def refusal(main, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What `main(arguments)` printed on stderr, after checking it exited 2 and printed nothing else."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 2, printed.err
+    assert printed.out == "", printed.out
+    return printed.err
+
+
+@pytest.mark.parametrize("option", REFUSED)
+def test_a_refused_option_is_one_line_naming_its_key(project_main, option: str, capsys, tmp_path: Path) -> None:
+    err = refusal(project_main, ["fit", option, "--run_name", "refused"], capsys)
+    assert err == f"error: {REFUSED[option]}{HINT}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_wrong_value_in_a_config_file_names_its_key(project_main, capsys, tmp_path: Path) -> None:
+    config = tmp_path / "experiment.yaml"
+    config.write_text("model:\n  init_args:\n    learning_rate: fast\ntrainer:\n  max_epochs: 3\n")
+    err = refusal(project_main, ["fit", "--config", str(config)], capsys)
+    assert err == f"error: model.init_args.learning_rate: expected float, got 'fast'{HINT}\n"
+
+
+def test_a_message_of_another_shape_is_kept_whole(example_package) -> None:
+    from digits_mlp.kit.training.option_errors import one_line
+
+    required = 'Parser key "model":\n  Problem with given class_path \'a.B\':\n    Key "size" is required'
+    assert one_line(required) == required
+    assert one_line("something else went wrong") == "something else went wrong"

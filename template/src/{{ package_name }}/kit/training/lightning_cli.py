@@ -124,7 +124,7 @@ class ProjectCLI(LightningCLI):
     @override
     def subcommands(self) -> dict[str, set[str]]:
         """Only the subcommand being run gets a parser: Lightning builds one for each of the four, and
-        each is a signature walk of the trainer, model and data classes (bench/command_start.py)."""
+        each is a walk of the trainer's, model's and data's signatures (bench/subcommand_parsers.py)."""
         every = LightningCLI.subcommands()
         return {self.only_subcommand: every[self.only_subcommand]} if self.only_subcommand else every
 

@@ -29,6 +29,13 @@ REFUSED = {
     "--trainer.callbacks+=NoSuchCallback": (
         "trainer.callbacks: expected a class path (package.module.Class), got 'NoSuchCallback'"
     ),
+    # A callback's option: two branches of the Union (a list of callbacks, one callback) say different things.
+    "--trainer.callbacks+=EarlyStopping --trainer.callbacks.patience=soon": (
+        "trainer.callbacks.init_args.patience: expected int, got 'soon'"
+    ),
+    "--trainer.callbacks+=EarlyStopping --trainer.callbacks.patiense=3": (
+        "trainer.callbacks.init_args.patiense: EarlyStopping takes no such option"
+    ),
     # Already one line in jsonargparse's words: kept as it is.
     "--trainer.max_epoch=3": "unrecognized arguments: --trainer.max_epoch=3",
 }
@@ -54,7 +61,7 @@ def refusal(main, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> s
 
 @pytest.mark.parametrize("option", REFUSED)
 def test_a_refused_option_is_one_line_naming_its_key(project_main, option: str, capsys, tmp_path: Path) -> None:
-    err = refusal(project_main, ["fit", option, "--run_name", "refused"], capsys)
+    err = refusal(project_main, ["fit", *option.split(), "--run_name", "refused"], capsys)
     assert err == f"error: {REFUSED[option]}{HINT}\n"
     assert not (tmp_path / "runs").exists()
 

@@ -33,27 +33,42 @@ def one_line(message: str) -> str:
     if not keys:
         return message
     given = next((match[1] for line in lines if (match := _GIVEN.match(line))), None)
-    owner = next((match[1] for line in lines if (match := _CLASS.search(line))), None)
-    if owner is not None:  # the value named a class, or an option inside one
-        if unknown := _NOT_ACCEPTED.search(message):
-            return f"{keys[0]}.init_args.{unknown[1]}: {owner.rsplit('.', 1)[-1]} takes no such option"
-        if missing := _NOT_IMPORTED.search(message):
+    # The value named a class, or an option inside one: the first of the Union's branches says what
+    # is wrong with it on the next line (the other branches repeat it or say less).
+    first = next((index for index, line in enumerate(lines) if _CLASS.search(line)), None)
+    if first is not None and first + 1 < len(lines):
+        owner, problem = _CLASS.search(lines[first])[1], lines[first + 1]
+        if unknown := _NOT_ACCEPTED.search(problem):
+            return f"{_path(lines[: first + 1])}.{unknown[1]}: {owner.rsplit('.', 1)[-1]} takes no such option"
+        if missing := _NOT_IMPORTED.search(problem):
             return f"{keys[0]}: cannot import {owner} ({missing[1]})"
     if (wrong := _NOT_SUBCLASS.search(message)) and given is not None:
         return f"{keys[0]}: expected a subclass of {wrong[1]}, got {given!r}"
-    expected = [(match[1], match[2]) for line in lines if (match := _EXPECTED.search(line))]
+    expected = [(index, match[1], match[2]) for index, line in enumerate(lines) if (match := _EXPECTED.search(line))]
     # An option inside a class's options says what it got on its own line: those lines are the ones
     # that matter (the others are the Union around the class: "or None").
-    inner = [(kind, got) for kind, got in expected if got is not None]
+    inner = [(index, kind, got) for index, kind, got in expected if got is not None]
     if inner:
-        key = f"{keys[0]}.init_args.{keys[-1]}" if owner is not None and len(keys) > 1 else keys[-1]
-        kinds, value = [kind for kind, _ in inner], inner[0][1]
+        first_index, _, value = inner[0]
+        key, kinds = _path(lines[: first_index + 1]), [kind for _, kind, _ in inner]
     elif expected and given is not None:
-        key, kinds, value = keys[0], [kind for kind, _ in expected], given
+        key, kinds, value = keys[0], [kind for _, kind, _ in expected], given
     else:
         return message
     named = [name for name in dict.fromkeys(map(_kind_name, kinds)) if name != "None"]
     return f"{key}: expected {' or '.join(named)}, got {value!r}" if named else message
+
+
+def _path(lines: list[str]) -> str:
+    """The keys these lines go down through, `init_args` where a class's options begin:
+    `model.init_args.backbone.init_args.depth`."""
+    path: list[str] = []
+    for line in lines:
+        if key := _KEY.search(line):
+            path.append(key[1])
+        elif _CLASS.search(line):
+            path.append("init_args")
+    return ".".join(path)
 
 
 def _kind_name(kind: str) -> str:

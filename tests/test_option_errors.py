@@ -73,6 +73,17 @@ def test_a_wrong_value_in_a_config_file_names_its_key(project_main, capsys, tmp_
     assert err == f"error: model.init_args.learning_rate: expected float, got 'fast'{HINT}\n"
 
 
+def test_a_config_that_is_not_yaml_is_named_with_its_line(project_main, capsys, tmp_path: Path) -> None:
+    config = tmp_path / "experiment.yaml"
+    config.write_text("trainer:\n\tmax_epochs: 3\n")  # a tab where YAML wants spaces
+    err = refusal(project_main, ["fit", "--config", "configs/experiments/wide.yaml", "--config", str(config)], capsys)
+    problem = "not valid YAML (found character '\\t' that cannot start any token)"
+    assert err == f"error: {config} line 2, column 1: {problem}{HINT}\n"
+    err = refusal(project_main, ["fit", "--config", "{trainer: [}"], capsys)
+    problem = "not valid YAML (expected the node content, but found '}')"
+    assert err == f"error: --config '{{trainer: [}}' line 1, column 12: {problem}{HINT}\n"
+
+
 def test_a_message_of_another_shape_is_kept_whole(example_package) -> None:
     from digits_mlp.kit.training.option_errors import one_line
 

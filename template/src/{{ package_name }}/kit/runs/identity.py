@@ -93,6 +93,11 @@ def option_value(args: list[str] | tuple[str, ...], key: str) -> Any:
     return values[-1] if values else None
 
 
+def given_config_files(args: list[str] | tuple[str, ...]) -> list[str]:
+    """The `--config` values a command gives, in order."""
+    return [str(value) for key, value in _options(args) if key == "config"]
+
+
 def given_run_name(args: list[str] | tuple[str, ...]) -> str | None:
     """The `--run_name` a command gives, if any."""
     given = [value for key, value in _options(args) if key == "run_name"]

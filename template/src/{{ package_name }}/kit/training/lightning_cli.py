@@ -53,6 +53,7 @@ from ..runs.identity import (
     SUBCOMMAND_ONLY_KEYS,
     SUBCOMMANDS,
     RunNameError,
+    given_config_files,
     given_run_name,
     run_name,
 )
@@ -76,7 +77,7 @@ from .fit_policies import CheckpointPolicy, EarlyStoppingPolicy, automatic_preci
 from .idle_hooks import skip_idle_batch_hooks
 from .monitor_choice import described, monitor_at_start
 from .no_profiler import NoProfiler
-from .option_errors import one_line
+from .option_errors import invalid_yaml_config, one_line
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
 from .refused_inputs import checkpoint_mismatch_message, refused_data_message, refused_settings_message
@@ -601,6 +602,13 @@ def _default_config_files() -> list[str]:
     return [DEFAULT_CONFIG] if Path(DEFAULT_CONFIG).exists() else []
 
 
+def _given_config_files(args: list[str]) -> list[str]:
+    try:
+        return given_config_files(args)
+    except RunNameError:  # arguments it cannot read: the parser's message stands
+        return []
+
+
 def build_cli(cli_class: type[ProjectCLI], args: list[str], run: bool) -> ProjectCLI:
     """The project's LightningCLI (run=False: built, not run; project_loading.py); a bad option ends with
     its one message, not 60 lines of usage first."""
@@ -622,8 +630,11 @@ def build_cli(cli_class: type[ProjectCLI], args: list[str], run: bool) -> Projec
             only_subcommand=subcommand,
         )
     except ArgumentError as bad:
+        said = one_line(str(bad))
+        if said.startswith(("Problems parsing config", 'Parser key "config"')):  # it does not say which file
+            said = invalid_yaml_config([*_default_config_files(), *_given_config_files(args)]) or said
         every_option = f"`{CONSOLE_SCRIPT} {subcommand or 'fit'} --help`"
-        print(f"error: {one_line(str(bad))} (every option: {every_option})", file=sys.stderr)
+        print(f"error: {said} (every option: {every_option})", file=sys.stderr)
         raise SystemExit(2) from None
     except ValueError as wrapped:
         # jsonargparse wraps what a model's or data module's constructor raised ("Does not validate

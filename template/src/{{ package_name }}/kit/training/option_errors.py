@@ -11,11 +11,17 @@ expected in the middle. `one_line` reads that back into one line:
 
 Hand-written because jsonargparse's ArgumentError carries only its text; a message that does not
 have one of these shapes (an unknown option, say, already one line) is returned as it is.
+
+A config file that is not valid YAML it reports without the file's name ("in <unicode string>");
+`invalid_yaml_config` names it, with the line and column.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import yaml
 
 _KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)':")
@@ -80,3 +86,20 @@ def _kind_name(kind: str) -> str:
     if kind.startswith(("dot import path string", "path but")):
         return "a class path (package.module.Class)"
     return kind
+
+
+def invalid_yaml_config(configs: list[str]) -> str | None:
+    """`FILE line L, column C: not valid YAML (PROBLEM)` for the first of `configs` (files, or YAML
+    given inline as `--config '{...}'`) that is not valid YAML, else None."""
+    for config in configs:
+        is_file = Path(config).is_file()
+        try:
+            yaml.safe_load(Path(config).read_text() if is_file else config)
+        except OSError:
+            continue  # unreadable: the parser's own message says it
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            named = config if is_file else f"--config {config!r}"
+            return f"{named}{where}: not valid YAML ({getattr(error, 'problem', None) or error})"
+    return None

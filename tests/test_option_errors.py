@@ -42,10 +42,11 @@ REFUSED = {
 
 
 @pytest.fixture
-def project_main(example_package, monkeypatch: pytest.MonkeyPatch):
+def project_main(example_package, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     from digits_mlp.cli import main
 
     monkeypatch.chdir(example_package)  # commands run from the project's root
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))  # where a run would be written
     return main
 
 
@@ -63,7 +64,14 @@ def refusal(main, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> s
 def test_a_refused_option_is_one_line_naming_its_key(project_main, option: str, capsys, tmp_path: Path) -> None:
     err = refusal(project_main, ["fit", *option.split(), "--run_name", "refused"], capsys)
     assert err == f"error: {REFUSED[option]}{HINT}\n"
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_with_values_that_parse_the_same_command_writes_its_run(project_main, tmp_path: Path) -> None:
+    """The check above that nothing was written looks where a run goes."""
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"]
+    assert project_main(["fit", "--model.init_args.dropout=0.2", *short, "--run_name", "refused"]) == 0
+    assert (tmp_path / "runs" / "refused" / "checkpoints" / "final.ckpt").is_file()
 
 
 def test_a_wrong_value_in_a_config_file_names_its_key(project_main, capsys, tmp_path: Path) -> None:

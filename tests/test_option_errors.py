@@ -92,6 +92,27 @@ def test_a_config_that_is_not_yaml_is_named_with_its_line(project_main, capsys, 
     assert err == f"error: --config '{{trainer: [}}' line 1, column 12: {problem}{HINT}\n"
 
 
+NEEDS_A_SIZE = """
+from digits_mlp.model import DigitsClassifier
+
+
+class SizedClassifier(DigitsClassifier):
+    def __init__(self, size: int, depth: int, learning_rate: float = 1e-3):
+        super().__init__(learning_rate=learning_rate)
+"""
+
+
+def test_an_option_without_a_default_that_is_not_given_is_named(
+    project_main, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "own_model.py").write_text(NEEDS_A_SIZE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    err = refusal(project_main, ["fit", "--model=own_model.SizedClassifier", "--model.init_args.depth=2"], capsys)
+    assert err == f"error: model.init_args.size: SizedClassifier needs a value (it has no default){HINT}\n"
+    err = refusal(project_main, ["fit", "--model=own_model.SizedClassifier"], capsys)
+    assert err == f"error: model.init_args: SizedClassifier needs size, depth (they have no default){HINT}\n"
+
+
 def test_a_message_of_another_shape_is_kept_whole(example_package) -> None:
     from digits_mlp.kit.training.option_errors import one_line
 

@@ -6,6 +6,7 @@ expected in the middle. `one_line` reads that back into one line:
 
     model.init_args.dropout: expected float, got 'lots'
     model.init_args.nosuch: DigitsClassifier takes no such option
+    model.init_args.size: SizedClassifier needs a value (it has no default)
     model: cannot import digits_mlp.model.DigitsClassifer (module 'digits_mlp.model' has no attribute ...)
     trainer.callbacks: expected a subclass of Callback, got 'digits_mlp.model.DigitsClassifier'
 
@@ -26,6 +27,7 @@ import yaml
 _KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)':")
 _NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_REQUIRED = re.compile(r"the following arguments are required: (.+)$")
 _NOT_IMPORTED = re.compile(r"(module '[^']+' has no attribute '[^']+'|No module named '[^']+')")
 _NOT_SUBCLASS = re.compile(r"Import path does not correspond to a subclass of (\w+)")
 _EXPECTED = re.compile(r"Expected a (.+?)(?:\. Got value: (.*))?$")
@@ -44,8 +46,14 @@ def one_line(message: str) -> str:
     first = next((index for index, line in enumerate(lines) if _CLASS.search(line)), None)
     if first is not None and first + 1 < len(lines):
         owner, problem = _CLASS.search(lines[first])[1], lines[first + 1]
+        short, where = owner.rsplit(".", 1)[-1], _path(lines[: first + 1])
         if unknown := _NOT_ACCEPTED.search(problem):
-            return f"{_path(lines[: first + 1])}.{unknown[1]}: {owner.rsplit('.', 1)[-1]} takes no such option"
+            return f"{where}.{unknown[1]}: {short} takes no such option"
+        if required := _REQUIRED.search(problem):
+            names = [name.strip() for name in required[1].split(",")]
+            if len(names) == 1:
+                return f"{where}.{names[0]}: {short} needs a value (it has no default)"
+            return f"{where}: {short} needs {', '.join(names)} (they have no default)"
         if missing := _NOT_IMPORTED.search(problem):
             return f"{keys[0]}: cannot import {owner} ({missing[1]})"
     if (wrong := _NOT_SUBCLASS.search(message)) and given is not None:

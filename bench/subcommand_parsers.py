@@ -17,7 +17,6 @@ import io
 import shutil
 import statistics
 import time
-from pathlib import Path
 
 from example_project import use_rendered_example
 
@@ -49,7 +48,7 @@ def main() -> None:
 
     one = ProjectCLI.subcommands
     four = LightningCLI.subcommands  # a staticmethod: as an attribute of ProjectCLI it takes self
-    runs = Path(work / "runs")
+    runs = work / "runs"
     project_main(["fit", "--trainer.max_epochs=1", "--run_name", "bench-parsers"])  # for `test`; warms up
     print(f"CPU seconds per command in one process, median of {args.repeats} (one parser / four):")
     for name, arguments in COMMANDS.items():

@@ -46,7 +46,8 @@ def one_line(message: str) -> str:
     first = next((index for index, line in enumerate(lines) if _CLASS.search(line)), None)
     if first is not None and first + 1 < len(lines):
         owner, problem = _CLASS.search(lines[first])[1], lines[first + 1]
-        short, where = owner.rsplit(".", 1)[-1], _path(lines[: first + 1])
+        short, at = owner.rsplit(".", 1)[-1], _path(lines[:first])  # the key that names the class
+        where = f"{at}.init_args"
         if unknown := _NOT_ACCEPTED.search(problem):
             return f"{where}.{unknown[1]}: {short} takes no such option"
         if required := _REQUIRED.search(problem):
@@ -55,7 +56,7 @@ def one_line(message: str) -> str:
                 return f"{where}.{names[0]}: {short} needs a value (it has no default)"
             return f"{where}: {short} needs {', '.join(names)} (they have no default)"
         if missing := _NOT_IMPORTED.search(problem):
-            return f"{keys[0]}: cannot import {owner} ({missing[1]})"
+            return f"{at}: cannot import {owner} ({missing[1]})"
     if (wrong := _NOT_SUBCLASS.search(message)) and given is not None:
         return f"{keys[0]}: expected a subclass of {wrong[1]}, got {given!r}"
     expected = [(index, match[1], match[2]) for index, line in enumerate(lines) if (match := _EXPECTED.search(line))]

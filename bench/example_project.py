@@ -1,9 +1,14 @@
-"""The example project for the benchmarks: rendered from this working tree, importable in-process."""
+"""The example project for the benchmarks: rendered from this working tree, importable in-process.
+
+BENCH_PROJECT, when set, names a project rendered beforehand (bench/prepare_gpu_checks.py): it is
+copied instead of rendered, on a machine without copier (a lent GPU machine).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,8 +16,6 @@ import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
-
-from template_dev import render, snapshot_template  # noqa: E402
 
 
 def use_rendered_example(prefix: str) -> tuple[Path, float]:
@@ -24,7 +27,12 @@ def use_rendered_example(prefix: str) -> tuple[Path, float]:
     """
     work = Path(tempfile.mkdtemp(prefix=prefix))
     started = time.perf_counter()
-    render(snapshot_template(work / "template"), work / "project")
+    if os.environ.get("BENCH_PROJECT"):
+        shutil.copytree(os.environ["BENCH_PROJECT"], work / "project", symlinks=True)
+    else:
+        from template_dev import render, snapshot_template
+
+        render(snapshot_template(work / "template"), work / "project")
     rendered = time.perf_counter() - started
     os.chdir(work / "project")
     os.environ["RUNS_DIR"] = str(work / "runs")

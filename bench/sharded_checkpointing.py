@@ -10,9 +10,10 @@ in the same pair of processes, a callback alternates (ABBA) two ways to save the
 * kit: `trainer.save_checkpoint` with the kit's `ShardedTraining` (staging directory, a checksum
   per shard, the listing, the manifest entry, `previous` kept, one rename).
 
-Rank 0's wall time per save, all ranks started together (a barrier before each), median.
+Rank 0's wall time per save, all ranks started together (a barrier before each), median. On a GPU
+machine (bench/gpu_checks.py): `--accelerator gpu --devices N`, one process per GPU, NCCL.
 
-    .venv/bin/python bench/sharded_checkpointing.py [--saves 10] [--width 1024]
+    .venv/bin/python bench/sharded_checkpointing.py [--saves 10] [--width 1024] [--accelerator cpu|gpu] [--devices 2]
 """
 
 from __future__ import annotations
@@ -58,13 +59,14 @@ class AlternatingSaves(pl.Callback):
             Path(os.environ["BENCH_OUT"]).write_text(json.dumps(times))
 
 
-def run_side(project: Path, saves: int, width: int) -> None:
+def run_side(project: Path, saves: int, width: int, accelerator: str, devices: int) -> None:
     os.chdir(project)
     sys.path.insert(0, str(project / "src"))
     from digits_mlp.kit.training.lightning_cli import run_lightning_cli
 
     wide = f"--model.init_args.hidden_sizes=[{width}, {width}, {width}]"
-    args = ["fit", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=fsdp2", wide]
+    args = ["fit", f"--trainer.accelerator={accelerator}", f"--trainer.devices={devices}", "--trainer.strategy=fsdp2"]
+    args += [wide]
     args += ["--trainer.max_epochs=1", "--run_name", "sharded-saves", "--early_stopping.patience=null"]
     args += ["--trainer.callbacks+=sharded_checkpointing.AlternatingSaves", f"--trainer.callbacks.saves={saves}"]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -75,10 +77,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saves", type=int, default=10)
     parser.add_argument("--width", type=int, default=1024, help="units in each of the three hidden layers")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--devices", type=int, default=2, help="processes (one per GPU on a GPU machine)")
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.project:
-        run_side(args.project, args.saves, args.width)
+        run_side(args.project, args.saves, args.width, args.accelerator, args.devices)
         return
 
     from example_project import use_rendered_example
@@ -86,13 +90,17 @@ def main() -> None:
     work, _ = use_rendered_example("bench-sharded-saves-")
     out = work / "saves.json"
     command = [sys.executable, __file__, "--project", str(work / "project"), "--saves", str(args.saves)]
-    command += ["--width", str(args.width)]
-    env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": str(Path(__file__).parent)}
-    subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    command += ["--width", str(args.width), "--accelerator", args.accelerator, "--devices", str(args.devices)]
+    paths = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": paths}
+    saves_ran = subprocess.run(command, capture_output=True, text=True, env=env)
+    if saves_ran.returncode != 0:
+        sys.exit(f"the training processes failed:\n{saves_ran.stderr[-3000:]}")
     times = json.loads(out.read_text())
     lightning, kit = statistics.median(times["lightning"]) * 1e3, statistics.median(times["kit"]) * 1e3
     size = sum(p.stat().st_size for p in (work / "bench-saves" / "kit.ckpt").iterdir())
-    print(f"two-process fsdp2 save of {size / 1e6:.1f} MB, median of {args.saves} each (ABBA), rank 0's wall time")
+    where = f"{args.devices}-process fsdp2 ({'NCCL, GPU' if args.accelerator == 'gpu' else 'gloo, CPU'})"
+    print(f"{where} save of {size / 1e6:.1f} MB, median of {args.saves} each (ABBA), rank 0's wall time")
     print(f"{'Lightning sharded save':<28} {lightning:>8.1f} ms")
     print(f"{'kit staged + checksummed':<28} {kit:>8.1f} ms")
     print(f"ratio {kit / lightning:.3f}x (+{kit - lightning:.1f} ms per save)")

@@ -62,6 +62,8 @@ def test_what_is_trained_names_the_run_and_comments_do_not(kit, tmp_path: Path) 
         ["--config", str(changed)], no_default
     )
     assert kit.run_name(["--config", str(plain), "--run_name", "mine"], no_default) == "mine"
+    # LightningCLI's short form names the same run.
+    assert kit.run_name(["-c", str(plain)], no_default) == kit.run_name([f"-c={plain}"], no_default) == name
 
 
 def test_a_missing_config_file_is_named_in_the_error(kit) -> None:

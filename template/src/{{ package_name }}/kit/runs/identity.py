@@ -67,6 +67,7 @@ DISPLAY_CALLBACKS = (
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Options that print and exit; they name no experiment.
 HELP_OPTIONS = ("-h", "--help", "--print_config")
+SHORT_OPTIONS = {"-c": "--config"}  # LightningCLI's short form: `fit -c experiment.yaml`
 # checkpointing.monitor and .mode: "auto" is chosen at the run's first validation from what it logs
 # (kit/training/monitor_choice.py) and recorded in its manifest; the run is that choice from then on.
 AUTO = "auto"
@@ -221,6 +222,9 @@ def _options(args: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
         index += 1
         if arg in HELP_OPTIONS or arg.startswith("--print_config="):
             continue
+        short, equals, rest = arg.partition("=")
+        if short in SHORT_OPTIONS:
+            arg = SHORT_OPTIONS[short] + equals + rest
         if not arg.startswith("--"):
             raise RunNameError(f"unexpected argument {arg!r}: options are written --key=value or --key value")
         key, has_value, text = arg[2:].partition("=")

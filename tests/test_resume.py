@@ -209,6 +209,48 @@ def test_a_changed_config_under_the_same_run_name_is_refused(
     assert sorted((project / "runs" / run_name / "checkpoints").iterdir()) == checkpoints_before
 
 
+def test_a_resumed_run_keeps_the_precision_it_started_in(example_project, example_command, tmp_path) -> None:
+    """The automatic precision is chosen for the first start's machine; a resume elsewhere (a job requeued
+    onto another kind of GPU, a run taken to a CPU) keeps it, or is refused where it cannot run."""
+    project, _ = example_project
+    run_name = "kept-precision"
+    run = project / "runs" / run_name
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", KILL_POINTS["mid_epoch"], tmp_path / "k", 0)
+    assert train(example_command, project, config, run_name).returncode == -9
+    manifest_path = run / "manifest.json"
+    started = json.loads(manifest_path.read_text())
+    assert started["precision"] == "32-true"  # chosen on this machine (a CPU) at the first start
+    assert read_records_of(run)[0]["placement"]["precision"] == "32-true"
+
+    # As if the first start had been on a GPU without bf16: fp16 mixed precision cannot run on a CPU.
+    manifest_path.write_text(json.dumps({**started, "precision": "16-mixed"}))
+    before = (manifest_path.read_bytes(), sorted((run / "checkpoints").iterdir()), (run / "record.json").read_bytes())
+    refused = train(example_command, project, config, run_name)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr == (
+        f"error: Run '{run_name}' trains in 16-mixed, the precision it started in, and fp16 mixed precision needs "
+        "a CUDA GPU: resume it on a machine that runs 16-mixed (a requeued job: a partition of such GPUs), or "
+        "train a new run here (--run_name NEW_NAME).\n"
+    )
+    after = (manifest_path.read_bytes(), sorted((run / "checkpoints").iterdir()), (run / "record.json").read_bytes())
+    assert after == before  # refused before anything was written
+
+    # As if the first start had been on an A100: bf16 runs on a CPU too, so the run goes on in it.
+    manifest_path.write_text(json.dumps({**started, "precision": "bf16-mixed"}))
+    resumed = train(example_command, project, config, run_name)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (
+        f"Run '{run_name}': training in bf16-mixed, the precision it started in (on this machine a new run "
+        "would train in 32-true)." in resumed.stdout.splitlines()
+    )
+    assert [start["placement"]["precision"] for start in read_records_of(run)] == ["32-true", "bf16-mixed"]
+
+
+def read_records_of(run: Path) -> list[dict]:
+    """The starts in a run's record.json."""
+    return json.loads((run / "record.json").read_text())["starts"]
+
+
 def test_supervise_restarts_a_crashed_run_until_it_finishes(example_project, example_command, reference_runs, tmp_path):
     project, _ = example_project
     config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", KILL_POINTS["mid_epoch"], tmp_path / "k", 0)

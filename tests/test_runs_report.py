@@ -99,6 +99,9 @@ def test_the_report_shows_every_run_what_differs_and_the_sweeps_and_seeds(report
     ranked = sorted((name for name in names if values[name] is not None), key=lambda n: -values[n])
     assert values["stopped"] is None and names == [*ranked, "stopped"], (names, values)
     assert all(best[name] == f"{values[name]:.4g}" for name in ranked) and best["stopped"] == "\u2014"
+    # Where each ran: its host, processes, accelerator and the precision it trained in.
+    where = {row[0]: row[header.index("where")] for row in rows}
+    assert all(where[name].endswith(", 1 process, auto, 32-true") for name in names), where
     # The settings that differ are columns; the shared ones are listed once below.
     assert {"model.init_args.learning_rate", "seed_everything", "trainer.max_epochs"} <= set(header)
     assert "data.init_args.batch_size" not in header and "data.init_args.batch_size: 128" in text

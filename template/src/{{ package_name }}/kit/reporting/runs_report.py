@@ -6,7 +6,8 @@ The page opens from disk: no server, no account, nothing fetched (the plots are 
 matplotlib and written into the page). From what the runs record (kit/runs/):
 - every run: its status, the settings that differ between the runs (the rest is shared and shown
   once), the best value of its monitored metric, when and how long it trained, where (host,
-  processes and devices, the SLURM job), and its GPU time and peak GPU memory where it ran on GPUs;
+  processes and devices, the precision, the SLURM job), and its GPU time and peak GPU memory where
+  it ran on GPUs;
 - the training curves: each run's monitored metric over the steps, and its training loss, from
   logs/metrics.csv;
 - every sweep (runs/sweeps/*.json) with its trials ranked, every seed group (runs/seeds/*.json)
@@ -82,7 +83,10 @@ def run_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "starts": len(starts),
         "trained_s": trained,
         "host": last.get("host", "?"),
-        "where": f"{processes} process{'es' if processes > 1 else ''}, {placement.get('accelerator', '?')}",
+        "where": ", ".join(
+            [f"{processes} process{'es' if processes > 1 else ''}", placement.get("accelerator") or "?"]
+            + ([placement["precision"]] if placement.get("precision") else [])  # recorded since 0.3.0
+        ),
         "slurm_job": slurm.get("SLURM_ARRAY_JOB_ID") or slurm.get("SLURM_JOB_ID"),
         "gpu_hours": trained * processes / 3600 if on_gpu and trained is not None else None,
         "peak_gpu_memory_mib": max(peaks) if peaks else None,

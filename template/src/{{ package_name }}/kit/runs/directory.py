@@ -207,6 +207,11 @@ class RunDirectory:
         """The base weights (model id -> revision and file hashes) the run started from; None if it used none."""
         return self.read_manifest().get("pretrained")
 
+    def kept_precision(self) -> str | None:
+        """The precision the run started in (its first start's Trainer's); None before it started, or for a run
+        started before the kit recorded it."""
+        return self.read_manifest().get("precision")
+
     def chosen_monitor(self) -> dict[str, Any] | None:
         """The metric and mode this run follows ({"metric", "mode"}; metric None: it logs none), as its
         manifest records them; None before it has chosen (a new run, or "auto" before its first validation)."""
@@ -245,11 +250,13 @@ class RunDirectory:
         monitor: dict[str, str],
         code: dict[str, str] | None = None,
         pretrained: dict[str, dict] | None = None,
+        precision: str | None = None,
     ) -> None:
         """Create the directory on the first start, and mark the run as running on every start.
 
         code: the hashes of the code this start runs (kit/runs/code_state.py's code_files), the run's from now on.
         pretrained: the base weights it starts from (kit/weights/cache.py's resolved_sources), likewise.
+        precision: the Trainer's precision; the first start's is the run's (kept_precision).
         """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.remove_partial_files()
@@ -265,6 +272,8 @@ class RunDirectory:
             manifest["code_files"] = code
         if pretrained:
             manifest["pretrained"] = pretrained
+        if precision:
+            manifest.setdefault("precision", precision)
         _write_json_atomically(self.manifest_path, manifest)
 
     def remove_partial_files(self) -> list[Path]:

@@ -1,5 +1,9 @@
 """`fit`'s own options beside the Trainer's, and automatic precision. Managed by the copier-lightning template.
 
+Automatic precision is chosen for the machine of a run's first start and then kept by the run
+(lightning_cli.py): a job requeued onto another kind of GPU, or a run resumed on a CPU, does not
+change its arithmetic half-way.
+
 `checkpointing.*` and `early_stopping.*` in a config or on the command line fill these dataclasses
 (LightningCLI reads their fields and docstrings for `--help`); lightning_cli.py turns them into
 callbacks.
@@ -82,7 +86,35 @@ def automatic_precision(accelerator: str | None) -> str:
     """Mixed precision where it pays: bf16 on GPUs that support it, else fp16 (with a loss scaler); fp32 on CPU."""
     import torch
 
-    uses_gpu = accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available())
-    if not uses_gpu:
+    if not _uses_gpu(accelerator):
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+class PrecisionUnavailable(RuntimeError):
+    """A run resumes where the precision it started in cannot run."""
+
+
+def refuse_a_precision_this_machine_lacks(run_name: str, precision: str, accelerator: str | None) -> None:
+    """A run keeps the precision it started in (lightning_cli.py); where this machine cannot run that one
+    (fp16 autocast needs a CUDA GPU, bf16 a GPU that has it), the resume is refused before anything changes,
+    instead of failing in Lightning or torch with a traceback."""
+    import torch
+
+    if precision.startswith("16") and not _uses_gpu(accelerator):
+        lacks = "fp16 mixed precision needs a CUDA GPU"
+    elif precision.startswith("bf16") and _uses_gpu(accelerator) and not torch.cuda.is_bf16_supported():
+        lacks = f"this GPU ({torch.cuda.get_device_name()}) has no bf16"
+    else:
+        return
+    raise PrecisionUnavailable(
+        f"Run '{run_name}' trains in {precision}, the precision it started in, and {lacks}: resume it on a "
+        f"machine that runs {precision} (a requeued job: a partition of such GPUs), or train a new run "
+        f"here (--run_name NEW_NAME)."
+    )
+
+
+def _uses_gpu(accelerator: str | None) -> bool:
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available())

@@ -73,7 +73,14 @@ from ..weights.adapters import parameter_summary
 from ..weights.cache import WeightsError, refuse_other_base_weights, resolved_sources
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .divergence import TrainingDiverged
-from .fit_policies import CheckpointPolicy, EarlyStoppingPolicy, automatic_precision, better_direction
+from .fit_policies import (
+    CheckpointPolicy,
+    EarlyStoppingPolicy,
+    PrecisionUnavailable,
+    automatic_precision,
+    better_direction,
+    refuse_a_precision_this_machine_lacks,
+)
 from .idle_hooks import skip_idle_batch_hooks
 from .monitor_choice import described, monitor_at_start
 from .no_profiler import NoProfiler
@@ -120,6 +127,7 @@ class RunAlreadyFinished(Exception):
 class ProjectCLI(LightningCLI):
     def __init__(self, *args, only_subcommand: str | None = None, **kwargs) -> None:
         self.only_subcommand = only_subcommand
+        self._precision_note: str | None = None  # said when a resumed run keeps a precision this machine would not pick
         super().__init__(*args, **kwargs)
 
     @override
@@ -216,7 +224,7 @@ class ProjectCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         if self.subcommand and trainer_config.get("precision") is None:
-            kwargs["precision"] = automatic_precision(trainer_config.get("accelerator"))
+            kwargs["precision"] = self._automatic_precision(trainer_config.get("accelerator"))
         if trainer_config.get("profiler") is None:
             kwargs["profiler"] = NoProfiler()
         if trainer_config.get("enable_model_summary") is None:
@@ -318,6 +326,24 @@ class ProjectCLI(LightningCLI):
                     "validation logs no metric" if trainer.enable_validation else "validation does not run"
                 )
 
+    def _automatic_precision(self, accelerator: str | None) -> str:
+        """The kit's choice for this machine; a run that has started keeps the precision it started in.
+
+        A job requeued onto another kind of GPU (bf16 on the first, none on the next) or a run resumed on a
+        CPU would otherwise go on in other arithmetic, with no loss scaler state for fp16: a silent change
+        half-way. Every process reads the same manifest, so all choose alike.
+        """
+        here = automatic_precision(accelerator)
+        kept = self.run.kept_precision() if self.subcommand == "fit" else None
+        if kept is None or kept == here:
+            return here
+        refuse_a_precision_this_machine_lacks(self.run.name, kept, accelerator)
+        self._precision_note = (
+            f"Run '{self.run.name}': training in {kept}, the precision it started in "
+            f"(on this machine a new run would train in {here})."
+        )
+        return kept
+
     # -- resume ---------------------------------------------------------------------------------
     def before_fit(self) -> None:
         """Pick the checkpoint to resume from (every rank, the same one) and record the start (rank 0 only)."""
@@ -377,6 +403,8 @@ class ProjectCLI(LightningCLI):
                 f"Run '{self.run.name}': resuming from {resume_from.path.name} "
                 f"(epoch {resume_from.epoch + 1}, step {resume_from.global_step})"
             )
+        if self._precision_note:
+            say(self._precision_note)
         if lead:
             self._say_what_trains()
 
@@ -421,9 +449,10 @@ class ProjectCLI(LightningCLI):
         changed_code: list[str],
         pretrained: dict[str, dict],
     ) -> None:
-        self.run.start(self.config_text, monitor=self._monitor, code=code, pretrained=pretrained)
+        precision = str(self.trainer.precision)
+        self.run.start(self.config_text, monitor=self._monitor, code=code, pretrained=pretrained, precision=precision)
         placement = {key: self.config["fit"]["trainer"].get(key) for key in PLACEMENT_KEYS}
-        placement["processes"] = self.trainer.world_size
+        placement |= {"processes": self.trainer.world_size, "precision": precision}
         seed = self.config["fit"].get("seed_everything")
         start_record(self.run.path, seed, data_fingerprint, placement=placement)
         if changed_data:
@@ -674,6 +703,7 @@ REFUSALS = (
     CodeChangedError,
     WeightsError,
     ShardingRefused,
+    PrecisionUnavailable,
 )
 
 

@@ -65,8 +65,8 @@ def run_side(project: Path, saves: int, width: int, accelerator: str, devices: i
     from digits_mlp.kit.training.lightning_cli import run_lightning_cli
 
     wide = f"--model.init_args.hidden_sizes=[{width}, {width}, {width}]"
-    args = ["fit", f"--trainer.accelerator={accelerator}", f"--trainer.devices={devices}", "--trainer.strategy=fsdp2"]
-    args += [wide]
+    args = ["fit", f"--trainer.accelerator={accelerator}", f"--trainer.devices={devices}"]
+    args += ["--trainer.strategy=fsdp2", wide]
     args += ["--trainer.max_epochs=1", "--run_name", "sharded-saves", "--early_stopping.patience=null"]
     args += ["--trainer.callbacks+=sharded_checkpointing.AlternatingSaves", f"--trainer.callbacks.saves={saves}"]
     with contextlib.redirect_stdout(io.StringIO()):

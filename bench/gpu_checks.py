@@ -86,11 +86,15 @@ class Context:
         return copy
 
     def command(self, project: Path, args: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess:
-        """`python -m <package> ARGS` in `project`, its runs beside it, this folder importable (the probe)."""
+        """`python -m <package> ARGS` in `project` (see `python`)."""
         package = next(p.name for p in (project / "src").iterdir() if (p / "cli.py").exists())
+        return self.python(project, ["-m", package, *args], timeout, **env)
+
+    def python(self, project: Path, args: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess:
+        """`python ARGS` in `project`, its package and this folder (the probe) importable, its runs beside it."""
         paths = [str(project / "src"), str(BENCH), os.environ.get("PYTHONPATH", "")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "RUNS_DIR": str(project.parent / "runs"), **env}
-        command = [sys.executable, "-m", package, *args]
+        command = [sys.executable, *args]
         return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
 
     def probed_fit(self, project: Path, run_name: str, options: list[str], timeout: float, **env: str) -> dict:
@@ -108,6 +112,8 @@ class Context:
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
     def expected_precision(self) -> str:
+        """What the kit should choose here, written out rather than asked of the kit (fit_policies.py):
+        the check compares the two."""
         import torch
 
         if self.cpu:
@@ -197,11 +203,7 @@ def memory_estimate(context: Context, limit: float) -> dict:
         ("wide-fsdp2", wide, sharded, context.processes),  # per GPU with the states split N ways
     ):
         project = context.project("digits-mlp")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project / "src"), os.environ.get("PYTHONPATH", "")])}
-        estimate = subprocess.run(
-            [sys.executable, "-c", ESTIMATE, "gpu", *options],
-            cwd=project, env=env, capture_output=True, text=True, timeout=limit - (time.monotonic() - started),
-        )  # fmt: skip
+        estimate = context.python(project, ["-c", ESTIMATE, "gpu", *options], limit - (time.monotonic() - started))
         if estimate.returncode != 0:
             return {"ok": False, "figures": cases, "said": f"{case}: the estimate failed\n{tail(estimate)}"}
         predicted = json.loads(estimate.stdout.strip().splitlines()[-1])
@@ -353,7 +355,7 @@ def run_check(name: str, args: argparse.Namespace, limit: float) -> dict:
     try:
         return {**json.loads(stdout.strip().splitlines()[-1]), "seconds": seconds}
     except (IndexError, json.JSONDecodeError):
-        return {"ok": False, "seconds": seconds, "said": (stdout[-1500:] + "\n" + stderr[-1500:]).strip()}
+        return {"ok": False, "seconds": seconds, "said": tail(subprocess.CompletedProcess(command, 1, stdout, stderr))}
 
 
 def end_process_group(check: subprocess.Popen) -> None:

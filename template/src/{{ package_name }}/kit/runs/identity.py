@@ -245,14 +245,19 @@ def _parse_value(key: str, text: str) -> Any:
         return text  # jsonargparse takes an unparsable value as a string too
 
 
+def config_text(given: str) -> str:
+    """A `--config` value's YAML: the file's text, or the value itself where it is no file (inline YAML)."""
+    path = Path(given)
+    return path.read_text() if path.is_file() else given
+
+
 def _read_config(given: str) -> dict[str, Any]:
     """A config file's mapping; a `--config` value that is not a file is read as inline YAML."""
     path = Path(given)
     if path.suffix in (".yaml", ".yml") and not path.is_file():
         raise RunNameError(f"config file {given} does not exist")
     try:
-        text = path.read_text() if path.is_file() else given
-        loaded = yaml.safe_load(text)
+        loaded = yaml.safe_load(config_text(given))
     except (OSError, yaml.YAMLError) as error:
         raise RunNameError(f"cannot read config {given}: {error}") from None
     if loaded is None:

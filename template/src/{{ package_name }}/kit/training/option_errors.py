@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from ..runs.identity import config_text
+
 _KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)':")
 _NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
@@ -101,14 +103,13 @@ def invalid_yaml_config(configs: list[str]) -> str | None:
     """`FILE line L, column C: not valid YAML (PROBLEM)` for the first of `configs` (files, or YAML
     given inline as `--config '{...}'`) that is not valid YAML, else None."""
     for config in configs:
-        is_file = Path(config).is_file()
         try:
-            yaml.safe_load(Path(config).read_text() if is_file else config)
+            yaml.safe_load(config_text(config))
         except OSError:
             continue  # unreadable: the parser's own message says it
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            named = config if is_file else f"--config {config!r}"
+            named = config if Path(config).is_file() else f"--config {config!r}"
             return f"{named}{where}: not valid YAML ({getattr(error, 'problem', None) or error})"
     return None

@@ -87,8 +87,11 @@ def test_a_config_that_is_not_yaml_is_named_with_its_line(project_main, capsys, 
     err = refusal(project_main, ["fit", "--config", "configs/experiments/wide.yaml", "--config", str(config)], capsys)
     problem = "not valid YAML (found character '\\t' that cannot start any token)"
     assert err == f"error: {config} line 2, column 1: {problem}{HINT}\n"
-    for short_form in (["-c", str(config)], [f"-c={config}"]):  # LightningCLI's short form of --config
+    for short_form in (["-c", str(config)], [f"-c={config}"], [f"-c{config}"]):  # LightningCLI's short form of --config
         assert refusal(project_main, ["fit", *short_form], capsys) == err
+    # `submit` names the job's run from the config before anything else: the same line, from there.
+    assert project_main(["submit", "--write-only", "--config", str(config)]) == 2  # returned, not raised
+    assert capsys.readouterr().err == f"error: {config} line 2, column 1: {problem}\n"
     err = refusal(project_main, ["fit", "--config", "{trainer: [}"], capsys)
     problem = "not valid YAML (expected the node content, but found '}')"
     assert err == f"error: --config '{{trainer: [}}' line 1, column 12: {problem}{HINT}\n"

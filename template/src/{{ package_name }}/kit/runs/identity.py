@@ -222,9 +222,7 @@ def _options(args: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
         index += 1
         if arg in HELP_OPTIONS or arg.startswith("--print_config="):
             continue
-        short, equals, rest = arg.partition("=")
-        if short in SHORT_OPTIONS:
-            arg = SHORT_OPTIONS[short] + equals + rest
+        arg = _long_form(arg)
         if not arg.startswith("--"):
             raise RunNameError(f"unexpected argument {arg!r}: options are written --key=value or --key value")
         key, has_value, text = arg[2:].partition("=")
@@ -236,6 +234,16 @@ def _options(args: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
                 text = "true"  # a flag given alone
         options.append((key, text if key in ("config", "run_name") else _parse_value(key, text)))
     return options
+
+
+def _long_form(arg: str) -> str:
+    """A short option as its long one: `-c FILE`, `-c=FILE` and `-cFILE` (argparse takes all three)
+    are `--config FILE`."""
+    for short, long in SHORT_OPTIONS.items():
+        if arg.startswith(short):
+            value = arg[len(short) :].removeprefix("=")
+            return f"{long}={value}" if value else long
+    return arg
 
 
 def _parse_value(key: str, text: str) -> Any:
@@ -251,6 +259,15 @@ def config_text(given: str) -> str:
     return path.read_text() if path.is_file() else given
 
 
+def not_valid_yaml(given: str, error: yaml.YAMLError) -> str:
+    """`FILE line L, column C: not valid YAML (PROBLEM)`: where a `--config` value (a file, or YAML given
+    inline as `--config '{...}'`) breaks, in one line (PyYAML's own message takes four)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    named = given if Path(given).is_file() else f"--config {given!r}"
+    return f"{named}{where}: not valid YAML ({getattr(error, 'problem', None) or error})"
+
+
 def _read_config(given: str) -> dict[str, Any]:
     """A config file's mapping; a `--config` value that is not a file is read as inline YAML."""
     path = Path(given)
@@ -258,8 +275,10 @@ def _read_config(given: str) -> dict[str, Any]:
         raise RunNameError(f"config file {given} does not exist")
     try:
         loaded = yaml.safe_load(config_text(given))
-    except (OSError, yaml.YAMLError) as error:
+    except OSError as error:
         raise RunNameError(f"cannot read config {given}: {error}") from None
+    except yaml.YAMLError as error:
+        raise RunNameError(not_valid_yaml(given, error)) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

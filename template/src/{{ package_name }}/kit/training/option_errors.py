@@ -20,11 +20,10 @@ A config file that is not valid YAML it reports without the file's name ("in <un
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
-from ..runs.identity import config_text
+from ..runs.identity import config_text, not_valid_yaml
 
 _KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)':")
@@ -108,8 +107,5 @@ def invalid_yaml_config(configs: list[str]) -> str | None:
         except OSError:
             continue  # unreadable: the parser's own message says it
         except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            named = config if Path(config).is_file() else f"--config {config!r}"
-            return f"{named}{where}: not valid YAML ({getattr(error, 'problem', None) or error})"
+            return not_valid_yaml(config, error)
     return None

@@ -121,7 +121,7 @@ def test_intervals_match_scipy_on_fixed_numbers(example_package) -> None:
 
 
 def test_sweep_trials_grid_random_and_bad_specs(example_package) -> None:
-    from digits_mlp.kit.experiments.sweeps import sweep_trials
+    from digits_mlp.kit.experiments.sweep_files import sweep_trials
 
     grid = sweep_trials({"parameters": {"a": [1, 2], "b": ["x", "y", "z"]}})
     assert len(grid) == 6 and {"a": 2, "b": "z"} in grid

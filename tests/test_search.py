@@ -152,6 +152,48 @@ def test_a_bad_sweep_file_is_refused_naming_the_line(example_package, tmp_path, 
     assert not (tmp_path / "runs" / "sweeps" / "bad").exists()  # refused before a study was made
 
 
+GRID = "options: [--trainer.max_epochs=1]\nparameters:\n  model.init_args.learning_rate: [0.001, 0.01]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "no sweep file {file}"),
+        (
+            GRID.replace("  model", "\tmodel"),
+            "{file} line 3, column 1: not valid YAML (found character '\\t' that cannot start any token)",
+        ),
+        ("- model.init_args.learning_rate\n", "{file}: a sweep file maps `strategy`, `options` and `parameters`"),
+        ("parameters: 3\n", "{file}: line 1: a sweep's `parameters` maps each config option to a non-empty list"),
+        (GRID.replace("[0.001, 0.01]", "[]"), "{file}: line 2: a sweep's `parameters` maps each config option"),
+        ("strategy: bayes\n" + GRID, "{file}: line 1: unknown sweep strategy 'bayes': use grid, random, optuna"),
+        ("strategy: random\ntrials: many\n" + GRID, "{file}: line 2: `trials` must be a whole number of at least 1"),
+        (GRID.replace("[--trainer.max_epochs=1]", "--trainer.max_epochs=1"), "{file}: line 1: `options` is a list"),
+        (GRID.replace("parameters", "paramters"), "{file}: line 2: unknown option 'paramters'; a sweep file has"),
+    ],
+    ids=["missing", "not YAML", "a list", "parameters 3", "no values", "strategy", "trials", "options", "misspelt"],
+)
+def test_a_sweep_file_that_declares_no_sweep_is_one_line_for_each_command(
+    example_package, tmp_path, monkeypatch, capsys, text, message
+):
+    """`sweep`, `sweep-status` and `submit --sweep` read a sweep file the same way (kit/experiments/sweep_files.py):
+    where it declares no sweep, one line on stderr, exit 2, nothing written; a traceback before."""
+    from digits_mlp.cli import main
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    sweep = tmp_path / "sweep.yaml"
+    if text is not None:
+        sweep.write_text(text)
+    for command in (["sweep"], ["sweep-status"], ["submit", "--write-only", "--sweep"]):
+        assert main([*command, str(sweep)]) == 2, command
+        printed = capsys.readouterr()
+        assert printed.out == "", (command, printed.out)
+        assert printed.err.startswith(f"error: {message.format(file=sweep)}"), (command, printed.err)
+        assert printed.err.count("\n") == 1, (command, printed.err)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_changed_search_space_is_refused_with_the_difference(example_package, tmp_path, monkeypatch):
     from digits_mlp.kit.experiments.sweeps import sweep_main
 
@@ -172,7 +214,7 @@ def test_a_changed_search_space_is_refused_with_the_difference(example_package, 
 def test_a_trial_left_without_its_worker_is_trained_not_lost(example_package, tmp_path, monkeypatch):
     """A search killed between asking the study for a trial and naming its worker (two journal entries)
     leaves that trial RUNNING and unowned: the next `sweep` trains it instead of ending without it."""
-    from digits_mlp.kit.experiments.optuna_search import search_distributions
+    from digits_mlp.kit.experiments.sweep_files import search_distributions
     from digits_mlp.kit.experiments.sweeps import sweep_main
 
     sweep, spec, text, study = _two_trial_study(example_package, tmp_path, monkeypatch, "unowned")
@@ -186,7 +228,7 @@ def test_a_trial_killed_while_asked_gets_all_its_parameters(example_package, tmp
     """`study.ask` writes one journal entry per parameter: a search killed between them leaves a trial
     with only some (seen in CI: `results` then failed on the missing column). The next `sweep`
     samples the rest before the trial trains, so every trial has every parameter."""
-    from digits_mlp.kit.experiments.optuna_search import search_distributions
+    from digits_mlp.kit.experiments.sweep_files import search_distributions
     from digits_mlp.kit.experiments.sweeps import results_main, sweep_main
 
     sweep, spec, text, study = _two_trial_study(example_package, tmp_path, monkeypatch, "half-asked")
@@ -218,8 +260,8 @@ def _printed(function, argv) -> tuple[int, str]:
     import contextlib
     import io
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    out = io.StringIO()  # what it prints on stdout and stderr (a refusal), in order
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         code = function(argv)
     return code, out.getvalue()
 

@@ -28,9 +28,10 @@ from pathlib import Path
 import yaml
 
 from ..base.project_package import PACKAGE
+from ..experiments.sweep_files import SweepFileError, read_sweep_file
 from ..runs.code_state import CodeChangedError, SnapshotError, code_files, freeze_code, refuse_changed_code
 from ..runs.directory import REQUEUE_EXIT_CODE, RunDirectory
-from ..runs.identity import RunNameError, option_value, run_name, sweep_name
+from ..runs.identity import RunNameError, option_value, run_name
 from ..runs.lease import RunHeldError, RunLease
 from ..runs.root import RunsRoot
 
@@ -266,7 +267,7 @@ def submit_main(argv: list[str]) -> int:
             job = _prepare_serving(request, site, fit_options, args.port)
         else:
             job = _prepare(request, site, fit_options, args.sweep)
-    except (SlurmSetupError, RunNameError) as error:
+    except (SlurmSetupError, RunNameError, SweepFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not args.write_only and args.sweep is None:
@@ -310,11 +311,8 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
     project = Path.cwd()
     root = RunsRoot.current()
     if sweep is not None:
-        from ..experiments.sweeps import sweep_size
-
-        spec = yaml.safe_load(sweep.read_text())
-        count = sweep_size(spec)
-        name = sweep_name(spec, sweep)
+        sweep_file = read_sweep_file(sweep)
+        count, name = sweep_file.size, sweep_file.name
         code = root.sweeps / f"{name}-code"
         python = _python(site, project, code)
         options = shlex.join([*trainer_options(request), *fit_options])

@@ -55,60 +55,9 @@ from ..runs.identity import AUTO, experiment, monitors_no_metric
 from ..runs.root import RunsRoot
 from ..training.fit_policies import CheckpointPolicy, better_direction
 from ..training.monitor_choice import choose_monitor, described, metrics_validation_logs, monitor_at_start
+from .sweep_files import SweepFileError, decoded_params, search_distributions
 
-SPEC_KEYS = {"name", "strategy", "trials", "sampler", "pruner", "seed", "options", "parameters"}
-FLOAT_OR_INT_KEYS = {"low", "high", "log", "step"}
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("none", "median", "hyperband")
 UNOWNED_AFTER_SECONDS = 60
-RANGE_FORM, CHOICES_FORM = "{low: L, high: H}", "{choices: [...]}"
-
-
-class SweepFileError(ValueError):
-    """A sweep file that cannot define a search; the message names the line."""
-
-
-def search_distributions(spec: dict[str, Any], text: str = "") -> dict[str, Any]:
-    """Optuna distributions for the file's `parameters`; refuses what would not parse."""
-    import optuna.distributions as d
-
-    unknown = sorted(set(spec) - SPEC_KEYS)
-    if unknown:
-        raise SweepFileError(
-            f"{_where(text, unknown[0])}unknown option {unknown[0]!r}; a sweep file has {sorted(SPEC_KEYS)}"
-        )
-    if spec.get("sampler", "tpe") not in SAMPLERS:
-        raise SweepFileError(f"{_where(text, 'sampler')}sampler {spec['sampler']!r}: use one of {', '.join(SAMPLERS)}")
-    if spec.get("pruner", "none") not in PRUNERS:
-        raise SweepFileError(f"{_where(text, 'pruner')}pruner {spec['pruner']!r}: use one of {', '.join(PRUNERS)}")
-    if not isinstance(spec.get("trials"), int) or spec["trials"] < 1:
-        raise SweepFileError(f"{_where(text, 'trials')}`trials` must be a whole number of at least 1")
-    parameters = spec.get("parameters")
-    if not isinstance(parameters, dict) or not parameters:
-        raise SweepFileError(f"{_where(text, 'parameters')}`parameters` maps config options to ranges or choices")
-    distributions = {}
-    for option, form in parameters.items():
-        where = _where(text, option)
-        if isinstance(form, dict) and "choices" in form:
-            if set(form) != {"choices"} or not isinstance(form["choices"], list) or not form["choices"]:
-                raise SweepFileError(f"{where}{option}: `choices` takes a non-empty list and nothing beside it")
-            distributions[option] = d.CategoricalDistribution([_as_choice(c) for c in form["choices"]])
-        elif isinstance(form, dict) and {"low", "high"} <= set(form) <= FLOAT_OR_INT_KEYS:
-            low, high = form["low"], form["high"]
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or low >= high:
-                raise SweepFileError(f"{where}{option}: the range needs numbers low < high, got {low!r} and {high!r}")
-            whole = all(isinstance(v, int) for v in (low, high, form.get("step", 1)))
-            try:
-                kind = d.IntDistribution if whole else d.FloatDistribution
-                distributions[option] = kind(low, high, log=bool(form.get("log", False)), step=form.get("step"))
-            except ValueError as bad:
-                raise SweepFileError(f"{where}{option}: {bad}") from None
-        else:
-            raise SweepFileError(
-                f"{where}{option}: write a range as {RANGE_FORM} (with log: true or step: S if wanted) "
-                f"or a list of values as {CHOICES_FORM}; got {form!r}"
-            )
-    return distributions
 
 
 def run_search(
@@ -163,7 +112,7 @@ def run_search(
         if array_task is not None:
             return 0  # one trial per array task
     best = study.best_trial  # pruned trials have no value: the best is a finished one
-    values = _decoded(best.params)
+    values = decoded_params(best.params)
     if others_running:
         print(f"sweep {name}: {done} trials done, {others_running} still running elsewhere (array tasks)")
     else:
@@ -307,7 +256,11 @@ def _write_record(study, spec: dict[str, Any], name: str) -> None:
         "name": name,
         "spec": spec,
         "trials": [
-            {"run_name": f"sweep-{name}-{t.number:03d}", "values": _decoded(t.params), "options": _options(t.params)}
+            {
+                "run_name": f"sweep-{name}-{t.number:03d}",
+                "values": decoded_params(t.params),
+                "options": _options(t.params),
+            }
             for t in finished
         ],
     }
@@ -316,21 +269,4 @@ def _write_record(study, spec: dict[str, Any], name: str) -> None:
 
 
 def _options(params: dict[str, Any]) -> list[str]:
-    return [f"--{key}={json.dumps(value)}" for key, value in _decoded(params).items()]
-
-
-def _as_choice(value: Any) -> Any:
-    """Optuna's choices are plain values: a list (e.g. layer sizes) travels as its JSON text."""
-    return json.dumps(value) if isinstance(value, list | dict) else value
-
-
-def _decoded(params: dict[str, Any]) -> dict[str, Any]:
-    return {key: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for key, v in params.items()}
-
-
-def _where(text: str, key: str) -> str:
-    """'line N: ' for the first line of the sweep file that starts with `key:` (indented or not)."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip().startswith(f"{key}:"):
-            return f"line {number}: "
-    return ""
+    return [f"--{key}={json.dumps(value)}" for key, value in decoded_params(params).items()]

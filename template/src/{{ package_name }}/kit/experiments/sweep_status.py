@@ -17,13 +17,12 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from ..runs.identity import sweep_name
 from ..runs.root import RunsRoot
+from .sweep_files import SweepFileError, read_sweep_file, sweep_trials
 
 
 @dataclass
@@ -48,8 +47,6 @@ def sweep_trial_names(spec: dict, name: str) -> list[tuple[int, str, str, str, s
         asked = _optuna_trials(name)
         count = max(spec["trials"], len(asked))
         return [(n, f"sweep-{name}-{n:03d}", *asked.get(n, ("", "", ""))) for n in range(count)]
-    from .sweeps import sweep_trials
-
     return [(n, f"sweep-{name}-{n:03d}", _short(values), str(n), "") for n, values in enumerate(sweep_trials(spec))]
 
 
@@ -95,11 +92,12 @@ def sweep_status_main(argv: list[str]) -> int:
     parser.add_argument("file", type=Path, help="the sweep file, e.g. configs/sweeps/learning-rate.yaml")
     parser.add_argument("--top", type=int, default=3, help="how many best trials to list (default 3)")
     args = parser.parse_args(argv)
-    if not args.file.is_file():
-        print(f"error: no sweep file {args.file}")
+    try:
+        sweep = read_sweep_file(args.file)
+    except SweepFileError as bad:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
-    spec = yaml.safe_load(args.file.read_text())
-    name = sweep_name(spec, args.file)
+    spec, name = sweep.spec, sweep.name
     queue = slurm_queue(f"sweep-{name}")
     rows = [
         trial_status(number, run_name, values, task, queue, study_state)

@@ -14,16 +14,13 @@ import argparse
 import contextlib
 import csv
 import io
-import itertools
 import json
-import random
+import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..runs.identity import sweep_name
 from ..runs.root import RunsRoot
+from .sweep_files import SweepFileError, read_sweep_file, sweep_trials
 
 
 def run_fit(args: list[str]) -> int:
@@ -31,26 +28,6 @@ def run_fit(args: list[str]) -> int:
     from ..training.lightning_cli import run_lightning_cli
 
     return run_lightning_cli(["fit", *args])
-
-
-def sweep_trials(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trials a sweep file declares: every combination (grid) or `trials` random draws."""
-    parameters: dict[str, list] = spec["parameters"]
-    if not parameters or not all(isinstance(v, list) and v for v in parameters.values()):
-        raise ValueError("a sweep's `parameters` maps each config option to a non-empty list of values")
-    combinations = [dict(zip(parameters, values, strict=True)) for values in itertools.product(*parameters.values())]
-    strategy = spec.get("strategy", "grid")
-    if strategy == "grid":
-        return combinations
-    if strategy == "random":
-        count = int(spec.get("trials", 10))
-        return random.Random(spec.get("seed", 0)).sample(combinations, min(count, len(combinations)))
-    raise ValueError(f"unknown sweep strategy {strategy!r}: use grid, random or optuna")
-
-
-def sweep_size(spec: dict[str, Any]) -> int:
-    """How many trials (array tasks) a sweep file asks for."""
-    return int(spec["trials"]) if spec.get("strategy") == "optuna" else len(sweep_trials(spec))
 
 
 def run_fit_quietly(args: list[str]) -> int:
@@ -64,23 +41,26 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("file", type=Path, help="a sweep file, e.g. configs/sweeps/learning-rate.yaml")
     parser.add_argument("--trial", type=int, help="run only this trial (0-based): one task of a SLURM job array")
     args, extra_options = parser.parse_known_args(argv)
-    text = args.file.read_text()
-    spec = yaml.safe_load(text)
-    name = sweep_name(spec, args.file)
-    if spec.get("strategy") == "optuna":
-        from .optuna_search import SweepFileError, run_search
+    try:
+        sweep = read_sweep_file(args.file)
+    except SweepFileError as bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
+    spec, name = sweep.spec, sweep.name
+    if sweep.strategy == "optuna":
+        from .optuna_search import run_search
 
         try:
             return run_search(
                 spec,
-                text,
+                sweep.text,
                 name,
                 extra_options,
                 run_fit if args.trial is not None else run_fit_quietly,
                 array_task=args.trial,
             )
         except SweepFileError as bad:
-            print(f"error: {args.file}: {bad}")
+            print(f"error: {args.file}: {bad}", file=sys.stderr)
             return 2
     trials = sweep_trials(spec)
     if args.trial is not None and not 0 <= args.trial < len(trials):

@@ -248,6 +248,9 @@ def serve_main(argv: list[str]) -> int:
         print("error: --max_batch_size and --max_request_bytes must be at least 1, --max_wait_ms at least 0",
               file=sys.stderr)  # fmt: skip
         return 2
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port {args.port}: a port is a number from 0 to 65535", file=sys.stderr)
+        return 2
     try:
         import uvicorn
     except ModuleNotFoundError:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..runs.identity import monitors_no_metric, plain_name_part
+from ..runs.identity import RunNameError, monitors_no_metric, plain_name_part
 from ..runs.root import RunsRoot
 from .sweeps import run_fit_quietly
 
@@ -89,7 +89,12 @@ def seeds_main(argv: list[str]) -> int:
     args, options = parser.parse_known_args(argv)
     if args.n < 2:
         parser.error("--n must be at least 2 to estimate seed noise")
-    if monitors_no_metric(options):
+    try:
+        no_metric = monitors_no_metric(options)
+    except RunNameError as bad:  # a config that is missing or not YAML: before any seed trains
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
+    if no_metric:
         print("error: seeds compares runs by checkpointing.monitor, and this config sets it to null", file=sys.stderr)
         return 2
     config_name = next((Path(o).stem for o in reversed(options) if o.endswith(".yaml")), "default")

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from ..runs.directory import RunDirectory
+from ..runs.directory import DamagedRunFile, RunDirectory
 from ..runs.root import list_runs, runs_root
 
 REPORT_NAME = "report.html"
@@ -59,7 +59,9 @@ def _seconds(start: dict[str, Any]) -> float | None:
 
 
 def run_summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    """One run's line of the report, from its manifest, record and config."""
+    """One run's line of the report, from its manifest, record and config (DamagedRunFile where one does not parse)."""
+    if "damaged" in manifest:
+        raise DamagedRunFile(manifest["damaged"])
     run = RunDirectory(Path(manifest["path"]))
     record = run.record()
     starts = record.get("starts") or []
@@ -272,7 +274,13 @@ td.status.stopped { color: #555; } svg { max-width: 100%; height: auto; }
 
 def build_report(root: Path, output: Path) -> int:
     """Write the report of every run under `root` to `output`; returns how many runs it shows."""
-    runs = _best_first([run_summary(manifest) for manifest in list_runs(root)])
+    summaries, damaged = [], []
+    for manifest in list_runs(root):
+        try:
+            summaries.append(run_summary(manifest))
+        except DamagedRunFile as bad:  # named on the page; the other runs are still shown
+            damaged.append(str(bad))
+    runs = _best_first(summaries)
     by_name = {run["name"]: run for run in runs}
     settings = differing_settings(runs)
     shared = {key: value for key, value in (runs[0]["settings"] if runs else {}).items() if key not in settings}
@@ -289,6 +297,7 @@ def build_report(root: Path, output: Path) -> int:
 <code>report</code> (and by every <code>reproduce</code>).</p>
 <h2>Runs</h2>
 <div class="scroll">{runs_table(runs, settings)}</div>
+{"".join(f'<p class="damaged">Not shown: {html.escape(line)}</p>' for line in damaged)}
 <h2>Training curves</h2>{curves_note}
 <div id="curves">{curves}</div>
 <h2>Sweeps</h2>

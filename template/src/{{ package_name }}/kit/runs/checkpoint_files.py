@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import time
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,25 @@ def refuse_another_model_class(run: RunDirectory, model: object, action: str) ->
     )
 
 
+def refuse_unreadable_checkpoint(path: Path) -> None:
+    """MissingTrainedRun, in one line, for a file named with --ckpt_path that does not read as a checkpoint
+    (another file, a truncated or damaged one): loading it would end in a traceback from deep in torch.load.
+    The read is the cheap one of read_checkpoint_info (the archive's index and small entries)."""
+    if not zipfile.is_zipfile(path):  # torch's own words for these are "Invalid argument" and the like
+        problem = "not the zip archive torch.save writes: another kind of file, or a checkpoint cut short"
+    else:
+        try:
+            read_checkpoint_info(path)
+            return
+        except Exception as error:  # noqa: BLE001 - whatever torch.load says of a damaged archive
+            said = str(error).strip().splitlines()
+            problem = type(error).__name__ + (f": {said[0]}" if said else "")
+    raise MissingTrainedRun(
+        f"--ckpt_path {path} does not read as a checkpoint ({problem}). `{CONSOLE_SCRIPT} runs` lists every "
+        "run's checkpoints; leave --ckpt_path out to use the run's best one."
+    )
+
+
 def refuse_checkpoint_of_another_class(checkpoint: Path, model: object, action: str) -> None:
     """The same refusal for a checkpoint named with --ckpt_path, by the class LightningCLI recorded in it.
 
@@ -282,6 +302,8 @@ def checkpoint_to_use(
                 "leave --ckpt_path out to use the run's best one."
             )
         chosen = Path(ckpt_path)
+        if chosen.is_file():
+            refuse_unreadable_checkpoint(chosen)
     else:
         refuse_another_model_class(run, model, action)
         refuse_other_training_data(run, data, action)

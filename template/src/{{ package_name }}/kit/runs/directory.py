@@ -72,6 +72,28 @@ def _write_json_atomically(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+class DamagedRunFile(ValueError):
+    """A run's own JSON file (manifest.json, record.json) that does not parse: damaged on its disk or by hand.
+    The kit writes them atomically, so no interrupted write of its own leaves one."""
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """A run's JSON file, parsed; DamagedRunFile, one line saying where it breaks and what to do, otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        where = f" at line {error.lineno}, column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        data, problem = None, f"not JSON{where}"
+    else:
+        problem = f"a JSON {type(data).__name__}, not an object"
+    if isinstance(data, dict):
+        return data
+    raise DamagedRunFile(
+        f"{path} is damaged ({problem}): nothing reads the run from it. Restore the file, or move the run "
+        f"away (mv {path.parent} {path.parent}.damaged) and train it anew."
+    )
+
+
 class ConfigChangedError(RuntimeError):
     """The run directory holds a run with a different config than the one given."""
 
@@ -129,7 +151,7 @@ class RunDirectory:
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {}
-        return json.loads(self.manifest_path.read_text())
+        return read_run_json(self.manifest_path)
 
     def checkpoints_best_first(self) -> list[str]:
         """Checkpoint names by the monitored metric (best first), then final, then last."""
@@ -237,7 +259,7 @@ class RunDirectory:
         the first start."""
         if not self.record_path.exists():
             return {}
-        return json.loads(self.record_path.read_text())
+        return read_run_json(self.record_path)
 
     def last_start(self) -> dict[str, Any]:
         """The latest start in the run's record (seed, data fingerprint, machine, ...); {} before the first."""

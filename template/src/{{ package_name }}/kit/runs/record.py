@@ -25,7 +25,7 @@ from ..base.file_hashes import file_sha256
 from ..base.machine import visible_gpus
 from .atomic_files import atomic_write_text
 from .code_state import code_origin
-from .directory import CHECKPOINTS_DIRNAME, RECORD_NAME, RUN_STATUSES, RunDirectory, timestamp
+from .directory import CHECKPOINTS_DIRNAME, RECORD_NAME, RUN_STATUSES, RunDirectory, read_run_json, timestamp
 
 # The project's own locks (locks/*.txt, kit/cluster/environment_lock.py) and other tools' lock files.
 OTHER_LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "pdm.lock", "conda-lock.yml")
@@ -74,7 +74,7 @@ def start_record(
     import torch
 
     record_path = run_path / RECORD_NAME
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"starts": []}
+    record = read_run_json(record_path) if record_path.exists() else {"starts": []}
     number = len(record["starts"]) + 1
     packages = installed_packages()
     (run_path / f"packages-{number}.txt").write_text("\n".join(packages) + "\n")
@@ -127,7 +127,7 @@ def note_started_from(run_path: Path, checkpoint: Path) -> None:
 
 def _note_on_this_start(run_path: Path, key: str, value: Any) -> None:
     record_path = run_path / RECORD_NAME
-    record = json.loads(record_path.read_text())
+    record = read_run_json(record_path)
     record["starts"][-1][key] = value
     _write(record_path, record)
 
@@ -154,7 +154,7 @@ def _finish_record(run_path: Path, metrics: dict[str, float], status: str, **det
     if status not in RUN_STATUSES:
         raise ValueError(f"unknown run status {status!r}; one of {', '.join(RUN_STATUSES)}")
     record_path = run_path / RECORD_NAME
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"starts": []}
+    record = read_run_json(record_path) if record_path.exists() else {"starts": []}
     ending = {"ended": timestamp(), "status": status, **details}
     if record["starts"]:
         record["starts"][-1].update(ending)

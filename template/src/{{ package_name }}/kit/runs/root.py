@@ -8,14 +8,13 @@ No torch import here (`<package> runs`, `submit` and `sweep-status` answer at on
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .directory import CONFIG_NAME, MANIFEST_NAME, RunDirectory, comparable_config
+from .directory import CONFIG_NAME, MANIFEST_NAME, DamagedRunFile, RunDirectory, comparable_config, read_run_json
 from .lease import RunLease
 
 
@@ -83,7 +82,10 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         return []
     runs = []
     for manifest_path in sorted(root.glob(f"*/{MANIFEST_NAME}")):
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = read_run_json(manifest_path)
+        except DamagedRunFile as damaged:  # listed as what it is: the other runs are still listed
+            manifest = {"run_name": manifest_path.parent.name, "status": "damaged", "damaged": str(damaged)}
         manifest["path"] = str(manifest_path.parent)
         if manifest.get("status") == "running":
             holder = RunLease(manifest_path.parent).live_holder()
@@ -100,6 +102,8 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
     for run in runs:
         sha = (run.get("git_sha") or "no-git")[:10] + ("+dirty" if run.get("git_dirty") else "")
         lines.append(f"{run['run_name']}  [{run.get('status', '?')}]  started {run.get('started', '?')}  code {sha}")
+        if run.get("damaged"):
+            lines.append(f"    {run['damaged']}")
         if run.get("status") == "running":
             holder = run.get("trained_by")
             lines.append(

@@ -32,7 +32,12 @@ from ..base.project_package import CONSOLE_SCRIPT, KIT
 from ..data.raw_data import RawDataChangedError, raw_data_differences, refuse_changed_raw_data
 from ..data.resumable_loader import WorldSizeChangedError, check_process_count
 from ..data.shards import ShardError
-from ..runs.checkpoint_files import MissingTrainedRun, checkpoint_to_use, newest_checkpoint
+from ..runs.checkpoint_files import (
+    MissingTrainedRun,
+    checkpoint_to_use,
+    newest_checkpoint,
+    refuse_unreadable_checkpoint,
+)
 from ..runs.checkpoint_io import AtomicCheckpointIO
 from ..runs.code_state import CodeChangedError, code_differences, code_files, refuse_changed_code
 from ..runs.directory import (
@@ -43,6 +48,7 @@ from ..runs.directory import (
     PREVIOUS_CHECKPOINT,
     REQUEUE_EXIT_CODE,
     ConfigChangedError,
+    DamagedRunFile,
     RunDirectory,
 )
 from ..runs.identity import (
@@ -175,6 +181,10 @@ class ProjectCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self.given_args = list(args) if args is not None else sys.argv[1:]  # what names the run
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        given = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if given and Path(given).is_file():  # Lightning loads it next, for its hyperparameters: a file that is
+            refuse_unreadable_checkpoint(Path(given))  # no checkpoint would end there in torch.load's traceback
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -691,6 +701,7 @@ def run_lightning_cli(args: list[str]) -> int:
 # What `fit` and the evaluation commands refuse with one line and exit code 2: nothing was changed.
 REFUSALS = (
     ConfigChangedError,
+    DamagedRunFile,
     RunNameError,
     MissingTrainedRun,
     WorldSizeChangedError,

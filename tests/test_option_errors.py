@@ -124,3 +124,27 @@ def test_a_message_of_another_shape_is_kept_whole(example_package) -> None:
     required = 'Parser key "model":\n  Problem with given class_path \'a.B\':\n    Key "size" is required'
     assert one_line(required) == required
     assert one_line("something else went wrong") == "something else went wrong"
+
+
+TRAINER_REFUSES = {
+    "--trainer.devices=0": "`Trainer(devices='0')` value is not a valid input using cpu accelerator.",
+    "--trainer.max_steps=-5": "`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in -5.",
+    "--trainer.accelerator=gpu": "No supported gpu backend found!",  # on this CPU machine
+    # Refused once training has begun (the run is started, and ends failed):
+    "--trainer.val_check_interval=1000": "`val_check_interval` (1000) must be less than or equal to the number",
+}
+
+
+@pytest.mark.parametrize("option", TRAINER_REFUSES)
+def test_trainer_settings_lightning_refuses_are_one_line(project_main, option: str, capsys) -> None:
+    """Lightning's own refusal (MisconfigurationException, or a ValueError from its code) without its traceback."""
+    import torch
+
+    if option == "--trainer.accelerator=gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU accelerator is refused only where there is no GPU")
+    assert project_main(["fit", option, "--trainer.max_epochs=1", "--run_name", "refused"]) == 2
+    printed = capsys.readouterr()
+    errors = [line for line in printed.err.splitlines() if line]
+    assert len(errors) == 1 and errors[0].startswith(f"error: the trainer's settings: {TRAINER_REFUSES[option]}"), (
+        printed.err
+    )

@@ -93,7 +93,12 @@ from .no_profiler import NoProfiler
 from .option_errors import invalid_yaml_config, one_line
 from .quiet_output import quiet_lightning_chatter
 from .random_states import RandomStateCheckpoint
-from .refused_inputs import checkpoint_mismatch_message, refused_data_message, refused_settings_message
+from .refused_inputs import (
+    checkpoint_mismatch_message,
+    refused_data_message,
+    refused_settings_message,
+    refused_trainer_message,
+)
 from .rolling_checkpoint import RollingCheckpoint
 from .run_bookkeeping import MissingMonitoredMetric, RunBookkeeping
 from .sharded_training import (
@@ -752,7 +757,7 @@ def _run_lightning_cli(args: list[str]) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 2
     except Exception as error:
-        if refused := refused_data_message(error):
+        if refused := refused_data_message(error) or refused_trainer_message(error):
             print(f"error: {refused}", file=sys.stderr)
             return 2
         if mismatch := checkpoint_mismatch_message(error):

@@ -9,7 +9,8 @@ traceback. Any other exception keeps its traceback.
 
 Likewise a ValueError or TypeError raised by a LightningModule's or LightningDataModule's own
 `__init__` (a setting it does not accept), which jsonargparse reports wrapped in its Union errors,
-seventy lines with the cause in the middle: every command that builds them prints the cause.
+seventy lines with the cause in the middle: every command that builds them prints the cause. And
+trainer settings that Lightning itself refuses (`devices=0`, a GPU accelerator where there is none).
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def refused_settings_message(error: BaseException) -> str | None:
                 if frame.f_code.co_name == "__init__" and isinstance(owner, LightningModule | LightningDataModule):
                     return f"{type(owner).__name__} refused its settings ({_where(frames)}): {error}"
         error = error.__cause__ or error.__context__
+    return None
+
+
+def refused_trainer_message(error: BaseException) -> str | None:
+    """One line for trainer settings Lightning refuses: its MisconfigurationException (`devices=0`, a GPU
+    accelerator on a machine without one, `max_steps=-5`, ...), or a ValueError raised in Lightning's own
+    code (a `val_check_interval` beyond the epoch's batches). Lightning's message says what and why; the
+    traceback in front of it is Lightning's, not the researcher's."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if isinstance(error, MisconfigurationException):
+        return f"the trainer's settings: {error}"
+    frames = list(traceback.walk_tb(error.__traceback__))
+    raised_in = Path(frames[-1][0].f_code.co_filename).parts if frames else ()
+    if isinstance(error, ValueError) and "lightning" in raised_in and "pytorch" in raised_in:
+        return f"the trainer's settings: {' '.join(str(error).split())}"
     return None
 
 

@@ -148,3 +148,22 @@ def test_trainer_settings_lightning_refuses_are_one_line(project_main, option: s
     assert len(errors) == 1 and errors[0].startswith(f"error: the trainer's settings: {TRAINER_REFUSES[option]}"), (
         printed.err
     )
+
+
+TRAINS_NOTHING = {
+    "--trainer.max_epochs=0": "trainer.max_epochs=0 trains nothing, so the run could never finish",
+    "--trainer.max_steps=0": "trainer.max_steps=0 trains nothing, so the run could never finish",
+    "--trainer.limit_train_batches=0": "trainer.limit_train_batches=0 trains nothing, so the run could never finish",
+    "--trainer.limit_train_batches=0.0": "trainer.limit_train_batches=0.0 trains nothing, so the run could never",
+    "--trainer.accumulate_grad_batches=0": "trainer.accumulate_grad_batches=0: the optimizer steps once every",
+}
+
+
+@pytest.mark.parametrize("option", TRAINS_NOTHING)
+def test_fit_settings_that_train_nothing_are_refused(project_main, option: str, capsys, tmp_path: Path) -> None:
+    """Such a run could never finish: Lightning ended it without a word (so every re-run ended the same way)
+    or, accumulating over 0 batches, in a ZeroDivisionError."""
+    assert project_main(["fit", option, "--run_name", "nothing"]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"error: {TRAINS_NOTHING[option]}") and printed.err.count("\n") == 1, printed.err
+    assert not (tmp_path / "runs" / "nothing" / "manifest.json").exists()  # refused before the run started

@@ -114,6 +114,28 @@ def refuse_a_precision_this_machine_lacks(run_name: str, precision: str, acceler
     )
 
 
+class NothingToTrain(ValueError):
+    """`fit` settings under which no optimizer step is ever taken."""
+
+
+def refuse_a_fit_that_trains_nothing(trainer) -> None:
+    """Refuse trainer settings that train no step: such a run could never finish (re-running its command
+    would end the same way every time), and Lightning ends it without a word, or (accumulating over
+    0 batches) in a ZeroDivisionError. `trainer`: the trainer's settings (a mapping with `get`)."""
+    for key, nothing in (("max_epochs", 0), ("max_steps", 0), ("limit_train_batches", 0)):
+        if trainer.get(key) == nothing:  # 0 and 0.0 alike; the defaults (None, -1, 1.0) train
+            raise NothingToTrain(
+                f"trainer.{key}={trainer.get(key)} trains nothing, so the run could never finish: give it more "
+                "(to measure a trained run without training it: `validate` or `test`)."
+            )
+    accumulate = trainer.get("accumulate_grad_batches")
+    if isinstance(accumulate, int) and accumulate < 1:
+        raise NothingToTrain(
+            f"trainer.accumulate_grad_batches={accumulate}: the optimizer steps once every that many batches, "
+            "so it must be at least 1."
+        )
+
+
 def _uses_gpu(accelerator: str | None) -> bool:
     import torch
 

@@ -82,9 +82,11 @@ from .divergence import TrainingDiverged
 from .fit_policies import (
     CheckpointPolicy,
     EarlyStoppingPolicy,
+    NothingToTrain,
     PrecisionUnavailable,
     automatic_precision,
     better_direction,
+    refuse_a_fit_that_trains_nothing,
     refuse_a_precision_this_machine_lacks,
 )
 from .idle_hooks import skip_idle_batch_hooks
@@ -222,6 +224,7 @@ class ProjectCLI(LightningCLI):
         return earlier
 
     def _prepare_fit_run(self, config: Namespace) -> None:
+        refuse_a_fit_that_trains_nothing(config.trainer)
         run = self.run
         run.check_same_config(self.config_text)
         if run.is_finished():
@@ -720,6 +723,7 @@ REFUSALS = (
     WeightsError,
     ShardingRefused,
     PrecisionUnavailable,
+    NothingToTrain,
 )
 
 

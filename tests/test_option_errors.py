@@ -154,7 +154,7 @@ TRAINS_NOTHING = {
     "--trainer.max_epochs=0": "trainer.max_epochs=0 trains nothing, so the run could never finish",
     "--trainer.max_steps=0": "trainer.max_steps=0 trains nothing, so the run could never finish",
     "--trainer.limit_train_batches=0": "trainer.limit_train_batches=0 trains nothing, so the run could never finish",
-    "--trainer.limit_train_batches=0.0": "trainer.limit_train_batches=0.0 trains nothing, so the run could never",
+    "--trainer.limit_train_batches=0.0": "trainer.limit_train_batches=0 trains nothing, so the run could never finish",
     "--trainer.accumulate_grad_batches=0": "trainer.accumulate_grad_batches=0: the optimizer steps once every",
 }
 

@@ -125,7 +125,7 @@ def refuse_a_fit_that_trains_nothing(trainer) -> None:
     for key, nothing in (("max_epochs", 0), ("max_steps", 0), ("limit_train_batches", 0)):
         if trainer.get(key) == nothing:  # 0 and 0.0 alike; the defaults (None, -1, 1.0) train
             raise NothingToTrain(
-                f"trainer.{key}={trainer.get(key)} trains nothing, so the run could never finish: give it more "
+                f"trainer.{key}=0 trains nothing, so the run could never finish: give it more "
                 "(to measure a trained run without training it: `validate` or `test`)."
             )
     accumulate = trainer.get("accumulate_grad_batches")

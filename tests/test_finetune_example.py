@@ -316,9 +316,14 @@ def test_check_says_the_initial_loss_check_does_not_apply(finetune) -> None:
         (["--data.text_column=body"], "tickets.jsonl has no column 'body' (its columns: text, topic)"),
         (["--data.max_length=4", "--data.overlong=refuse"], "1200 of 1200 texts are longer than max_length=4"),
         ([f"--data.revision={OTHER_REVISION}"], "the data is tokenized for HuggingFaceTB/SmolLM2-135M at fedcba987654"),
+        (["--data.max_length=0"], "max_length is 0: a text needs at least one token"),
+        (["--model.learning_rate=-1"], "TicketTopicClassifier refused its optimizer settings ("),
     ],
-    ids=["absent-model", "unknown-lora-target", "missing-column", "overlong-refused", "other-tokenizer"],
-)
+    ids=[
+        "absent-model", "unknown-lora-target", "missing-column", "overlong-refused", "other-tokenizer",
+        "no-tokens", "negative-learning-rate",
+    ],
+)  # fmt: skip
 def test_bad_inputs_end_in_one_line(finetune, options: list[str], says: str) -> None:
     project, _, _ = finetune
     name = "bad-" + "-".join(option.split("=")[0].rsplit(".", 1)[-1] for option in options)
@@ -327,3 +332,53 @@ def test_bad_inputs_end_in_one_line(finetune, options: list[str], says: str) -> 
     errors = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and says in errors[0], refused.stderr[-3000:]
     assert not list((project / "runs").glob(f"{name}/checkpoints/*.ckpt"))
+
+
+def _cut_short(file: Path) -> None:
+    os.truncate(file.resolve(), 3000)  # the blob it links to: a copy of the cache interrupted
+
+
+def _blob_deleted(file: Path) -> None:
+    file.resolve().unlink()  # the link stays, its blob is gone
+
+
+def _not_json(file: Path) -> None:
+    file.unlink()  # a hand-edited copy in place of the link
+    file.write_text('{"model_type": "llama", ')
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "verify_says"),
+    [
+        ("model.safetensors", _cut_short, "model.safetensors: content hash"),
+        ("model.safetensors", _blob_deleted, "model.safetensors: its blob"),
+        ("tokenizer.json", Path.unlink, None),  # verify cannot miss what it never saw: fit says what to do
+        ("config.json", _not_json, None),
+    ],
+    ids=["weights-cut-short", "weights-blob-deleted", "tokenizer-missing", "config-not-json"],
+)
+def test_a_damaged_weight_cache_ends_in_one_line_naming_the_commands_that_mend_it(
+    finetune, tmp_path, file, damage, verify_says
+) -> None:
+    """Base weights that resolve from the cache but do not load (transformers fails deep inside the
+    model's __init__, which jsonargparse wraps in seventy lines): one line naming the model and the
+    `weights verify` and `weights fetch` commands, exit 2, no run started; `verify` names a damaged blob."""
+    project, command, env = finetune
+    cache = tmp_path / "hub"
+    shutil.copytree(Path(env["HF_HUB_CACHE"]), cache, symlinks=True)
+    damage(cache / f"models--{BASE_MODEL.replace('/', '--')}" / "snapshots" / REVISION / file)
+    damaged = (project, command, {**env, "HF_HUB_CACHE": str(cache)})
+
+    refused = run(damaged, "fit", "--run_name", f"damaged-{file}", "--trainer.max_epochs=1")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, refused.stderr[-3000:]
+    assert errors[0].startswith(
+        f"error: {BASE_MODEL} at {REVISION[:12]} is in the weight cache ({cache}) but does not load ("
+    )
+    assert f"`{PACKAGE} weights verify {BASE_MODEL} --revision {REVISION}` names damaged files" in errors[0]
+    assert f"`{PACKAGE} weights fetch {BASE_MODEL} --revision {REVISION}`" in errors[0]
+    assert not (project / "runs" / f"damaged-{file}").exists()
+    if verify_says:
+        verified = run(damaged, "weights", "verify", BASE_MODEL, "--revision", REVISION)
+        assert verified.returncode == 1 and verified.stdout.startswith(verify_says), verified.stdout

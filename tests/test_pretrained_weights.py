@@ -6,6 +6,7 @@ project's kit, with a tiny LLaMA saved by transformers into a hub cache made her
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,37 @@ def test_verify_finds_a_damaged_blob(cache_module, hub_cache) -> None:
 
     damaged = cache_module.verify_snapshot(snapshot)
     assert len(damaged) == 1 and damaged[0].startswith("config.json: content hash")
+
+
+def test_verify_finds_a_blob_that_is_gone(cache_module, hub_cache) -> None:
+    snapshot = cache_module.PretrainedSource(MODEL_ID, COMMIT).local_path()
+    blob = (snapshot / "model.safetensors").resolve()
+    blob.unlink()  # the snapshot's link stays: an interrupted copy of the cache, a blob cleaned away
+    assert cache_module.verify_snapshot(snapshot) == [
+        f"model.safetensors: its blob {blob.name[:12]} is missing from the cache"
+    ]
+
+
+def test_weights_that_do_not_load_are_told_from_other_errors(cache_module, hub_cache, tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    snapshot = cache_module.PretrainedSource(MODEL_ID, COMMIT).local_path()
+    os.truncate((snapshot / "model.safetensors").resolve(), 100)
+    with pytest.raises(Exception) as cut_short:
+        AutoModelForCausalLM.from_pretrained(snapshot)
+    wrapped = ValueError("Does not validate against any of the Union subtypes")  # as jsonargparse does
+    wrapped.__cause__ = cut_short.value
+    said = cache_module.unloadable_weights_message(wrapped)
+    assert said.startswith(f"{MODEL_ID} at {COMMIT[:12]} is in the weight cache ({hub_cache[0]}) but does not load (")
+    assert "\n" not in said and f"weights verify {MODEL_ID} --revision {COMMIT}" in said
+
+    (tmp_path / "elsewhere").mkdir()  # a folder outside the cache: not the cache's to mend
+    with pytest.raises((OSError, ValueError)) as not_cached:
+        AutoConfig.from_pretrained(tmp_path / "elsewhere")
+    assert cache_module.unloadable_weights_message(not_cached.value) is None
+    with pytest.raises(ValueError) as other:
+        int(str(snapshot))  # an error that merely mentions the snapshot, raised outside any from_pretrained
+    assert cache_module.unloadable_weights_message(other.value) is None
 
 
 PROBE_MODEL = '''

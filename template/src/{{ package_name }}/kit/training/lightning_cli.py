@@ -76,7 +76,7 @@ from ..runs.record import (
 from ..runs.root import RunsRoot, find_run_by_config
 from ..runs.storage_errors import storage_error_message
 from ..weights.adapters import parameter_summary
-from ..weights.cache import WeightsError, refuse_other_base_weights, resolved_sources
+from ..weights.cache import WeightsError, refuse_other_base_weights, resolved_sources, unloadable_weights_message
 from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
 from .divergence import TrainingDiverged
 from .fit_policies import (
@@ -98,6 +98,7 @@ from .random_states import RandomStateCheckpoint
 from .refused_inputs import (
     checkpoint_mismatch_message,
     refused_data_message,
+    refused_optimizer_message,
     refused_settings_message,
     refused_trainer_message,
 )
@@ -688,7 +689,8 @@ def build_cli(cli_class: type[ProjectCLI], args: list[str], run: bool) -> Projec
         # against any of the Union subtypes"); a refusal in that chain is said as itself.
         refused = _refusal_behind(wrapped)
         if refused is None:
-            if settings := refused_settings_message(wrapped):
+            # damaged base weights first: transformers' own error inside the model's __init__ is no bad setting
+            if settings := unloadable_weights_message(wrapped) or refused_settings_message(wrapped):
                 print(f"error: {settings}", file=sys.stderr)
                 raise SystemExit(2) from None
             raise
@@ -761,7 +763,12 @@ def _run_lightning_cli(args: list[str]) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 2
     except Exception as error:
-        if refused := refused_data_message(error) or refused_trainer_message(error):
+        if (
+            refused := refused_data_message(error)
+            or refused_optimizer_message(error)
+            or refused_trainer_message(error)
+            or unloadable_weights_message(error)
+        ):
             print(f"error: {refused}", file=sys.stderr)
             return 2
         if mismatch := checkpoint_mismatch_message(error):

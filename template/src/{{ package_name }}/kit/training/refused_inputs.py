@@ -10,7 +10,8 @@ traceback. Any other exception keeps its traceback.
 Likewise a ValueError or TypeError raised by a LightningModule's or LightningDataModule's own
 `__init__` (a setting it does not accept), which jsonargparse reports wrapped in its Union errors,
 seventy lines with the cause in the middle: every command that builds them prints the cause. And
-trainer settings that Lightning itself refuses (`devices=0`, a GPU accelerator where there is none).
+optimizer settings that torch.optim refuses in the model's `configure_optimizers` (a negative learning
+rate), and trainer settings that Lightning itself refuses (`devices=0`, a GPU accelerator where there is none).
 """
 
 from __future__ import annotations
@@ -64,6 +65,21 @@ def refused_settings_message(error: BaseException) -> str | None:
                 if frame.f_code.co_name == "__init__" and isinstance(owner, LightningModule | LightningDataModule):
                     return f"{type(owner).__name__} refused its settings ({_where(frames)}): {error}"
         error = error.__cause__ or error.__context__
+    return None
+
+
+def refused_optimizer_message(error: BaseException) -> str | None:
+    """One line for a ValueError raised while a model's `configure_optimizers` ran: torch.optim refusing a
+    setting (a negative learning rate, betas outside [0, 1)) or the model's own check of its settings."""
+    from lightning.pytorch import LightningModule
+
+    if not isinstance(error, ValueError):
+        return None
+    frames = list(traceback.walk_tb(error.__traceback__))
+    for frame, _ in frames:
+        owner = frame.f_locals.get("self")
+        if frame.f_code.co_name == "configure_optimizers" and isinstance(owner, LightningModule):
+            return f"{type(owner).__name__} refused its optimizer settings ({_where(frames)}): {error}"
     return None
 
 

@@ -15,6 +15,11 @@ The hashes come from the cache's own file names (a snapshot's files link to blob
 sha256, or git's sha1 for small files), so a start does not re-read 100 GB; `weights verify`
 re-reads them when a cache is in doubt. That check is written here: huggingface_hub's own
 (`HfApi.verify_repo_checksums`) asks the hub for the checksums, which a compute node cannot reach.
+
+A snapshot that resolves but does not load (a copy of the shared cache cut short, a blob deleted, a
+file edited by hand) fails deep inside transformers, and jsonargparse wraps that in seventy lines:
+`unloadable_weights_message` finds it in the error's chain and says it in one line, with the commands
+that check and mend the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from ..base.project_package import CONSOLE_SCRIPT
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 MISSING_EXTRA = "pretrained weights need the `finetune` extra: pip install -e '.[finetune]'"
 _RESOLVED: dict[str, dict] = {}  # model id -> what this process loaded (resolved_sources)
+_SNAPSHOTS: dict[Path, PretrainedSource] = {}  # snapshot folder -> its source (unloadable_weights_message)
 
 
 class WeightsError(Exception):
@@ -75,6 +82,7 @@ class PretrainedSource:
             "license": model_license(path),
             "files": snapshot_files(path),
         }
+        _SNAPSHOTS[path] = self
         return path
 
     def file_hashes(self) -> dict[str, str]:
@@ -119,9 +127,10 @@ def model_license(snapshot: Path) -> str | None:
 
 
 def snapshot_files(snapshot: Path) -> dict[str, str]:
-    """Each file of a snapshot and its content hash: the name of the blob it links to, else its sha256."""
+    """Each file of a snapshot and its content hash: the name of the blob it links to (a link whose blob is
+    gone included: verify_snapshot names it), else its sha256."""
     files = {}
-    for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+    for path in sorted(p for p in snapshot.rglob("*") if p.is_file() or p.is_symlink()):
         name = path.relative_to(snapshot).as_posix()
         files[name] = Path(os.readlink(path)).name if path.is_symlink() else _sha256(path)
     return files
@@ -132,6 +141,9 @@ def verify_snapshot(snapshot: Path) -> list[str]:
     damaged = []
     for name, recorded in snapshot_files(snapshot).items():
         path = snapshot / name
+        if not path.exists():
+            damaged.append(f"{name}: its blob {recorded[:12]} is missing from the cache")
+            continue
         actual = _sha256(path) if len(recorded) == 64 else _git_blob_sha1(path)
         if actual != recorded:
             damaged.append(f"{name}: content hash {actual[:12]}, named {recorded[:12]}")
@@ -170,6 +182,41 @@ def refuse_other_base_weights(run_name: str, recorded: dict[str, dict] | None, a
             + f". To {action} it on these would mix two models. Fetch the run's revision again "
             f"(`{CONSOLE_SCRIPT} weights fetch ID --revision COMMIT`), or start a new run for these weights."
         )
+
+
+def unloadable_weights_message(error: BaseException | None) -> str | None:
+    """One line for base weights that resolved from the cache but did not load, found in `error`'s chain: an
+    exception raised inside a `from_pretrained` (transformers' model, tokenizer or config, peft's adapters)
+    that was given a snapshot this process resolved. Any other error: None (it keeps its traceback)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        source = _source_loading_in(error)
+        if source is not None:
+            lines = str(error).strip().splitlines()
+            cause = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+            check = f"{CONSOLE_SCRIPT} weights verify {source.model_id} --revision {source.revision}"
+            fetch = f"{CONSOLE_SCRIPT} weights fetch {source.model_id} --revision {source.revision}"
+            return (
+                f"{source.model_id} at {source.revision[:12]} is in the weight cache ({cache_dir()}) but does not "
+                f"load ({cause}): a file of it is missing or damaged (a copy cut short?). `{check}` names damaged "
+                f"files; `{fetch}`, on a machine that reaches the hub, fetches what is missing."
+            )
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _source_loading_in(error: BaseException) -> PretrainedSource | None:
+    """The resolved source that a `from_pretrained` frame in `error`'s traceback was loading, if any."""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_name != "from_pretrained":
+            continue
+        for value in frame.f_locals.values():
+            if isinstance(value, str | Path):
+                for snapshot, source in _SNAPSHOTS.items():
+                    if Path(value) == snapshot or snapshot in Path(value).parents:
+                        return source
+    return None
 
 
 def _sha256(path: Path) -> str:

@@ -109,3 +109,13 @@ def test_measured_profile_covers_a_real_training_run(profiler, example_package, 
     predicted_mib, measured_mib = profile.peak_reserved_bytes / 2**20, measured / 2**20
     print(f"predicted peak {predicted_mib:.1f} MiB, measured over 3 epochs {measured_mib:.1f} MiB")
     assert measured <= profile.peak_reserved_bytes * 1.15
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the refusal is for a machine without one")
+def test_profile_without_a_gpu_is_refused_in_one_line(profiler, example_package, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(example_package)
+    assert profiler.profile_main([]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.startswith("error: no CUDA GPU is visible here, and `profile` measures GPU memory")
+    assert "`srun --gres=gpu:1 --pty digits_mlp profile`" in printed.err and printed.err.count("\n") == 1

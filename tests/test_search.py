@@ -273,7 +273,7 @@ def test_sweep_status_shows_planted_states(example_package, tmp_path, monkeypatc
     monkeypatch.chdir(example_package)
     monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
     sweep = tmp_path / "planted.yaml"
-    sweep.write_text("parameters:\n  model.init_args.learning_rate: [0.001, 0.002, 0.003, 0.004]\n")
+    sweep.write_text("parameters:\n  model.init_args.learning_rate: [0.001, 0.002, 0.003, 0.004, 0.005]\n")
     monitor = {"metric": "val/acc", "mode": "max"}
     for number, (status, values) in enumerate([("finished", [0.81, 0.86]), ("running", [0.7]), ("failed", [])]):
         run = RunDirectory(tmp_path / "runs" / f"sweep-planted-{number:03d}")
@@ -283,13 +283,18 @@ def test_sweep_status_shows_planted_states(example_package, tmp_path, monkeypatc
             path.write_bytes(b"planted")
             run.record_checkpoint(path, {"global_step": 10 * step, "epoch": step, "monitored_value": value})
         run.set_status(status)
+    damaged = RunDirectory(tmp_path / "runs" / "sweep-planted-004")
+    damaged.start("config: planted\n", monitor)
+    damaged.manifest_path.write_text(damaged.manifest_path.read_text()[:40])  # cut short: a full disk, a hand
     assert sweep_status_main([str(sweep)]) == 0
     printed = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in printed.splitlines()[1:5]}
+    rows = {line.split()[0]: line.split() for line in printed.splitlines()[1:6]}
     assert rows["0"][1:5] == ["finished", "20", "0.8600", "0.8600"]
     assert rows["1"][1:5] == ["running", "10", "0.7000", "0.7000"]
     assert rows["2"][1:5] == ["failed", "-", "-", "-"]
     assert rows["3"][1:5] == ["queued", "-", "-", "-"]
-    assert "queued 1  running 1  failed 1  finished 1" in printed
+    assert rows["4"][1:5] == ["damaged", "-", "-", "-"]
+    assert f"trial 4: {damaged.manifest_path} is damaged (not JSON at line" in printed
+    assert "queued 1  running 1  failed 1  finished 1  damaged 1" in printed
     assert "trial 0: 0.8600" in printed.split("best so far")[1].splitlines()[1]
     assert (tmp_path / "runs" / "sweeps" / "planted-status.png").stat().st_size > 0

@@ -4,6 +4,11 @@ and the resumable order over them (0 and 2 data-loading workers), on many small 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -140,3 +145,57 @@ def test_token_blocks_join_documents_and_shift_targets_by_one(example_package, t
             assert targets.tolist() == stream[5 * number + 1 : 5 * number + 5]
     with pytest.raises(ValueError, match="the validation split has 3 tokens, fewer than one block of 5"):
         pack_token_blocks(tmp_path / "short", {0: [[1] * 9], 1: [[1, 2]]}, block_size=4, end_token=99)
+
+
+def test_a_shard_size_below_one_row_is_refused_before_anything_is_written(example_package, tmp_path) -> None:
+    """rows_per_shard=0 once wrote empty shards until the disk was full (a run that never ended)."""
+    import numpy as np
+    from digits_mlp.kit.data.shards import pack_shards
+
+    rows = [{"inputs": np.zeros((4, 2))}]
+    for rows_per_shard in (0, -1):
+        with pytest.raises(ValueError, match=f"rows_per_shard must be positive, got {rows_per_shard}"):
+            pack_shards(tmp_path / "shards", iter(rows), {}, rows_per_shard)
+    assert list(tmp_path.iterdir()) == []  # no staging folder left behind
+    assert pack_shards(tmp_path / "shards", iter(rows), {}, 3)["rows"] == 4
+
+
+KILLED_PACK = """
+import sys, time
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from digits_mlp.kit.data.shards import pack_shards
+
+def rows():
+    yield {"inputs": np.zeros((8, 2))}  # two shards of 4 rows are written before the next is asked
+    print("packing", flush=True)
+    time.sleep(600)
+
+pack_shards(Path(sys.argv[2]), rows(), {}, 4)
+"""
+
+
+def test_a_pack_killed_outright_leaves_no_copy_behind_once_the_next_pack_runs(example_package, tmp_path) -> None:
+    import numpy as np
+    from digits_mlp.kit.data.shards import pack_shards
+
+    target = tmp_path / "shards"
+    packing = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PACK, str(example_package / "src"), str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert packing.stdout.readline() == "packing\n"
+    packing.send_signal(signal.SIGKILL)  # no handler, no finally: as a node's reboot or the OOM killer
+    packing.wait()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(f".shards.{socket.gethostname()}-{packing.pid}.")
+    assert len(list(left.glob("shard-*.npy"))) == 2  # what it had written, a copy of the data on disk
+    running = tmp_path / f".shards.{socket.gethostname()}-{os.getpid()}.abc"  # a pack still running here
+    elsewhere = tmp_path / ".shards.another-host-12345.abc"  # whose process this host cannot see
+    running.mkdir()
+    elsewhere.mkdir()
+
+    assert pack_shards(target, iter([{"inputs": np.ones((3, 2))}]), {}, 2)["rows"] == 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([elsewhere.name, running.name, "shards"])

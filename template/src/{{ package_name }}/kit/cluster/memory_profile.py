@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..base.project_package import CONSOLE_SCRIPT
 
 GIB = 1024**3
 
@@ -187,12 +190,14 @@ def profile_main(argv: list[str]) -> int:
     args, options = parser.parse_known_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available():  # a refusal like the others (exit 2): nothing was measured or written
         print(
-            "No CUDA GPU is visible here, and `profile` measures GPU memory: run it where a GPU is, e.g. "
-            "`srun --gres=gpu:1 --pty <package> profile` or in a job from `submit --gpu full:1`."
+            "error: no CUDA GPU is visible here, and `profile` measures GPU memory: run it where a GPU is, e.g. "
+            f"`srun --gres=gpu:1 --pty {CONSOLE_SCRIPT} profile` or in a job from `{CONSOLE_SCRIPT} submit --gpu "
+            "full:1`.",
+            file=sys.stderr,
         )
-        return 1
+        return 2
     profile = measure(options, args.steps)
     print(format_table(profile, args.headroom))
     print(format_sharding(profile, args.headroom))

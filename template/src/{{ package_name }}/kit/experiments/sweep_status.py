@@ -7,8 +7,9 @@ study for `strategy: optuna`, and `squeue` when SLURM is installed. Safe to run 
 runs: it only reads.
 
 States: queued (no run yet; PENDING in the queue), running, stopped (on a signal: continues when
-the job is requeued or the sweep re-run), failed, finished. A run whose process was killed without
-a word still reads `running` unless the queue shows its job is gone.
+the job is requeued or the sweep re-run), failed, finished; damaged: its manifest.json does not
+parse (said below the table, with what to do). A run whose process was killed without a word still
+reads `running` unless the queue shows its job is gone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runs.directory import DamagedRunFile
 from ..runs.root import RunsRoot
 from .sweep_files import SweepFileError, read_sweep_file, sweep_trials
 
@@ -35,6 +37,7 @@ class TrialStatus:
     best: float | None = None
     job: str = ""
     values: str = ""
+    damage: str = ""  # why a damaged trial's run cannot be read (DamagedRunFile's line)
 
 
 def sweep_trial_names(spec: dict, name: str) -> list[tuple[int, str, str, str, str]]:
@@ -55,7 +58,10 @@ def trial_status(
 ) -> TrialStatus:
     run = RunsRoot.current().run(run_name)
     job_id, job_state = queue.get(task, ("", ""))
-    manifest = run.read_manifest()
+    try:
+        manifest = run.read_manifest()
+    except DamagedRunFile as damaged:
+        return TrialStatus(number, run_name, "damaged", job=job_id, values=values, damage=str(damaged))
     if not manifest:
         return TrialStatus(number, run_name, "queued", job=job_id, values=values)
     checkpoints = sorted(manifest.get("checkpoints", {}).values(), key=lambda entry: entry["step"])
@@ -105,6 +111,9 @@ def sweep_status_main(argv: list[str]) -> int:
     ]
     metric, mode = _monitor(rows)
     print(format_table(rows, metric, bool(queue)))
+    for row in rows:
+        if row.damage:
+            print(f"trial {row.number}: {row.damage}")
     scored = sorted((row for row in rows if row.best is not None), key=lambda r: r.best, reverse=mode != "min")
     counts = {state: sum(row.state.startswith(state) for row in rows) for state in _STATES}
     print("  ".join(f"{state} {count}" for state, count in counts.items() if count))
@@ -116,7 +125,14 @@ def sweep_status_main(argv: list[str]) -> int:
     return 0
 
 
-_STATES = ("queued", "running", "stopped", "failed", "finished")  # "stopped early (pruned)" counts as stopped
+_STATES = (
+    "queued",
+    "running",
+    "stopped",
+    "failed",
+    "finished",
+    "damaged",
+)  # "stopped early (pruned)" counts as stopped
 
 
 def format_table(rows: list[TrialStatus], metric: str, with_jobs: bool) -> str:
@@ -134,6 +150,8 @@ def format_table(rows: list[TrialStatus], metric: str, with_jobs: bool) -> str:
 def _monitor(rows: list[TrialStatus]) -> tuple[str, str]:
     root = RunsRoot.current()
     for row in rows:
+        if row.damage:
+            continue
         monitor = root.run(row.run_name).read_manifest().get("monitor")
         if monitor:
             return monitor.get("metric", "metric"), monitor.get("mode", "max")

@@ -234,16 +234,16 @@ def refuse_another_model_class(run: RunDirectory, model: object, action: str) ->
     )
 
 
-def refuse_unreadable_checkpoint(path: Path) -> None:
+def refuse_unreadable_checkpoint(path: Path) -> CheckpointInfo:
     """MissingTrainedRun, in one line, for a file named with --ckpt_path that does not read as a checkpoint
     (another file, a truncated or damaged one): loading it would end in a traceback from deep in torch.load.
-    The read is the cheap one of read_checkpoint_info (the archive's index and small entries)."""
+    The read is the cheap one of read_checkpoint_info (the archive's index and small entries); what it read
+    is returned, for the checks that follow."""
     if not zipfile.is_zipfile(path):  # torch's own words for these are "Invalid argument" and the like
         problem = "not the zip archive torch.save writes: another kind of file, or a checkpoint cut short"
     else:
         try:
-            read_checkpoint_info(path)
-            return
+            return read_checkpoint_info(path)
         except Exception as error:  # noqa: BLE001 - whatever torch.load says of a damaged archive
             said = str(error).strip().splitlines()
             problem = type(error).__name__ + (f": {said[0]}" if said else "")
@@ -253,15 +253,18 @@ def refuse_unreadable_checkpoint(path: Path) -> None:
     )
 
 
-def refuse_checkpoint_of_another_class(checkpoint: Path, model: object, action: str) -> None:
-    """The same refusal for a checkpoint named with --ckpt_path, by the class LightningCLI recorded in it.
+def refuse_checkpoint_of_another_class(
+    checkpoint: Path, model: object, action: str, info: CheckpointInfo | None = None
+) -> None:
+    """The same refusal for a checkpoint named with --ckpt_path, by the class LightningCLI recorded in it
+    (`info`: the checkpoint's, if read already).
 
     (`test --ckpt_path` builds the checkpoint's own class, as Lightning does; `evaluate` builds the
     configured one, so a checkpoint of another class is refused here rather than half loaded.)"""
     if model is None:
         return
     try:
-        recorded = read_checkpoint_info(checkpoint).model_class
+        recorded = (info or read_checkpoint_info(checkpoint)).model_class
     except Exception:  # noqa: BLE001 - unreadable: loading it says why, in its own words
         return
     if recorded is None or _is_class(recorded, type(model)):
@@ -295,6 +298,7 @@ def checkpoint_to_use(
     than the run's.
     """
     refuse_other_base_weights(run.name, run.recorded_pretrained(), action)
+    given_info = None  # what refuse_unreadable_checkpoint read of a named file
     if ckpt_path:
         if not Path(ckpt_path).is_file() and not is_sharded_checkpoint(ckpt_path):
             raise MissingTrainedRun(
@@ -303,7 +307,7 @@ def checkpoint_to_use(
             )
         chosen = Path(ckpt_path)
         if chosen.is_file():
-            refuse_unreadable_checkpoint(chosen)
+            given_info = refuse_unreadable_checkpoint(chosen)
     else:
         refuse_another_model_class(run, model, action)
         refuse_other_training_data(run, data, action)
@@ -315,10 +319,10 @@ def checkpoint_to_use(
         )
     if not one_file:
         return chosen
-    chosen = one_file_checkpoint(chosen)
-    if ckpt_path:
-        refuse_checkpoint_of_another_class(chosen, model, action)
-    return chosen
+    as_one_file = one_file_checkpoint(chosen)
+    if ckpt_path:  # a named file was read above; a sharded one's consolidated file is read now
+        refuse_checkpoint_of_another_class(as_one_file, model, action, given_info if as_one_file == chosen else None)
+    return as_one_file
 
 
 def one_file_checkpoint(checkpoint: Path) -> Path:

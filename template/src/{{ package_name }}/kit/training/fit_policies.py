@@ -97,8 +97,9 @@ class PrecisionUnavailable(RuntimeError):
 
 def refuse_a_precision_this_machine_lacks(run_name: str, precision: str, accelerator: str | None) -> None:
     """A run keeps the precision it started in (lightning_cli.py); where this machine cannot run that one
-    (fp16 autocast needs a CUDA GPU, bf16 a GPU that has it), the resume is refused before anything changes,
-    instead of failing in Lightning or torch with a traceback."""
+    (fp16 needs a CUDA GPU: on a CPU Lightning trains `16-mixed` in bf16 with a warning, a silent change of
+    arithmetic half-way; bf16 needs a GPU that has it), the resume is refused before anything changes,
+    instead of going on in other arithmetic or failing in Lightning or torch with a traceback."""
     import torch
 
     if precision.startswith("16") and not _uses_gpu(accelerator):

@@ -3,13 +3,16 @@
 The model is a real architecture (LLaMA) with random weights and a few hundred thousand
 parameters, saved with `save_pretrained` (safetensors), then laid out as huggingface_hub lays out
 a download: `models--org--name/blobs/<content hash>`, `snapshots/<commit>/<file>` linking to the
-blob, `refs/main` naming the commit. Large files are named by their sha256 (the hub's LFS files),
-small ones by git's blob sha1, as on the hub.
+blob, `refs/main` naming the commit, and `trees/<commit>.json`, the listing of the commit's files
+that huggingface_hub 2.x keeps beside a download (its documented format: each file's size and git
+blob id, and for LFS files the sha256 and size) and checks a snapshot against offline. Large files
+are named by their sha256 (the hub's LFS files), small ones by git's blob sha1, as on the hub.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -50,16 +53,28 @@ def put_in_hub_cache(folder: Path, cache: Path, model_id: str, commit: str) -> P
     snapshot = repo / "snapshots" / commit
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True, exist_ok=True)
+    listing = {}
     for source in sorted(p for p in folder.rglob("*") if p.is_file()):
         content = source.read_bytes()
-        if source.suffix in LFS_SUFFIXES:
+        entry = {"size": len(content), "blob_id": _git_blob_id(content)}
+        if source.suffix in LFS_SUFFIXES:  # git holds a pointer to the content: its blob id is the pointer's
             name = hashlib.sha256(content).hexdigest()
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{name}\nsize {len(content)}\n"
+            entry = {"size": len(content), "blob_id": _git_blob_id(pointer.encode()), "lfs_sha256": name}
+            entry["lfs_size"] = len(content)
         else:
-            name = hashlib.sha1(f"blob {len(content)}\0".encode() + content, usedforsecurity=False).hexdigest()
+            name = entry["blob_id"]
         (repo / "blobs" / name).write_bytes(content)
         link = snapshot / source.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(repo / "blobs" / name, link.parent))
+        listing[source.relative_to(folder).as_posix()] = entry
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
+    (repo / "trees").mkdir(exist_ok=True)
+    (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": listing}, indent=1))
     return snapshot
+
+
+def _git_blob_id(content: bytes) -> str:
+    return hashlib.sha1(f"blob {len(content)}\0".encode() + content, usedforsecurity=False).hexdigest()

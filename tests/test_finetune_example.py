@@ -348,21 +348,22 @@ def _not_json(file: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("file", "damage", "verify_says"),
+    ("file", "damage", "loads"),
     [
-        ("model.safetensors", _cut_short, "model.safetensors: content hash"),
-        ("model.safetensors", _blob_deleted, "model.safetensors: its blob"),
-        ("tokenizer.json", Path.unlink, None),  # verify cannot miss what it never saw: fit says what to do
-        ("config.json", _not_json, None),
+        ("model.safetensors", _cut_short, True),  # there, and not what the listing says: it fails to load
+        ("config.json", _not_json, True),
+        ("model.safetensors", _blob_deleted, False),  # the fetch's tree listing names what is not there
+        ("tokenizer.json", Path.unlink, False),
     ],
-    ids=["weights-cut-short", "weights-blob-deleted", "tokenizer-missing", "config-not-json"],
+    ids=["weights-cut-short", "config-not-json", "weights-blob-deleted", "tokenizer-missing"],
 )
 def test_a_damaged_weight_cache_ends_in_one_line_naming_the_commands_that_mend_it(
-    finetune, tmp_path, file, damage, verify_says
+    finetune, tmp_path, file, damage, loads
 ) -> None:
     """Base weights that resolve from the cache but do not load (transformers fails deep inside the
-    model's __init__, which jsonargparse wraps in seventy lines): one line naming the model and the
-    `weights verify` and `weights fetch` commands, exit 2, no run started; `verify` names a damaged blob."""
+    model's __init__, which jsonargparse wraps in seventy lines), or whose snapshot lacks a file the
+    fetch's tree listing names: one line naming the model and the commands that find and mend it,
+    exit 2, no run started. `weights verify` names a blob cut short."""
     project, command, env = finetune
     cache = tmp_path / "hub"
     shutil.copytree(Path(env["HF_HUB_CACHE"]), cache, symlinks=True)
@@ -373,12 +374,20 @@ def test_a_damaged_weight_cache_ends_in_one_line_naming_the_commands_that_mend_i
     assert refused.returncode == 2, refused.stderr[-3000:]
     errors = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, refused.stderr[-3000:]
-    assert errors[0].startswith(
-        f"error: {BASE_MODEL} at {REVISION[:12]} is in the weight cache ({cache}) but does not load ("
-    )
-    assert f"`{PACKAGE} weights verify {BASE_MODEL} --revision {REVISION}` names damaged files" in errors[0]
-    assert f"`{PACKAGE} weights fetch {BASE_MODEL} --revision {REVISION}`" in errors[0]
+    fetch = f"`{PACKAGE} weights fetch {BASE_MODEL} --revision {REVISION}`"
+    if loads:
+        assert errors[0].startswith(
+            f"error: {BASE_MODEL} at {REVISION[:12]} is in the weight cache ({cache}) but does not load ("
+        )
+        assert f"`{PACKAGE} weights verify {BASE_MODEL} --revision {REVISION}` names damaged files" in errors[0]
+        assert fetch in errors[0]
+    else:
+        assert errors[0] == (
+            f"error: {BASE_MODEL} at {REVISION[:12]} is incomplete in the weight cache ({cache}): 1 file(s) the "
+            f"hub lists are not there ({file}; an interrupted fetch or copy?): run {fetch} on a machine that "
+            "reaches the hub to complete it"
+        )
     assert not (project / "runs" / f"damaged-{file}").exists()
-    if verify_says:
+    if damage is _cut_short:
         verified = run(damaged, "weights", "verify", BASE_MODEL, "--revision", REVISION)
-        assert verified.returncode == 1 and verified.stdout.startswith(verify_says), verified.stdout
+        assert verified.returncode == 1 and verified.stdout.startswith("model.safetensors: content hash")

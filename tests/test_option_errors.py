@@ -6,6 +6,7 @@ jsonargparse and Lightning write today: a change in their wording shows here as 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,15 @@ def test_fit_settings_that_train_nothing_are_refused(project_main, option: str, 
     printed = capsys.readouterr()
     assert printed.err.startswith(f"error: {TRAINS_NOTHING[option]}") and printed.err.count("\n") == 1, printed.err
     assert not (tmp_path / "runs" / "nothing" / "manifest.json").exists()  # refused before the run started
+
+
+@pytest.mark.parametrize("command", ["fit", "find-lr", "find-batch-size"])
+def test_an_optimizer_setting_torch_refuses_is_one_line(project_main, command: str, capsys) -> None:
+    """torch.optim's ValueError, raised in the model's configure_optimizers, said without its traceback by the
+    training commands and by the plain ones that build the optimizers (find-lr, find-batch-size)."""
+    options = ["--model.init_args.learning_rate=-1", *(["--run_name", "refused"] if command == "fit" else [])]
+    assert project_main([command, *options, "--trainer.max_epochs=1"]) == 2
+    printed = capsys.readouterr()
+    errors = [line for line in printed.err.splitlines() if line]
+    said = r"error: DigitsClassifier refused its optimizer settings \(adam\w*\.py line \d+, in __init__\): "
+    assert len(errors) == 1 and re.fullmatch(said + "Invalid learning rate: -1.0", errors[0]), printed.err

@@ -92,6 +92,18 @@ def test_verify_finds_a_damaged_blob(cache_module, hub_cache) -> None:
     assert len(damaged) == 1 and damaged[0].startswith("config.json: content hash")
 
 
+def test_a_snapshot_without_a_file_its_fetch_listed_is_named_incomplete(cache_module, hub_cache) -> None:
+    snapshot = cache_module.PretrainedSource(MODEL_ID, COMMIT).local_path()
+    (snapshot / "generation_config.json").unlink()  # the file huggingface_hub's tree listing names is gone
+    with pytest.raises(cache_module.WeightsError) as incomplete:
+        cache_module.PretrainedSource(MODEL_ID, COMMIT).local_path()
+    assert str(incomplete.value) == (
+        f"{MODEL_ID} at {COMMIT[:12]} is incomplete in the weight cache ({hub_cache[0]}): 1 file(s) the hub "
+        "lists are not there (generation_config.json; an interrupted fetch or copy?): run `digits_mlp weights "
+        f"fetch {MODEL_ID} --revision {COMMIT}` on a machine that reaches the hub to complete it"
+    )
+
+
 def test_verify_finds_a_blob_that_is_gone(cache_module, hub_cache) -> None:
     snapshot = cache_module.PretrainedSource(MODEL_ID, COMMIT).local_path()
     blob = (snapshot / "model.safetensors").resolve()
@@ -212,6 +224,12 @@ def test_fit_records_the_base_weights_and_refuses_to_resume_on_others(template_r
     assert verified.returncode == 0 and "matches its hash" in verified.stdout
     offline = run([*weights, "fetch", "test-org/absent"], cwd=project, env=env, check=False)
     assert offline.returncode == 2 and offline.stderr.startswith("error: could not fetch test-org/absent at main")
+    # main is in the cache's refs, but only the hub can say where main is now: no "fetched" from the cache
+    moved = run([*weights, "fetch", MODEL_ID], cwd=project, env=env, check=False)
+    assert moved.returncode == 2 and moved.stdout == ""
+    assert moved.stderr.startswith(f"error: could not fetch {MODEL_ID} at main: ")  # offline, or no such host
+    pinned = run([*weights, "fetch", MODEL_ID, "--revision", COMMIT], cwd=project, env=env)
+    assert pinned.stdout == f"{MODEL_ID} at {COMMIT} is in the weight cache already ({cache}).\n"
 
     absent = [*options[:-2], "--model.init_args.model_id=test-org/absent", f"--model.init_args.revision={COMMIT}"]
     missing = run([*command, *absent, "--run_name", "absent"], cwd=project, env=env, check=False)

@@ -62,19 +62,27 @@ class PretrainedSource:
         """The snapshot's folder in the cache, found without the network; remembered for the run's record."""
         try:
             from huggingface_hub import snapshot_download
-            from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+            from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
         except ImportError:
             raise WeightsError(MISSING_EXTRA) from None
 
+        fetch = f"`{CONSOLE_SCRIPT} weights fetch {self.model_id} --revision {self.revision}`"
         try:
             path = Path(
                 snapshot_download(self.model_id, revision=self.revision, cache_dir=cache_dir(), local_files_only=True)
             )
+        except IncompleteSnapshotError as incomplete:  # the fetch's tree listing names files the snapshot lacks
+            missing = self.files_missing_from(Path(incomplete.snapshot_path))
+            raise WeightsError(
+                f"{self.model_id} at {self.revision[:12]} is incomplete in the weight cache ({cache_dir()}): "
+                f"{len(missing)} file(s) the hub lists are not there ({', '.join(missing[:5])}"
+                f"{', ...' if len(missing) > 5 else ''}; an interrupted fetch or copy?): run {fetch} on a machine "
+                "that reaches the hub to complete it"
+            ) from None
         except (LocalEntryNotFoundError, HFValidationError) as missing:
             raise WeightsError(
                 f"{self.model_id} at {self.revision[:12]} is not in the weight cache ({cache_dir()}): run "
-                f"`{CONSOLE_SCRIPT} weights fetch {self.model_id} --revision {self.revision}` on a machine "
-                f"that reaches the hub ({type(missing).__name__})"
+                f"{fetch} on a machine that reaches the hub ({type(missing).__name__})"
             ) from None
         # Read once, when resolved: the files this process loads from (names only, for linked blobs).
         _RESOLVED[self.model_id] = {
@@ -84,6 +92,14 @@ class PretrainedSource:
         }
         _SNAPSHOTS[path] = self
         return path
+
+    def files_missing_from(self, snapshot: Path) -> list[str]:
+        """The files huggingface_hub's cached tree listing of this commit names (written when `weights fetch`
+        downloads) that `snapshot` lacks, or whose link's blob is gone."""
+        from huggingface_hub import get_cached_repo_tree
+
+        listed = get_cached_repo_tree(self.model_id, revision=self.revision, cache_dir=cache_dir())
+        return sorted(file.path for file in listed if not (snapshot / file.path).is_file())
 
     def file_hashes(self) -> dict[str, str]:
         """Each file of the snapshot and its content hash (what record.json keeps): as read when this process

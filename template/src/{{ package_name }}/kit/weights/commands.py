@@ -11,7 +11,7 @@ import argparse
 import importlib.util
 import sys
 
-from .cache import MISSING_EXTRA, PretrainedSource, WeightsError, cache_dir, verify_snapshot
+from .cache import COMMIT_HASH, MISSING_EXTRA, PretrainedSource, WeightsError, cache_dir, verify_snapshot
 
 
 def weights_main(argv: list[str]) -> int:
@@ -36,14 +36,27 @@ def weights_main(argv: list[str]) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    """Ask the hub which commit the revision is now, then download that commit.
 
+    Asked first because snapshot_download, when the hub cannot be reached, quietly answers a branch from
+    the cache's own record of it (refs/main): "fetched" would then print a commit the hub may have moved
+    on from, as the one to pin. A commit that is in the cache already needs no hub."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    if COMMIT_HASH.match(args.revision):
+        try:
+            PretrainedSource(args.model_id, args.revision).local_path()
+        except WeightsError:
+            pass  # not there, or incomplete: fetch it
+        else:
+            print(f"{args.model_id} at {args.revision} is in the weight cache already ({cache_dir()}).")
+            return 0
     try:
-        path = snapshot_download(args.model_id, revision=args.revision, cache_dir=cache_dir())
-    except (HfHubHTTPError, HFValidationError, OSError) as failed:  # unknown id, gated, no such revision, offline
+        commit = HfApi().model_info(args.model_id, revision=args.revision).sha
+        snapshot_download(args.model_id, revision=commit, cache_dir=cache_dir())
+    except Exception as failed:  # noqa: BLE001 - offline, unknown id, gated, no such revision: the hub client's errors
+        # (its HTTP errors, OSError, and its transport's, whose classes change with its version) say which
         raise WeightsError(f"could not fetch {args.model_id} at {args.revision}: {_first_line(failed)}") from None
-    commit = path.rstrip("/").rsplit("/", 1)[-1]
     print(f"Fetched {args.model_id} at {commit} into {cache_dir()}.")
     print(f"Pin it in your config: model_id: {args.model_id}, revision: {commit}")
     return 0

@@ -152,17 +152,18 @@ def snapshot_files(snapshot: Path) -> dict[str, str]:
     return files
 
 
-def verify_snapshot(snapshot: Path) -> list[str]:
-    """The files whose content does not match the hash the cache names them by (reads every byte)."""
-    damaged = []
+def verify_snapshot(snapshot: Path) -> dict[str, str]:
+    """The files whose content does not match the hash the cache names them by, or whose blob is gone: file
+    name -> what is wrong (reads every byte)."""
+    damaged = {}
     for name, recorded in snapshot_files(snapshot).items():
         path = snapshot / name
         if not path.exists():
-            damaged.append(f"{name}: its blob {recorded[:12]} is missing from the cache")
+            damaged[name] = f"its blob {recorded[:12]} is missing from the cache"
             continue
         actual = _sha256(path) if len(recorded) == 64 else _git_blob_sha1(path)
         if actual != recorded:
-            damaged.append(f"{name}: content hash {actual[:12]}, named {recorded[:12]}")
+            damaged[name] = f"content hash {actual[:12]}, named {recorded[:12]}"
     return damaged
 
 

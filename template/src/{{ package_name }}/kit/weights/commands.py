@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import sys
 
+from ..base.project_package import CONSOLE_SCRIPT
 from .cache import COMMIT_HASH, MISSING_EXTRA, PretrainedSource, WeightsError, cache_dir, verify_snapshot
 
 
@@ -49,7 +50,10 @@ def _fetch(args: argparse.Namespace) -> int:
         except WeightsError:
             pass  # not there, or incomplete: fetch it
         else:
-            print(f"{args.model_id} at {args.revision} is in the weight cache already ({cache_dir()}).")
+            print(
+                f"{args.model_id} at {args.revision} is in the weight cache already ({cache_dir()}); "
+                f"`{CONSOLE_SCRIPT} weights verify {args.model_id} --revision {args.revision}` re-reads it."
+            )
             return 0
     try:
         commit = HfApi().model_info(args.model_id, revision=args.revision).sha
@@ -79,10 +83,17 @@ def _list(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     snapshot = PretrainedSource(args.model_id, args.revision).local_path()
     damaged = verify_snapshot(snapshot)
-    for line in damaged:
-        print(line)
+    for name, problem in damaged.items():
+        print(f"{name}: {problem}")
     if damaged:
-        print(f"{len(damaged)} file(s) of {args.model_id} do not match their hashes: fetch it again.")
+        # A fetch downloads a blob that is missing, not one that is there and wrong: those go first.
+        wrong = [str((snapshot / name).resolve()) for name in damaged if (snapshot / name).exists()]
+        remove = f"remove the damaged blob(s) ({' '.join(wrong)}), then " if wrong else ""
+        print(
+            f"{len(damaged)} file(s) of {args.model_id} at {args.revision[:12]} are damaged or missing: {remove}run "
+            f"`{CONSOLE_SCRIPT} weights fetch {args.model_id} --revision {args.revision}` on a machine that reaches "
+            "the hub."
+        )
         return 1
     print(f"Every file of {args.model_id} at {args.revision[:12]} matches its hash.")
     return 0

@@ -104,7 +104,7 @@ def remove_stagings_of_dead_packs(directory: Path) -> list[Path]:
     One whose process id is alive again (reused after a reboot) is kept: never remove a live pack's."""
     prefix = _staging_prefix(directory)
     removed = []
-    for path in directory.parent.iterdir() if directory.parent.is_dir() else ():
+    for path in directory.parent.iterdir():  # pack_shards made the parent
         pid = path.name.removeprefix(prefix).split(".", 1)[0]
         if path.name.startswith(prefix) and pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)

@@ -62,6 +62,21 @@ def test_a_model_not_in_the_cache_names_the_fetch_command(cache_module, hub_cach
         cache_module.PretrainedSource(MODEL_ID, OTHER_COMMIT).local_path()  # another revision of a cached model
 
 
+def test_a_cache_other_than_this_shells_is_looked_up_as_given(cache_module, hub_cache, tmp_path: Path) -> None:
+    """`submit` looks the base model up in the cache the job will read (kit/cluster/slurm.py), not this shell's."""
+    cache, _ = hub_cache
+    source = cache_module.base_weights_named_by({"base_model": MODEL_ID, "revision": COMMIT, "lora_rank": 8})
+    assert source == cache_module.PretrainedSource(MODEL_ID, COMMIT)
+    assert source.local_path(cache) == source.local_path()  # this shell's cache is that one too (HF_HUB_CACHE)
+    with pytest.raises(cache_module.WeightsError) as missing:
+        source.local_path(tmp_path / "the-jobs-cache")
+    assert f"is not in the weight cache ({tmp_path / 'the-jobs-cache'})" in str(missing.value)
+    # Settings that name no base model by the examples' names are not looked up; a branch is refused.
+    assert cache_module.base_weights_named_by({"hidden_units": 64, "revision": COMMIT}) is None
+    with pytest.raises(cache_module.WeightsError, match="is not a commit hash"):
+        cache_module.base_weights_named_by({"base_model": MODEL_ID, "revision": "main"})
+
+
 def test_a_revision_that_moves_is_refused(cache_module) -> None:
     with pytest.raises(cache_module.WeightsError, match="'main' is not a commit hash"):
         cache_module.PretrainedSource(MODEL_ID, "main")

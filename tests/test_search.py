@@ -298,3 +298,34 @@ def test_sweep_status_shows_planted_states(example_package, tmp_path, monkeypatc
     assert "queued 1  running 1  failed 1  finished 1  damaged 1" in printed
     assert "trial 0: 0.8600" in printed.split("best so far")[1].splitlines()[1]
     assert (tmp_path / "runs" / "sweeps" / "planted-status.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("squeue", ["fails", "hangs"])
+def test_sweep_status_says_when_the_queue_cannot_be_read(example_package, tmp_path, monkeypatch, squeue) -> None:
+    """squeue on a machine whose controller is down fails after seconds of retries (seen: 9 s, then
+    "Unable to contact slurm controller"); a busy one may not answer. The table shows, without jobs,
+    and one line says why. A stand-in squeue here: the real one's answer depends on whether another
+    test process has the tests' Slurm up at that moment."""
+    from digits_mlp.kit.experiments import sweep_status
+
+    monkeypatch.chdir(example_package)
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    fake = tmp_path / "bin" / "squeue"
+    fake.parent.mkdir()
+    body = {"fails": "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2; exit 1",
+            "hangs": "exec sleep 30"}[squeue]  # fmt: skip
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(sweep_status, "SQUEUE_SECONDS", 1)
+    sweep = tmp_path / "two.yaml"
+    sweep.write_text("parameters:\n  model.init_args.learning_rate: [0.001, 0.002]\n")
+    code, printed = _printed(sweep_status.sweep_status_main, [str(sweep)])
+    said = {
+        "fails": "note: squeue failed (squeue: error: Unable to contact slurm controller (connect failure)): "
+        "no jobs shown",
+        "hangs": "note: squeue did not answer in 1 s: no jobs shown",
+    }[squeue]
+    assert code == 0 and said in printed.splitlines(), printed
+    header = ["trial", "state", "step", "metric", "now", "best", "values"]  # no "job" column (and no run yet)
+    assert header in [line.split() for line in printed.splitlines()], printed

@@ -288,6 +288,7 @@ def test_a_fine_tune_job_trains_from_the_site_weight_cache_with_the_hub_off(
 ) -> None:
     """The fine-tune example as a job: the job script alone points it at the cache (`weights_cache:` in
     the site config) and turns the hub off; the submitting shell knows of no cache."""
+    from test_finetune_example import PACKAGE as FINETUNE_PACKAGE
     from test_finetune_example import REVISION, finetune_project
 
     root = tmp_path_factory.mktemp("finetune-job")
@@ -296,8 +297,20 @@ def test_a_fine_tune_job_trains_from_the_site_weight_cache_with_the_hub_off(
     site.write_text(SITE + f"weights_cache: {cache_env['HF_HUB_CACHE']}\n")
     runs = root / "runs"
     env = {"RUNS_DIR": str(runs), "HF_HUB_CACHE": str(root / "empty"), "HF_HUB_OFFLINE": "0"}
-    done = run([*command, "submit", "--site", str(site), "--gpu", "mig:1g.10gb", "--trainer.max_epochs=1",
-                *CPU_RUN, "--run_name", "fine-tune-job"], cwd=project, env=env)  # fmt: skip
+    submit = [*command, "submit", "--gpu", "mig:1g.10gb", "--trainer.max_epochs=1", *CPU_RUN]
+    submit += ["--run_name", "fine-tune-job"]
+    # A site cache without the base model: refused before the queue wait (the job would end at its start).
+    site_without = root / "site-without-the-model.yaml"
+    site_without.write_text(SITE + f"weights_cache: {root / 'other-hub'}\n")
+    refused = run([*submit, "--site", str(site_without)], cwd=project, env=env, check=False)
+    said = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(said) == 1 and "Submitted batch job" not in refused.stdout, refused.stderr
+    assert said[0].startswith(
+        f"error: not submitted, the job would end at its start: HuggingFaceTB/SmolLM2-135M at {REVISION[:12]} "
+        f"is not in the weight cache ({root / 'other-hub'}): run `{FINETUNE_PACKAGE} weights fetch "
+    ) and said[0].endswith(f"the job reads HF_HUB_CACHE={root / 'other-hub'} (`weights_cache:` in the site config)")
+    assert not runs.exists()  # nothing frozen, no job script
+    done = run([*submit, "--site", str(site)], cwd=project, env=env)
     job = int(re.search(r"Submitted batch job (\d+)", done.stdout).group(1))
     assert wait_until_done(job) == "COMPLETED", log_of(runs, job)
     assert "Run 'fine-tune-job' finished" in log_of(runs, job)

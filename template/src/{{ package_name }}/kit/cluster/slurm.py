@@ -34,6 +34,7 @@ from ..runs.directory import REQUEUE_EXIT_CODE, RunDirectory
 from ..runs.identity import RunNameError, option_value, run_name
 from ..runs.lease import RunHeldError, RunLease
 from ..runs.root import RunsRoot
+from ..weights.cache import WeightsError, base_weights_named_by
 
 SITE_CONFIG = Path("configs/slurm/site.yaml")
 REQUIRED_SITE_KEYS = ("partition", "time", "cpus_per_gpu", "mem_per_gpu", "full_gpu_gres", "mig_types")
@@ -273,7 +274,12 @@ def submit_main(argv: list[str]) -> int:
     if not args.write_only and args.sweep is None:
         from ..training.project_loading import check_config  # torch and Lightning: seconds, not a queue wait
 
-        check_config([*fit_options, *trainer_options(request)])  # a bad config stops here, not in the job
+        config = check_config([*fit_options, *trainer_options(request)])  # a bad config stops here, not in the job
+        try:
+            refuse_base_weights_missing_from_job_cache(config.model.get("init_args") or {}, site)
+        except (SlurmSetupError, WeightsError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if not args.write_only and shutil.which("sbatch") is None:
         print(
             "error: `sbatch` is not installed here: run this on a SLURM login node, or write the job script "
@@ -328,6 +334,24 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
     command = f"{_python(site, project, code)} -m {PACKAGE} fit {shlex.join(run_options)}"
     script = job_script(request, site, run.name, command, project, code=code)
     return PreparedJob(run.slurm_dir / f"{request.kind}.sbatch", script, code, run)
+
+
+def refuse_base_weights_missing_from_job_cache(model_settings: dict, site: dict) -> None:
+    """A job reads its base weights from the cache only, with the hub off (`_weight_cache_lines`): base weights
+    missing from the cache the job reads would end it at its start, after the queue wait. Refused here
+    instead. That cache is `weights_cache:` in the site config, else this shell's (sbatch passes its
+    environment on). Models that name their weights otherwise than `base_model` and `revision` are not
+    looked up (kit/weights/cache.py, `base_weights_named_by`)."""
+    source = base_weights_named_by(model_settings)
+    if source is None:
+        return
+    job_cache = Path(site["weights_cache"]) if site["weights_cache"] else None
+    try:
+        source.local_path(job_cache)
+    except WeightsError as missing:
+        site_cache = f"; the job reads HF_HUB_CACHE={job_cache} (`weights_cache:` in the site config)"
+        site_cache = site_cache if job_cache else ""
+        raise SlurmSetupError(f"not submitted, the job would end at its start: {missing}{site_cache}") from None
 
 
 def _serving_gpu(site: dict) -> str:

@@ -76,16 +76,24 @@ def trial_status(
     )
 
 
+SQUEUE_SECONDS = 30  # a busy controller can take seconds to answer; longer than this, the table goes without
+
+
 def slurm_queue(job_name: str) -> dict[str, tuple[str, str]]:
-    """Array task id -> (job id, state) of this sweep's jobs in the queue; {} without SLURM."""
+    """Array task id -> (job id, state) of this sweep's jobs in the queue; {} without SLURM, and {} with
+    a line on stderr when squeue fails or does not answer (a controller down: the table still shows)."""
     if shutil.which("squeue") is None:
         return {}
-    done = subprocess.run(
-        ["squeue", "--noheader", "--name", job_name, "--array", "--format", "%i %K %T"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    command = ["squeue", "--noheader", "--name", job_name, "--array", "--format", "%i %K %T"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=SQUEUE_SECONDS)
+    except subprocess.TimeoutExpired:
+        print(f"note: squeue did not answer in {SQUEUE_SECONDS} s: no jobs shown", file=sys.stderr)
+        return {}
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        print(f"note: squeue failed ({said}): no jobs shown", file=sys.stderr)
+        return {}
     tasks = {}
     for line in done.stdout.splitlines():
         job_id, task, state = (line.split() + ["", "", ""])[:3]

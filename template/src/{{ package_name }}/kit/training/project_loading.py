@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from typing_extensions import override
 
@@ -46,6 +47,7 @@ class _ParseOnlyCLI(ProjectCLI):
         """Nothing is built: the options are only checked."""
 
 
-def check_config(args: list[str]) -> None:
-    """Parse `fit`'s options as `fit` would, building nothing; a bad option exits with its message."""
-    build_cli(_ParseOnlyCLI, list(args), run=False)
+def check_config(args: list[str]) -> Namespace:
+    """Parse `fit`'s options as `fit` would, building nothing; a bad option exits with its message.
+    Returns the settings parsed (jsonargparse's Namespace: `config.model.init_args.<name>`)."""
+    return build_cli(_ParseOnlyCLI, list(args), run=False).config

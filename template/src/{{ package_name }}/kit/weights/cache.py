@@ -58,8 +58,10 @@ class PretrainedSource:
                 "prints the commit it is now"
             )
 
-    def local_path(self) -> Path:
-        """The snapshot's folder in the cache, found without the network; remembered for the run's record."""
+    def local_path(self, cache: Path | None = None) -> Path:
+        """The snapshot's folder in `cache` (default: this environment's, `cache_dir`), found without the
+        network; remembered for the run's record."""
+        cache = cache or cache_dir()
         try:
             from huggingface_hub import snapshot_download
             from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
@@ -69,19 +71,19 @@ class PretrainedSource:
         fetch = f"`{CONSOLE_SCRIPT} weights fetch {self.model_id} --revision {self.revision}`"
         try:
             path = Path(
-                snapshot_download(self.model_id, revision=self.revision, cache_dir=cache_dir(), local_files_only=True)
+                snapshot_download(self.model_id, revision=self.revision, cache_dir=cache, local_files_only=True)
             )
         except IncompleteSnapshotError as incomplete:  # the fetch's tree listing names files the snapshot lacks
-            missing = self.files_missing_from(Path(incomplete.snapshot_path))
+            missing = self.files_missing_from(Path(incomplete.snapshot_path), cache)
             raise WeightsError(
-                f"{self.model_id} at {self.revision[:12]} is incomplete in the weight cache ({cache_dir()}): "
+                f"{self.model_id} at {self.revision[:12]} is incomplete in the weight cache ({cache}): "
                 f"{len(missing)} file(s) the hub lists are not there ({', '.join(missing[:5])}"
                 f"{', ...' if len(missing) > 5 else ''}; an interrupted fetch or copy?): run {fetch} on a machine "
                 "that reaches the hub to complete it"
             ) from None
         except (LocalEntryNotFoundError, HFValidationError) as missing:
             raise WeightsError(
-                f"{self.model_id} at {self.revision[:12]} is not in the weight cache ({cache_dir()}): run "
+                f"{self.model_id} at {self.revision[:12]} is not in the weight cache ({cache}): run "
                 f"{fetch} on a machine that reaches the hub ({type(missing).__name__})"
             ) from None
         # Read once, when resolved: the files this process loads from (names only, for linked blobs).
@@ -93,12 +95,12 @@ class PretrainedSource:
         _SNAPSHOTS[path] = self
         return path
 
-    def files_missing_from(self, snapshot: Path) -> list[str]:
+    def files_missing_from(self, snapshot: Path, cache: Path | None = None) -> list[str]:
         """The files huggingface_hub's cached tree listing of this commit names (written when `weights fetch`
-        downloads) that `snapshot` lacks, or whose link's blob is gone."""
+        downloads) that `snapshot` lacks, or whose link's blob is gone; `cache` as for `local_path`."""
         from huggingface_hub import get_cached_repo_tree
 
-        listed = get_cached_repo_tree(self.model_id, revision=self.revision, cache_dir=cache_dir())
+        listed = get_cached_repo_tree(self.model_id, revision=self.revision, cache_dir=cache or cache_dir())
         return sorted(file.path for file in listed if not (snapshot / file.path).is_file())
 
     def file_hashes(self) -> dict[str, str]:
@@ -109,6 +111,17 @@ class PretrainedSource:
             self.local_path()
             entry = _RESOLVED[self.model_id]
         return dict(entry["files"])
+
+
+def base_weights_named_by(model_settings) -> PretrainedSource | None:
+    """The base model a model's settings (a dict, or jsonargparse's Namespace of its init_args) name by the
+    examples' convention: `base_model`, a hub id, and `revision`, the commit pinned (a branch is refused, as
+    the model's own PretrainedSource would refuse it). None when they name none: a model of your own that
+    names its weights otherwise is not looked up."""
+    model_id, revision = model_settings.get("base_model"), model_settings.get("revision")
+    if not isinstance(model_id, str) or not isinstance(revision, str):
+        return None
+    return PretrainedSource(model_id, revision)
 
 
 def cache_dir() -> Path:

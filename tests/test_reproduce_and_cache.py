@@ -58,6 +58,55 @@ def test_cache_hits_and_misses(transform_module, tmp_path) -> None:
     assert not changed_code.hit and changed_code.key != changed_data.key
 
 
+KILLED_WRITE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from digits_mlp.kit.runs.atomic_files import atomic_output
+
+with atomic_output(Path(sys.argv[2])) as stream:
+    stream.write(b"half a feature file")
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_cache_write_killed_outright_is_removed_by_the_next_miss(example_package, transform_module, tmp_path):
+    """SIGKILL (the OOM killer, a node's reboot) gives a write no chance to remove its temporary file; the
+    next miss on this host removes it, and keeps a live writer's and another host's."""
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    from digits_mlp.kit.data.preprocessing_cache import cached_features
+
+    _, module = transform_module
+    raw = tmp_path / "raw.csv"
+    raw.write_text("1\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    writing = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITE, str(example_package / "src"), str(cache / "double-feedface.pt")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writing.stdout.readline() == "writing\n"
+    writing.send_signal(signal.SIGKILL)
+    writing.wait()
+    (left,) = cache.iterdir()
+    assert left.name.startswith(f".double-feedface.pt.{socket.gethostname()}-{writing.pid}.") and left.name.endswith(
+        ".partial"
+    )
+    live = cache / f".double-0123.pt.{socket.gethostname()}-{os.getpid()}.x1.partial"  # a write going on here
+    elsewhere = cache / ".double-0123.pt.another-host-12345.x2.partial"  # whose process this host cannot see
+    live.write_bytes(b"")
+    elsewhere.write_bytes(b"")
+
+    result = cached_features(module.double, [raw], {"factor": 2}, cache)
+    assert not result.hit and not left.exists() and live.exists() and elsewhere.exists()
+
+
 def test_interrupted_or_damaged_cache_entries_are_never_used(transform_module, tmp_path, monkeypatch) -> None:
     from digits_mlp.kit.data.preprocessing_cache import cached_features
     from digits_mlp.kit.runs import checkpoint_io

@@ -5,8 +5,9 @@ returns `transform(raw_files, **params)`, stored in `cache_dir/<transform>-<key>
 hashes the raw files' bytes, the source code of the transform's module and the parameters: change
 any of them and the key changes (a miss, recomputed); change none and the stored result is loaded
 (a hit). Results are written atomically, so an interrupted write never leaves an entry that a later
-run would load. File hashes are remembered by (size, modification time) so that an unchanged large
-raw file is not read again.
+run would load; the temporary file of a write killed outright is removed by the next miss on this
+host (kit/runs/atomic_files.py, `remove_leftovers_of_dead_writers`). File hashes are remembered by
+(size, modification time) so that an unchanged large raw file is not read again.
 
 `cached_directory(build, raw_files, params, cache_dir)` is the same for a result too large to hold
 in memory (packed shards, kit/data/shards.py): `build(raw_files, directory, **params)` writes the
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from ..base.file_hashes import file_sha256
-from ..runs.atomic_files import atomic_write_text
+from ..runs.atomic_files import atomic_write_text, remove_leftovers_of_dead_writers
 from ..runs.checkpoint_io import atomic_torch_save
 
 HASH_MEMO = ".file-hashes.json"
@@ -85,6 +86,7 @@ def cached_features(
         except Exception:  # noqa: BLE001 - an unreadable entry is recomputed, never used
             path.unlink()
     value = transform(raw_files, **params)
+    remove_leftovers_of_dead_writers(cache_dir)  # a feature file's worth of disk per write killed outright
     atomic_torch_save(value, path)
     return CacheResult(value, key, False, path)
 

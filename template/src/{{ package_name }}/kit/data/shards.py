@@ -11,10 +11,10 @@ each sample costs a file open. `pack_shards` writes the samples once into `direc
 - `manifest.json`: rows, fields (dtype, shape), shards (rows, files, bytes, sha256), columns.
 The directory is written beside its final name and renamed into place: an interrupted pack leaves
 the old shards or the new ones, never a mix. The staging folder is named by its host and process
-(`.<name>.<host>-<pid>.*`); a pack killed outright (SIGKILL, a node's reboot) cannot remove its own,
-so the next pack into the same directory removes those of this host whose process is gone, instead
-of leaving a full copy of the data behind at each kill. Another host's are left: whether their
-process lives cannot be told from here.
+(`.<name>.<host>-<pid>.*`, kit/runs/atomic_files.py); a pack killed outright (SIGKILL, a node's
+reboot) cannot remove its own, so the next pack into the same place removes those of this host whose
+process is gone, instead of leaving a full copy of the data behind at each kill. Another host's are
+left: whether their process lives cannot be told from here.
 
 `ShardDataset(directory, where={"split": [0]})` is a map-style dataset (so `ResumableDataLoader`'s
 epoch-seeded, resumable order works on it as on any other): it selects its rows from `columns.npz`
@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,7 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..base.file_hashes import file_sha256
-from ..runs.atomic_files import atomic_write_text, current_umask
+from ..runs.atomic_files import atomic_write_text, current_umask, remove_leftovers_of_dead_writers, writer_mark
 
 FORMAT = "numpy-shards/1"
 MANIFEST = "manifest.json"
@@ -68,8 +67,8 @@ def pack_shards(
         raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    remove_stagings_of_dead_packs(directory)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(directory)}{os.getpid()}.", dir=directory.parent))
+    remove_leftovers_of_dead_writers(directory.parent)
+    staging = Path(tempfile.mkdtemp(prefix=writer_mark(directory), dir=directory.parent))
     try:
         shards, pending, fields = [], {}, {}
         for batch in batches:
@@ -92,34 +91,6 @@ def pack_shards(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
-
-
-def _staging_prefix(directory: Path) -> str:
-    """What a staging folder of `directory` starts with on this host; the process id and a random part follow."""
-    return f".{directory.name}.{socket.gethostname()}-"
-
-
-def remove_stagings_of_dead_packs(directory: Path) -> list[Path]:
-    """Remove the staging folders that packs into `directory` left on this host when killed; returns them.
-    One whose process id is alive again (reused after a reboot) is kept: never remove a live pack's."""
-    prefix = _staging_prefix(directory)
-    removed = []
-    for path in directory.parent.iterdir():  # pack_shards made the parent
-        pid = path.name.removeprefix(prefix).split(".", 1)[0]
-        if path.name.startswith(prefix) and pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def _rows(pending: dict[str, list[np.ndarray]]) -> int:

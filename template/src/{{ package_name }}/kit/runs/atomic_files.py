@@ -10,6 +10,9 @@ No torch import here: the light subcommands use it too.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +31,7 @@ def atomic_output(path: str | os.PathLike, before_replace: Callable[[], None] | 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=writer_mark(path), suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         # mkstemp makes the file private (0600); a plain open() would have honoured the umask, so
         # that teammates on a shared cluster can read runs, checkpoints and lock files.
@@ -44,6 +47,39 @@ def atomic_output(path: str | os.PathLike, before_replace: Callable[[], None] | 
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def writer_mark(target: Path) -> str:
+    """How this process's temporary file or staging folder for `target` starts, beside it:
+    `.<name>.<host>-<pid>.`; a random part follows."""
+    return f".{target.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def remove_leftovers_of_dead_writers(directory: Path) -> list[Path]:
+    """Remove the temporary files and staging folders (named by `writer_mark`) in `directory` whose writer
+    on this host is gone; returns them. Another host's are kept (whether its process lives cannot be told
+    from here), and so is one whose process id is alive again (reused after a reboot)."""
+    mark = re.compile(rf"^\..+\.{re.escape(socket.gethostname())}-(\d+)\.")
+    removed = []
+    for path in directory.iterdir() if directory.is_dir() else ():
+        writer = mark.match(path.name)
+        if writer and not _process_alive(int(writer[1])):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -142,10 +142,11 @@ def make_project_venv(
         run([sys.executable, "-m", "venv", str(venv)], cwd=project)
         # PIP_RETRIES=0: the lock names PyTorch's CPU index, which this machine cannot reach (the
         # wheel comes from pip's find-links here); without it pip retries that index for seconds.
-        # PIP_COMPILE=0: the README's command as written, without pip's byte-compiling of the 13,000
-        # modules it installs (67 s of its 130 s of CPU here); Python compiles a module the tests
-        # import when it is first imported.
-        done = run([str(python), "-m", *LOCK_INSTALL], cwd=project, env={"PIP_RETRIES": "0", "PIP_COMPILE": "0"})
+        # pip byte-compiles all 13,000 modules it installs (67 s of its 130 s of CPU here) and must:
+        # where PYTHONDONTWRITEBYTECODE is set (as on this machine) no process writes a .pyc, and
+        # without pip's each fresh process compiles what it imports again (tried: the whole CI took
+        # 2,244 s instead of 1,687 s, the README and Slurm tests twice as long).
+        done = run([str(python), "-m", *LOCK_INSTALL], cwd=project, env={"PIP_RETRIES": "0"})
         log.append(done.stdout + done.stderr)
         installed = run([str(python), "-m", "pip", "install", "--no-deps", "-e", "."], cwd=project)
     else:

@@ -336,12 +336,13 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
     return PreparedJob(run.slurm_dir / f"{request.kind}.sbatch", script, code, run)
 
 
-def refuse_base_weights_missing_from_job_cache(model_settings: dict, site: dict) -> None:
+def refuse_base_weights_missing_from_job_cache(model_settings, site: dict) -> None:
     """A job reads its base weights from the cache only, with the hub off (`_weight_cache_lines`): base weights
     missing from the cache the job reads would end it at its start, after the queue wait. Refused here
     instead. That cache is `weights_cache:` in the site config, else this shell's (sbatch passes its
-    environment on). Models that name their weights otherwise than `base_model` and `revision` are not
-    looked up (kit/weights/cache.py, `base_weights_named_by`)."""
+    environment on). `model_settings`: the model's init_args as `check_config` parsed them. Models that name
+    their weights otherwise than `base_model` and `revision` are not looked up (kit/weights/cache.py,
+    `base_weights_named_by`)."""
     source = base_weights_named_by(model_settings)
     if source is None:
         return

@@ -268,7 +268,9 @@ def test_a_model_the_default_cannot_shard_is_refused_before_the_run_is_recorded(
 
 
 TAKE_THE_RUN = """
+import atexit
 import json
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -284,13 +286,17 @@ class TakeTheRunAt(pl.Callback):
         if trainer.is_global_zero and trainer.global_step == self.global_step:
             taker = {"host": "node-9", "pid": 1, "pid_started": None, "job": "77", "since": "now", "token": "other"}
             self.lease_file.write_text(json.dumps(taker))
+            # The first process then ends slowly, as on a loaded machine: Lightning's child-process observer
+            # polls every 5 s meanwhile (it SIGKILLs this process if it sees the other one ended non-zero).
+            atexit.register(time.sleep, 6)
 """
 
 
 def test_a_sharded_run_whose_lease_was_taken_stops_every_process_without_writing(
     example_project, example_command, tmp_path
 ) -> None:
-    """Rank 0 finds the lease gone at the next save and tells every process: none writes a shard, one says why."""
+    """Rank 0 finds the lease gone at the next save and tells every process: none writes a shard, one says why,
+    and the command ends with the stop's own code (1), not Lightning's -9 for a child that ended first."""
     project, _ = example_project
     run_dir = project / "runs" / "fsdp-taken-over"
     (tmp_path / "take_the_run.py").write_text(TAKE_THE_RUN)

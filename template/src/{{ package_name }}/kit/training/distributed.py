@@ -15,13 +15,19 @@ that reached it alone) leaves the others at a different collective, waiting fore
 * `PeerGuard` remembers where training is, so that `lost_peer_message` can turn the error torch
   raises then into a few lines (which process, at which step, waiting for what); and when the
   first process fails, it ends the processes that it launched itself (Lightning's launcher does
-  that on Ctrl-C only; a frozen process would otherwise outlive the job).
+  that on Ctrl-C only; a frozen process would otherwise outlive the job). A stop that every process
+  raises from one agreed decision (the loss diverged, the run's lease was taken) is not a failure of
+  the others: they end by themselves, with the same exit code, and the first process waits for them
+  (bounded) instead of killing them. Lightning's child-process observer would otherwise kill the
+  first process too when its next 5 s poll saw a child end (exit -9 instead of the stop's own code).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import signal
+import subprocess
+import time
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -29,6 +35,14 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
 from typing_extensions import override
+
+from ..runs.lease import RunTakenOver
+from .divergence import TrainingDiverged
+
+# Raised by every process together, from one agreed decision: each process ends by itself.
+AGREED_STOPS = (TrainingDiverged, RunTakenOver)
+# How long the first process waits for the others to end after an agreed stop (then SIGKILL: a frozen one).
+AGREED_STOP_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -112,7 +126,11 @@ class PeerGuard(pl.Callback):
     @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         launcher = trainer.strategy.launcher  # None when srun or torchrun started the processes
-        if trainer.world_size > 1 and launcher is not None and hasattr(launcher, "kill"):
+        if trainer.world_size < 2 or launcher is None or not hasattr(launcher, "kill"):
+            return
+        if isinstance(exception, AGREED_STOPS) and isinstance(getattr(launcher, "procs", None), list):
+            _wait_for_the_others_to_end(launcher.procs, AGREED_STOP_WAIT_SECONDS)
+        else:
             launcher.kill(signal.SIGKILL)  # only processes it started; SIGKILL also ends a frozen one
 
     @classmethod
@@ -126,6 +144,22 @@ class PeerGuard(pl.Callback):
             "validation": f"validation after step {step} (epoch {epoch})",
             "saving": f"a checkpoint save at step {step}",
         }[cls.stage]
+
+
+def _wait_for_the_others_to_end(started: list[subprocess.Popen], seconds: float) -> None:
+    """Wait up to `seconds` for the processes this one started, then SIGKILL those still there.
+
+    They leave `started` first: it is the launcher's own list, which Lightning's child-process observer
+    polls, and a child's non-zero exit there makes it SIGKILL this process as well.
+    """
+    children = list(started)
+    started.clear()
+    deadline = time.monotonic() + seconds
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
 
 
 # Phrases in the errors torch raises when a peer process died or did not answer in time.

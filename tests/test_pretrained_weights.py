@@ -128,6 +128,18 @@ def test_verify_finds_a_blob_that_is_gone(cache_module, hub_cache) -> None:
     }
 
 
+def test_verify_names_a_plain_file_put_in_place_of_a_blob_link(cache_module, hub_cache) -> None:
+    """A hand copy (`cp -L`, a sync that follows links) holds no name to check its content against."""
+    snapshot = cache_module.PretrainedSource(MODEL_ID, COMMIT).local_path()
+    link = snapshot / "config.json"
+    content = link.read_bytes()
+    link.unlink()
+    link.write_bytes(content.replace(b"silu", b"gelu"))
+    assert cache_module.verify_snapshot(snapshot) == {
+        "config.json": "a plain file, not a link to one of the cache's blobs: its content cannot be checked"
+    }
+
+
 def test_weights_that_do_not_load_are_told_from_other_errors(cache_module, hub_cache, tmp_path: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -166,13 +166,17 @@ def snapshot_files(snapshot: Path) -> dict[str, str]:
 
 
 def verify_snapshot(snapshot: Path) -> dict[str, str]:
-    """The files whose content does not match the hash the cache names them by, or whose blob is gone: file
+    """The files whose content does not match the hash the cache names them by, whose blob is gone, or that
+    are plain files where the cache keeps a link to a blob (nothing names what they should hold): file
     name -> what is wrong (reads every byte)."""
     damaged = {}
     for name, recorded in snapshot_files(snapshot).items():
         path = snapshot / name
         if not path.exists():
             damaged[name] = f"its blob {recorded[:12]} is missing from the cache"
+            continue
+        if not path.is_symlink():  # a hand copy into the snapshot: hashed as itself, it would always "match"
+            damaged[name] = "a plain file, not a link to one of the cache's blobs: its content cannot be checked"
             continue
         actual = _sha256(path) if len(recorded) == 64 else _git_blob_sha1(path)
         if actual != recorded:

@@ -77,11 +77,17 @@ def load_site(path: Path = SITE_CONFIG) -> dict:
     return site
 
 
+def job_weight_cache(site: dict) -> Path | None:
+    """The weight cache a job reads: `weights_cache:` in the site config; None: the submitting shell's
+    HF_HUB_CACHE (or the hub's default), which sbatch passes on to the job."""
+    return Path(site["weights_cache"]) if site["weights_cache"] else None
+
+
 def _weight_cache_lines(site: dict) -> list[str]:
     """A job reads pretrained weights from the shared cache only: it never downloads (kit/weights/)."""
     lines = ["# Pretrained weights come from the cache that `weights fetch` filled; a job never downloads."]
-    if site["weights_cache"]:
-        lines.append(f"export HF_HUB_CACHE={shlex.quote(site['weights_cache'])}")
+    if (cache := job_weight_cache(site)) is not None:
+        lines.append(f"export HF_HUB_CACHE={shlex.quote(str(cache))}")
     return [*lines, "export HF_HUB_OFFLINE=1"]
 
 
@@ -338,15 +344,14 @@ def _prepare(request: GpuRequest, site: dict, fit_options: list[str], sweep: Pat
 
 def refuse_base_weights_missing_from_job_cache(model_settings, site: dict) -> None:
     """A job reads its base weights from the cache only, with the hub off (`_weight_cache_lines`): base weights
-    missing from the cache the job reads would end it at its start, after the queue wait. Refused here
-    instead. That cache is `weights_cache:` in the site config, else this shell's (sbatch passes its
-    environment on). `model_settings`: the model's init_args as `check_config` parsed them. Models that name
+    missing from the cache the job reads (`job_weight_cache`) would end it at its start, after the queue
+    wait. Refused here instead. `model_settings`: the model's init_args as `check_config` parsed them. Models that name
     their weights otherwise than `base_model` and `revision` are not looked up (kit/weights/cache.py,
     `base_weights_named_by`)."""
     source = base_weights_named_by(model_settings)
     if source is None:
         return
-    job_cache = Path(site["weights_cache"]) if site["weights_cache"] else None
+    job_cache = job_weight_cache(site)
     try:
         source.local_path(job_cache)
     except WeightsError as missing:

@@ -6,7 +6,12 @@ downloads every locked package to check its hash: the example_project fixture's 
 that very command, template_dev.make_project_venv; here the lock file must exist), `copier update` runs
 with --pretend, `serve` runs until it answers at the address the README gives (its page and /ready)
 and is then stopped with SIGTERM (a clean stop exits 0 and says so); activating
-the virtualenv is done by putting its bin/ first on PATH. The project's venv has exactly the
+the virtualenv is done by putting its bin/ first on PATH. A line that is one plain command of the
+project's venv (`digits_mlp fit`, `python -m pytest`) starts from the tests' command server, as in
+every other test (preloaded_commands.py: a process forked from one that has imported Lightning, with
+the line's argv, environment and working directory: this file took 444 s of CPU with every line
+fresh, 305 s so, docs/benchmarks.md); a console script started fresh is what scripts/try-example.sh
+and the Slurm jobs run. The project's venv has exactly the
 packages of a venv installed from its lock (locks/cpu.txt, as the README says: the example_project
 fixture), so the project's own tests (`pytest`, in the Test section) pass in the locked environment.
 Everything else runs as written. The one `sh` block, removing the example, is run by
@@ -26,7 +31,8 @@ from pathlib import Path
 import pytest
 from servers import wait_until_ready
 
-from template_dev import EXAMPLE_ANSWERS, LOCK_INSTALL, commit_all, make_project_venv, render, run
+import preloaded_commands
+from template_dev import EXAMPLE_ANSWERS, LOCK_INSTALL, ProjectVenv, commit_all, make_project_venv, render, run
 
 
 def readme_commands(readme: str) -> list[str]:
@@ -71,11 +77,25 @@ def as_run(command: str) -> str | None:
     return command
 
 
-def serve_until_it_answers(command: str, url: str, project: Path, env: dict) -> subprocess.CompletedProcess:
+SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?~]")  # a line with any of these runs under bash
+
+
+def as_argv(command: str, venv: ProjectVenv) -> list[str] | None:
+    """The argv of a line that is one plain command of the project's venv (its console script, or its
+    `python`), with the program's path; None for anything else (bash runs it, from PATH)."""
+    if SHELL_SYNTAX.search(command):
+        return None
+    program, *arguments = shlex.split(command)
+    if program not in (EXAMPLE_ANSWERS["package_name"], "python") or not (venv.path / "bin" / program).is_file():
+        return None
+    return [str(venv.path / "bin" / program), *arguments]
+
+
+def serve_until_it_answers(argv: list[str], url: str, project: Path, env: dict) -> subprocess.CompletedProcess:
     """`serve` as the README runs it, until `url` says ready and shows its page; then SIGTERM, as Ctrl-C would
     (a server that never becomes ready fails the test with its output after two minutes)."""
-    server = subprocess.Popen(
-        shlex.split(command), cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    server = preloaded_commands.start(
+        argv, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         wait_until_ready(server, url.rstrip("/"), seconds=120)
@@ -85,7 +105,7 @@ def serve_until_it_answers(command: str, url: str, project: Path, env: dict) -> 
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
     stdout, stderr = server.communicate(timeout=60)
-    return subprocess.CompletedProcess(command, server.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(argv, server.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +153,12 @@ def test_every_readme_command_runs(readme_project) -> None:
         to_run = as_run(command)
         if to_run is None or to_run in ran:
             continue  # run already, and nothing since changes its outcome (`copier update` is a --pretend here)
+        argv = as_argv(to_run, venv)
         if to_run.startswith(f"{package} serve"):  # a server runs until stopped: at the README's address
-            done = serve_until_it_answers(to_run, served_at, project, {**os.environ, **env})
+            done = serve_until_it_answers(argv, served_at, project, {**os.environ, **env})
             assert "Stopped on SIGTERM after answering" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
         else:
-            done = run(["bash", "-c", to_run], cwd=project, env=env, check=False, timeout=600)
+            done = run(argv or ["bash", "-c", to_run], cwd=project, env=env, check=False, timeout=600)
         assert done.returncode == 0, f"README command failed: {to_run}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         if to_run.startswith(package):  # the project's own commands leave Lightning's chatter out
             for chatter in LIGHTNING_CHATTER:

@@ -8,6 +8,8 @@ bit, and across the crash every rank must train on exactly the batches it traine
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import time
@@ -175,8 +177,26 @@ def test_resuming_at_an_epoch_boundary_with_another_process_count_continues(
     assert validated_epochs(project, run_name) == set(range(EPOCHS))
 
 
+SLOW_EXIT = """
+import atexit
+import time
+
+import lightning.pytorch as pl
+
+
+class SlowExitOfTheFirstProcess(pl.Callback):
+    # The first process ends 6 s after the others, as on a loaded machine: Lightning's child-process observer
+    # polls every 5 s meanwhile, and SIGKILLs this process if it sees another one ended with a non-zero code.
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        if trainer.is_global_zero:
+            atexit.register(time.sleep, 6)
+"""
+
+
 def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, example_command, tmp_path) -> None:
-    """USR1 to rank 0 alone (`kill -USR1 PID` of the command): both stop, one checkpoint, exit 3, exact resume."""
+    """USR1 to rank 0 alone (`kill -USR1 PID` of the command): both stop, one checkpoint, exit 3 (also when
+    the first process ends last), exact resume."""
     project, venv = example_project
     # A timed save every 0.3 s; a regression that hangs fails after a minute, not ten.
     long_run = ["--trainer.max_epochs=15", "--checkpointing.every_n_minutes=0.005", "--distributed.timeout_minutes=1"]
@@ -186,9 +206,14 @@ def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, e
     assert reference.returncode == 0, reference.stderr[-3000:]
     records.unlink()
 
+    (tmp_path / "slow_exit.py").write_text(SLOW_EXIT)
+    settings = json.loads(config.read_text())
+    settings["trainer"]["callbacks"].append({"class_path": "slow_exit.SlowExitOfTheFirstProcess"})
+    config.write_text(json.dumps(settings))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     command = [*example_command, "fit", "--config", str(config), "--run_name", "ddp-signalled", *TWO_PROCESSES]
     process = preloaded_commands.start(
-        [*command, *long_run], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*command, *long_run], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     deadline = time.monotonic() + 120
     while not (records.exists() and any(r["epoch"] >= 3 for r in read_records(records))):
@@ -201,7 +226,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, e
     assert stdout.decode().count("stopped on SIGUSR1") == 1
     stopped_at = {rank: batches[-1]["global_step"] for rank, batches in records_by_rank(read_records(records)).items()}
     assert stopped_at[0] == stopped_at[1]  # the same batch on both
-    resumed = train(example_command, project, config, "ddp-signalled", *TWO_PROCESSES, *long_run)
+    resumed = train(example_command, project, config, "ddp-signalled", *TWO_PROCESSES, *long_run, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (
         max_abs_difference(final_weights(project, "ddp-signalled"), final_weights(project, "ddp-signal-reference")) == 0

@@ -16,10 +16,11 @@ that reached it alone) leaves the others at a different collective, waiting fore
   raises then into a few lines (which process, at which step, waiting for what); and when the
   first process fails, it ends the processes that it launched itself (Lightning's launcher does
   that on Ctrl-C only; a frozen process would otherwise outlive the job). A stop that every process
-  raises from one agreed decision (the loss diverged, the run's lease was taken) is not a failure of
-  the others: they end by themselves, with the same exit code, and the first process waits for them
-  (bounded) instead of killing them. Lightning's child-process observer would otherwise kill the
-  first process too when its next 5 s poll saw a child end (exit -9 instead of the stop's own code).
+  raises from one agreed decision (the loss diverged, the run's lease was taken, a stop signal, an
+  end without final.ckpt) is not a failure of the others: they end by themselves, with the same exit
+  code, and the first process waits for them (bounded) instead of killing them. Lightning's
+  child-process observer would otherwise kill the first process too when its next 5 s poll saw a
+  child end first (exit -9 instead of the stop's own code).
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ class PeerGuard(pl.Callback):
         launcher = trainer.strategy.launcher  # None when srun or torchrun started the processes
         if trainer.world_size < 2 or launcher is None or not hasattr(launcher, "kill"):
             return
-        if isinstance(exception, AGREED_STOPS) and isinstance(getattr(launcher, "procs", None), list):
-            _wait_for_the_others_to_end(launcher.procs, AGREED_STOP_WAIT_SECONDS)
+        if isinstance(exception, AGREED_STOPS):
+            let_the_launched_processes_end(trainer)
         else:
             launcher.kill(signal.SIGKILL)  # only processes it started; SIGKILL also ends a frozen one
 
@@ -144,6 +145,14 @@ class PeerGuard(pl.Callback):
             "validation": f"validation after step {step} (epoch {epoch})",
             "saving": f"a checkpoint save at step {step}",
         }[cls.stage]
+
+
+def let_the_launched_processes_end(trainer: pl.Trainer) -> None:
+    """After an outcome every process reached together (an agreed stop, a stop signal, an unfinished end):
+    wait for the processes this one launched to end by themselves, with their own exit codes."""
+    launcher = trainer.strategy.launcher  # None when srun or torchrun started the processes
+    if trainer.world_size > 1 and isinstance(getattr(launcher, "procs", None), list):
+        _wait_for_the_others_to_end(launcher.procs, AGREED_STOP_WAIT_SECONDS)
 
 
 def _wait_for_the_others_to_end(started: list[subprocess.Popen], seconds: float) -> None:

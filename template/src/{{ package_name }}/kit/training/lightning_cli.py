@@ -77,7 +77,13 @@ from ..runs.root import RunsRoot, find_run_by_config
 from ..runs.storage_errors import storage_error_message
 from ..weights.adapters import parameter_summary
 from ..weights.cache import WeightsError, refuse_other_base_weights, resolved_sources, unloadable_weights_message
-from .distributed import DistributedPolicy, PeerGuard, apply_collective_timeout, lost_peer_message
+from .distributed import (
+    DistributedPolicy,
+    PeerGuard,
+    apply_collective_timeout,
+    let_the_launched_processes_end,
+    lost_peer_message,
+)
 from .divergence import TrainingDiverged
 from .fit_policies import (
     CheckpointPolicy,
@@ -489,6 +495,8 @@ class ProjectCLI(LightningCLI):
         if self.trainer.is_global_zero:
             self._report_fit_end(rolling)
         # The exit code is a contract (kit/runs/directory.py): 0 only for a finished run.
+        if rolling.stopped_by_signal or not rolling.wrote_final:
+            let_the_launched_processes_end(self.trainer)  # they stop with the same code, not SIGKILLed by Lightning
         if rolling.stopped_by_signal:
             raise StoppedForRequeue
         if not rolling.wrote_final:

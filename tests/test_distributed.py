@@ -8,7 +8,6 @@ bit, and across the crash every rank must train on exactly the batches it traine
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from training_runs import (
     resume_test_config,
     train,
     validated_epochs,
+    with_slow_first_process_exit,
 )
 
 import preloaded_commands
@@ -177,23 +177,6 @@ def test_resuming_at_an_epoch_boundary_with_another_process_count_continues(
     assert validated_epochs(project, run_name) == set(range(EPOCHS))
 
 
-SLOW_EXIT = """
-import atexit
-import time
-
-import lightning.pytorch as pl
-
-
-class SlowExitOfTheFirstProcess(pl.Callback):
-    # The first process ends 6 s after the others, as on a loaded machine: Lightning's child-process observer
-    # polls every 5 s meanwhile, and SIGKILLs this process if it sees another one ended with a non-zero code.
-
-    def setup(self, trainer, pl_module, stage) -> None:
-        if trainer.is_global_zero:
-            atexit.register(time.sleep, 6)
-"""
-
-
 def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, example_command, tmp_path) -> None:
     """USR1 to rank 0 alone (`kill -USR1 PID` of the command): both stop, one checkpoint, exit 3 (also when
     the first process ends last), exact resume."""
@@ -206,11 +189,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_batch(example_project, e
     assert reference.returncode == 0, reference.stderr[-3000:]
     records.unlink()
 
-    (tmp_path / "slow_exit.py").write_text(SLOW_EXIT)
-    settings = json.loads(config.read_text())
-    settings["trainer"]["callbacks"].append({"class_path": "slow_exit.SlowExitOfTheFirstProcess"})
-    config.write_text(json.dumps(settings))
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, **with_slow_first_process_exit(config, tmp_path)}
     command = [*example_command, "fit", "--config", str(config), "--run_name", "ddp-signalled", *TWO_PROCESSES]
     process = preloaded_commands.start(
         [*command, *long_run], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env

@@ -28,6 +28,7 @@ from training_runs import (
     resume_test_config,
     train,
     validated_epochs,
+    with_slow_first_process_exit,
 )
 
 import preloaded_commands
@@ -268,9 +269,7 @@ def test_a_model_the_default_cannot_shard_is_refused_before_the_run_is_recorded(
 
 
 TAKE_THE_RUN = """
-import atexit
 import json
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -286,9 +285,6 @@ class TakeTheRunAt(pl.Callback):
         if trainer.is_global_zero and trainer.global_step == self.global_step:
             taker = {"host": "node-9", "pid": 1, "pid_started": None, "job": "77", "since": "now", "token": "other"}
             self.lease_file.write_text(json.dumps(taker))
-            # The first process then ends slowly, as on a loaded machine: Lightning's child-process observer
-            # polls every 5 s meanwhile (it SIGKILLs this process if it sees the other one ended non-zero).
-            atexit.register(time.sleep, 6)
 """
 
 
@@ -305,7 +301,8 @@ def test_a_sharded_run_whose_lease_was_taken_stops_every_process_without_writing
     taker = {"lease_file": str(run_dir / "lease.json"), "global_step": 7}  # checkpoints at steps 3, 5, 6, 9
     settings["trainer"]["callbacks"].append({"class_path": "take_the_run.TakeTheRunAt", "init_args": taker})
     config.write_text(json.dumps(settings))
-    stopped = fit_sharded(example_command, project, config, run_dir.name, env={"PYTHONPATH": str(tmp_path)})
+    slow_exit = with_slow_first_process_exit(config, tmp_path)  # the first process ends 6 s after the other
+    stopped = fit_sharded(example_command, project, config, run_dir.name, env=slow_exit)
     assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
     assert stopped.stderr.count("this process lost its lease to host node-9") == 1, stopped.stderr[-3000:]
     checkpoints = run_dir / "checkpoints"

@@ -54,6 +54,32 @@ def resume_test_config(
     return path
 
 
+SLOW_FIRST_PROCESS_EXIT = """
+import atexit
+import time
+
+import lightning.pytorch as pl
+
+
+class SlowExitOfTheFirstProcess(pl.Callback):
+    # The first process ends 6 s after the others, as on a loaded machine: Lightning's child-process observer
+    # polls every 5 s meanwhile, and SIGKILLs this process if it sees another one ended with a non-zero code.
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        if trainer.is_global_zero:
+            atexit.register(time.sleep, 6)
+"""
+
+
+def with_slow_first_process_exit(config: Path, folder: Path) -> dict[str, str]:
+    """Add SlowExitOfTheFirstProcess (written into `folder`) to `config`; the PYTHONPATH that finds it."""
+    (folder / "slow_exit.py").write_text(SLOW_FIRST_PROCESS_EXIT)
+    settings = json.loads(config.read_text())
+    settings["trainer"]["callbacks"].append({"class_path": "slow_exit.SlowExitOfTheFirstProcess"})
+    config.write_text(json.dumps(settings))
+    return {"PYTHONPATH": str(folder)}
+
+
 def train(command: list[str], project: Path, config: Path, run_name: str, *extra: str, env: dict | None = None):
     """`fit` with `config` under `run_name`; `extra` options follow (the run length, the process count).
 

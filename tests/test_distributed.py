@@ -45,8 +45,8 @@ KILL_POINTS = {
 }
 
 
-def fit_two(command, project, config, run_name, *extra):
-    return train(command, project, config, run_name, *TWO_PROCESSES, *SHORT_RUN, *extra)
+def fit_two(command, project, config, run_name, *extra, env: dict | None = None):
+    return train(command, project, config, run_name, *TWO_PROCESSES, *SHORT_RUN, *extra, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,24 @@ def test_resuming_mid_epoch_with_another_process_count_is_refused(example_projec
     assert "written mid-epoch by 2 training process(es); this run has 1" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert {p.name: p.stat().st_mtime_ns for p in checkpoints.glob("*.ckpt")} == before
+
+
+def test_a_refusal_both_processes_raise_after_the_launch_ends_with_exit_2_also_when_the_first_ends_last(
+    example_project, example_command, tmp_path
+) -> None:
+    """The optimizer settings are refused in each process after Lightning launched the second (unlike the
+    checks before the launch): exit 2 with the one line, not -9 from Lightning's child-process observer."""
+    project, _ = example_project
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", None, tmp_path / "unused")
+    slow_first_exit = with_slow_first_process_exit(config, tmp_path)
+    negative_learning_rate = "--model.init_args.learning_rate=-1"
+
+    refused = fit_two(example_command, project, config, "ddp-refused", negative_learning_rate, env=slow_first_exit)
+
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "error: DigitsClassifier refused its optimizer settings (" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not list((project / "runs" / "ddp-refused").glob("checkpoints/*"))
 
 
 def test_resuming_at_an_epoch_boundary_with_another_process_count_continues(

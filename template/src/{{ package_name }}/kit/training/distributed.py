@@ -18,13 +18,15 @@ that reached it alone) leaves the others at a different collective, waiting fore
   that on Ctrl-C only; a frozen process would otherwise outlive the job). A stop that every process
   raises from one agreed decision (the loss diverged, the run's lease was taken, a stop signal, an
   end without final.ckpt) is not a failure of the others: they end by themselves, with the same exit
-  code, and the first process waits for them (bounded) instead of killing them. Lightning's
-  child-process observer would otherwise kill the first process too when its next 5 s poll saw a
-  child end first (exit -9 instead of the stop's own code).
+  code, and the first process waits for them (bounded) instead of killing them. Either way the
+  processes leave the list that Lightning's child-process observer polls first: its next 5 s poll
+  would otherwise see a child that ended with a non-zero code (its own, or -9 from the kill) and kill
+  the first process too (exit -9 instead of the command's own code, a refusal's 2 included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import signal
 import subprocess
@@ -129,10 +131,9 @@ class PeerGuard(pl.Callback):
         launcher = trainer.strategy.launcher  # None when srun or torchrun started the processes
         if trainer.world_size < 2 or launcher is None or not hasattr(launcher, "kill"):
             return
-        if isinstance(exception, AGREED_STOPS):
-            let_the_launched_processes_end(trainer)
-        else:
-            launcher.kill(signal.SIGKILL)  # only processes it started; SIGKILL also ends a frozen one
+        # Any other failure may be this process's alone, the others waiting at a collective: SIGKILL
+        # (only processes it started; it also ends a frozen one).
+        let_the_launched_processes_end(trainer, kill=not isinstance(exception, AGREED_STOPS))
 
     @classmethod
     def where(cls) -> str:
@@ -147,15 +148,18 @@ class PeerGuard(pl.Callback):
         }[cls.stage]
 
 
-def let_the_launched_processes_end(trainer: pl.Trainer) -> None:
+def let_the_launched_processes_end(trainer: pl.Trainer, *, kill: bool = False) -> None:
     """After an outcome every process reached together (an agreed stop, a stop signal, an unfinished end):
-    wait for the processes this one launched to end by themselves, with their own exit codes."""
+    wait for the processes this one launched to end by themselves, with their own exit codes.
+
+    kill: SIGKILL them first (this process failed, perhaps alone: the others may wait for it for ever).
+    """
     launcher = trainer.strategy.launcher  # None when srun or torchrun started the processes
     if trainer.world_size > 1 and isinstance(getattr(launcher, "procs", None), list):
-        _wait_for_the_others_to_end(launcher.procs, AGREED_STOP_WAIT_SECONDS)
+        _wait_for_the_others_to_end(launcher.procs, AGREED_STOP_WAIT_SECONDS, kill_first=kill)
 
 
-def _wait_for_the_others_to_end(started: list[subprocess.Popen], seconds: float) -> None:
+def _wait_for_the_others_to_end(started: list[subprocess.Popen], seconds: float, kill_first: bool = False) -> None:
     """Wait up to `seconds` for the processes this one started, then SIGKILL those still there.
 
     They leave `started` first: it is the launcher's own list, which Lightning's child-process observer
@@ -163,6 +167,10 @@ def _wait_for_the_others_to_end(started: list[subprocess.Popen], seconds: float)
     """
     children = list(started)
     started.clear()
+    if kill_first:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):  # it has ended already
+                child.send_signal(signal.SIGKILL)
     deadline = time.monotonic() + seconds
     for child in children:
         try:

@@ -14,13 +14,15 @@ command started in a session of its own (`start_new_session`) gets a server of i
 session, forked from the first one, so that its children can join its process group: the tests
 signal and kill a command's group, as a terminal or Slurm does.
 
-What a fresh process would differ in: the hash seed (shared by the children of one server, so the
-tests cannot catch hash-order dependence; nothing in the kit iterates sets of strings into results)
-and libraries' settings read when they are loaded (libgomp's OMP_NUM_THREADS: a test that sets it
-starts fresh processes, see `can_start`), the parent (a command's own command is the server's
-child, not the command's: nothing in the kit or Lightning reads `getppid` of a rank), and who
-leads a new session (its server; the command leads its process group, which is what signals
-reach). torch's and numpy's global seeds are drawn anew in each child, as in a fresh process.
+Settings that libraries read once, when they are loaded (libgomp's OMP_NUM_THREADS; Hugging Face's
+hub, cache and offline settings, which huggingface_hub, transformers and datasets read at import) are
+the command's own: each server is loaded with the values of the commands it starts, and commands
+with other values get a server of their own (`_settings_read_at_load`). What a fresh process would differ
+in: the hash seed (shared by the children of one server, so the tests cannot catch hash-order
+dependence; nothing in the kit iterates sets of strings into results), the parent (a command's own
+command is the server's child, not the command's: nothing in the kit or Lightning reads `getppid` of
+a rank), and who leads a new session (its server; the command leads its process group, which is
+what signals reach). torch's and numpy's global seeds are drawn anew in each child, as in a fresh process.
 `TEST_FRESH_PROCESSES=1` starts every command as a fresh process.
 
 Hand-written because no kept library does this: multiprocessing's forkserver runs functions of the
@@ -44,7 +46,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-PRELOAD = ("lightning.pytorch",)  # torch and torchmetrics come with it
+# torch and torchmetrics come with Lightning (and transformers, where installed); peft and datasets are
+# the fine-tune example's (1.4 s of a 5 s `fit` there). A venv without one skips it.
+PRELOAD = ("lightning.pytorch", "peft", "datasets")
+# Read when a library is loaded, not when it is used: the names, and the prefixes of names.
+SETTINGS_READ_AT_LOAD = ("OMP_NUM_THREADS",)
+SETTINGS_READ_AT_LOAD_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_")
 _READY = "command server ready"
 
 
@@ -52,9 +59,20 @@ _READY = "command server ready"
 
 
 # Inside a command (a server's child): the address of the server that forked it and that server's
-# session; None in the tests' own process. And OMP_NUM_THREADS as it was when the server loaded torch.
+# session; None in the tests' own process. And the settings the server loaded its libraries with.
 _forked_by: tuple[str, int] | None = None
-_omp_threads_when_loaded: str | None = None
+_settings_when_loaded: tuple[tuple[str, str], ...] = ()
+
+
+def _settings_read_at_load(env) -> tuple[tuple[str, str], ...]:
+    """The variables of `env` that a preloaded library read when it was loaded (see SETTINGS_READ_AT_LOAD)."""
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in env.items()
+            if name in SETTINGS_READ_AT_LOAD or name.startswith(SETTINGS_READ_AT_LOAD_PREFIXES)
+        )
+    )
 
 
 def can_start(command: list, **popen_options) -> bool:
@@ -65,13 +83,12 @@ def can_start(command: list, **popen_options) -> bool:
         return False
     if popen_options.get("process_group") is not None:
         return False
-    env = popen_options.get("env") or os.environ
-    loaded_with = _omp_threads_when_loaded if _forked_by else os.environ.get("OMP_NUM_THREADS")
-    if env.get("OMP_NUM_THREADS") != loaded_with:
-        return False  # read by libgomp when torch loads: a preloaded server would keep its own
     python = _interpreter([os.fspath(a) for a in command])
     if python is None or _forked_by is None:
         return python is not None
+    env = popen_options.get("env") or os.environ
+    if _settings_read_at_load(env) != _settings_when_loaded:
+        return False  # its server was loaded with other values, and a command has only that server
     # A command's own command: from its server, which can put the child in the asking command's
     # process group only from the same session (a command that called setsid itself starts fresh).
     same_venv = python.parent.parent.resolve() == Path(sys.prefix).resolve()
@@ -114,12 +131,14 @@ def _console_script_python(script: Path) -> Path | None:
 class _Server:
     """One command server: a process of `python` that preloaded Lightning and listens on a socket."""
 
-    def __init__(self, python: Path) -> None:
+    def __init__(self, python: Path, settings: tuple[tuple[str, str], ...]) -> None:
         self.folder = tempfile.mkdtemp(prefix="cmds-")
         self.address = os.path.join(self.folder, "socket")
+        env = {name: value for name, value in os.environ.items() if not _settings_read_at_load({name: value})}
         with open(os.path.join(self.folder, "server.log"), "w") as log:  # the server keeps its own copy
             self.process = subprocess.Popen(
                 [str(python), __file__, self.address],
+                env={**env, **dict(settings)},  # loaded with its commands' values of them
                 stdin=subprocess.PIPE,  # its end of life: the server exits when this pipe closes
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -141,13 +160,14 @@ _servers_lock = threading.Lock()
 atexit.register(lambda: [server.stop() for server in _servers.values()])
 
 
-def _server_for(python: Path) -> _Server:
-    """The server for `python`, started on first use; a new one after packages changed in its venv."""
+def _server_for(python: Path, settings: tuple[tuple[str, str], ...]) -> _Server:
+    """The server for `python` and these settings read at load, started on first use; a new one after
+    packages changed in its venv."""
     site_packages = next((python.parent.parent / "lib").glob("python*/site-packages"))
-    key = (str(python), site_packages.stat().st_mtime_ns)  # pip installing or removing changes it
+    key = (str(python), site_packages.stat().st_mtime_ns, settings)  # pip installing or removing changes it
     with _servers_lock:
         if key not in _servers or _servers[key].process.poll() is not None:
-            _servers[key] = _Server(python)
+            _servers[key] = _Server(python, settings)
         return _servers[key]
 
 
@@ -167,7 +187,9 @@ class Popen(subprocess.Popen):
     ) -> None:  # fmt: skip
         options = {"shell": shell, "preexec_fn": preexec_fn, "pass_fds": pass_fds, "executable": executable}
         group = None if process_group == -1 else process_group  # -1: Popen's internal "not given"
-        connection = self._connect(args) if can_start(args, env=env, process_group=group, **options) else None
+        command_env = env if env is not None else os.environ
+        routed = can_start(args, env=command_env, process_group=group, **options)
+        connection = self._connect(args, command_env) if routed else None
         if connection is None:
             return super()._execute_child(
                 args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo, creationflags, shell,
@@ -183,7 +205,7 @@ class Popen(subprocess.Popen):
         request = {
             "argv": args,
             "cwd": cwd,
-            "env": {os.fsdecode(k): os.fsdecode(v) for k, v in (env if env is not None else os.environ).items()},
+            "env": {os.fsdecode(k): os.fsdecode(v) for k, v in command_env.items()},
             "new_session": bool(start_new_session),
             # A command's own command joins the asking command's process group, as a fresh child would.
             "process_group": os.getpgid(0) if _forked_by and not start_new_session else None,
@@ -207,12 +229,13 @@ class Popen(subprocess.Popen):
             self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
 
     @staticmethod
-    def _connect(args) -> socket.socket | None:
-        """A connection to the server that starts `args`; None inside a command whose server has ended
-        (a DDP rank that outlived the command that started it): then its commands start fresh."""
+    def _connect(args, env) -> socket.socket | None:
+        """A connection to the server that starts `args` with `env`; None inside a command whose server has
+        ended (a DDP rank that outlived the command that started it): then its commands start fresh."""
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            connection.connect(_forked_by[0] if _forked_by else _server_for(_interpreter(args)).address)
+            server = None if _forked_by else _server_for(_interpreter(args), _settings_read_at_load(env))
+            connection.connect(_forked_by[0] if _forked_by else server.address)
         except OSError:
             connection.close()
             if _forked_by is None:
@@ -298,8 +321,8 @@ def _serve(address: str) -> tuple[dict, list[int]]:
     """Preload, then accept commands until stdin closes; returns only in a command: (request, its fds)."""
     import gc
 
-    global _omp_threads_when_loaded
-    _omp_threads_when_loaded = os.environ.get("OMP_NUM_THREADS")
+    global _settings_when_loaded
+    _settings_when_loaded = _settings_read_at_load(os.environ)
     gc.disable()  # as the project's command imports Lightning (kit/base/garbage_collection.py)
     for module in PRELOAD:
         with contextlib.suppress(ImportError):  # a project without it: its commands import what they need

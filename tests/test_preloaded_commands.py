@@ -18,6 +18,7 @@ import time
 import pytest
 
 import preloaded_commands
+from template_dev import make_project_venv, render
 
 PROBE = """
 import sys
@@ -38,6 +39,11 @@ report = {
     "variable": os.environ.get("PROBE_VARIABLE"),
     "gc_enabled": gc.isenabled(),
 }
+if os.environ.get("PROBE_SETTINGS_READ_AT_LOAD"):  # as the libraries that read them when loaded saw them
+    import huggingface_hub.constants
+    import torch
+    report["torch_threads"] = torch.get_num_threads()  # libgomp read OMP_NUM_THREADS
+    report["hub_offline"] = huggingface_hub.constants.HF_HUB_OFFLINE
 print(json.dumps(report))
 print("to stderr", file=sys.stderr)
 how = sys.argv[1]
@@ -139,7 +145,29 @@ def test_only_a_project_venvs_commands_are_preloaded(example_project) -> None:
     assert preloaded_commands.can_start([str(venv.script("digits_mlp")), "fit"])
     assert not preloaded_commands.can_start([sys.executable, "-m", "pip", "list"])  # not a project's venv
     assert not preloaded_commands.can_start(["git", "status"])
-    assert not preloaded_commands.can_start([str(venv.script("digits_mlp")), "fit"], env={"OMP_NUM_THREADS": "7"})
+
+
+def test_settings_that_libraries_read_when_loaded_are_the_commands_own(template_repo, tmp_path) -> None:
+    """OMP_NUM_THREADS (read by libgomp when torch loads) and HF_HUB_OFFLINE (by huggingface_hub when
+    Lightning loads transformers) as a fresh process sees them: the server was loaded with them."""
+    project = tmp_path / "project"
+    render(template_repo, project)
+    venv = make_project_venv(project, standalone=False)  # the tests' own packages: transformers among them
+    (tmp_path / "probe_module.py").write_text(PROBE)
+    env = {
+        **{name: value for name, value in os.environ.items() if name not in ("OMP_NUM_THREADS", "HF_HUB_OFFLINE")},
+        **{"PYTHONPATH": str(tmp_path), "PROBE_TESTS_SESSION": str(os.getsid(0)), "PROBE_SETTINGS_READ_AT_LOAD": "1"},
+        **{"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    }
+    command = [str(venv.python), "-m", "probe_module", "exit-code"]
+    reports = {}
+    for name, run in (("fresh", subprocess.run), ("preloaded", preloaded_commands.run)):
+        done = run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 3, done.stderr[-2000:]
+        reports[name] = json.loads(done.stdout)
+    assert reports["preloaded"]["lightning_preloaded"] and not reports["fresh"]["lightning_preloaded"]
+    seen = {name: (report["torch_threads"], report["hub_offline"]) for name, report in reports.items()}
+    assert seen == {"fresh": (1, True), "preloaded": (1, True)}
 
 
 def test_a_command_whose_server_has_ended_starts_its_own_commands_fresh(example_project, monkeypatch) -> None:
@@ -147,7 +175,9 @@ def test_a_command_whose_server_has_ended_starts_its_own_commands_fresh(example_
     project, venv = example_project
     gone = ("/nonexistent/command-server-socket", os.getsid(0))
     monkeypatch.setattr(preloaded_commands, "_forked_by", gone)  # as inside a command of that server
-    monkeypatch.setattr(preloaded_commands, "_omp_threads_when_loaded", os.environ.get("OMP_NUM_THREADS"))
+    monkeypatch.setattr(
+        preloaded_commands, "_settings_when_loaded", preloaded_commands._settings_read_at_load(os.environ)
+    )
     monkeypatch.setattr(sys, "prefix", str(venv.path))  # ... of the example project's venv
     command = [str(venv.python), "-m", "digits_mlp", "--help"]
     assert preloaded_commands.can_start(command)

@@ -12,7 +12,11 @@ the process group of the command that asked, as they would have been: `subproces
 module's `Popen` inside a command, which starts anything it cannot route as a fresh process. A
 command started in a session of its own (`start_new_session`) gets a server of its own in that
 session, forked from the first one, so that its children can join its process group: the tests
-signal and kill a command's group, as a terminal or Slurm does.
+signal and kill a command's group, as a terminal or Slurm does. Project venvs that hold nothing to
+import but the project itself (a path in a .pth file) and borrow every other package from the same
+folder share one server: a command forked by it becomes a process of its own venv (sys.executable,
+sys.prefix, sys.path as a fresh start of that venv's Python has them), and the server imported
+nothing from the first venv but what they borrow.
 
 Settings that libraries read once, when they are loaded (libgomp's OMP_NUM_THREADS; Hugging Face's
 hub, cache and offline settings, which huggingface_hub, transformers and datasets read at import) are
@@ -134,7 +138,12 @@ class _Server:
     def __init__(self, python: Path, settings: tuple[tuple[str, str], ...]) -> None:
         self.folder = tempfile.mkdtemp(prefix="cmds-")
         self.address = os.path.join(self.folder, "socket")
-        env = {name: value for name, value in os.environ.items() if not _settings_read_at_load({name: value})}
+        # Without the tests' PYTHONPATH: a command's own comes with it.
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name != "PYTHONPATH" and not _settings_read_at_load({name: value})
+        }
         with open(os.path.join(self.folder, "server.log"), "w") as log:  # the server keeps its own copy
             self.process = subprocess.Popen(
                 [str(python), __file__, self.address],
@@ -161,14 +170,41 @@ atexit.register(lambda: [server.stop() for server in _servers.values()])
 
 
 def _server_for(python: Path, settings: tuple[tuple[str, str], ...]) -> _Server:
-    """The server for `python` and these settings read at load, started on first use; a new one after
-    packages changed in its venv."""
-    site_packages = next((python.parent.parent / "lib").glob("python*/site-packages"))
-    key = (str(python), site_packages.stat().st_mtime_ns, settings)  # pip installing or removing changes it
+    """The server for `python` and these settings read at load, started on first use; shared by the
+    venvs that borrow the same packages (`_borrowed_packages`); a new one after packages changed (pip
+    installing or removing changes a site-packages folder's mtime)."""
+    borrowed = _borrowed_packages(python)
+    if borrowed:  # the base interpreter and the folders, whichever venv asks first
+        packages = (os.path.realpath(python), *((folder, os.stat(folder).st_mtime_ns) for folder in borrowed))
+    else:
+        site_packages = _site_packages_of(str(python.parent.parent))
+        packages = (str(python), os.stat(site_packages).st_mtime_ns)
+    key = (packages, settings)
     with _servers_lock:
         if key not in _servers or _servers[key].process.poll() is not None:
             _servers[key] = _Server(python, settings)
         return _servers[key]
+
+
+def _borrowed_packages(python: Path) -> list[str]:
+    """The folders `python`'s venv borrows its packages from (.pth files), when its own site-packages
+    holds nothing else to import than the project's source folder; empty otherwise."""
+    venv = python.parent.parent
+    borrowed = []
+    for entry in Path(_site_packages_of(str(venv))).iterdir():
+        if entry.name.endswith(".dist-info"):
+            continue
+        if entry.suffix != ".pth":
+            return []  # a package of its own
+        lines = [line.strip() for line in entry.read_text().splitlines()]
+        if any(line.startswith("import") for line in lines):
+            return []  # code that runs at start
+        borrowed += [line for line in lines if line and not line.startswith("#")]
+    return sorted(folder for folder in borrowed if Path(folder) != venv.parent / "src")
+
+
+def _site_packages_of(venv: str) -> str:
+    return str(next(Path(venv, "lib").glob("python*/site-packages")))
 
 
 class Popen(subprocess.Popen):
@@ -203,6 +239,7 @@ class Popen(subprocess.Popen):
         if not os.path.isdir(cwd):
             raise FileNotFoundError(2, "No such file or directory", cwd)
         request = {
+            "python": str(_interpreter(args)),
             "argv": args,
             "cwd": cwd,
             "env": {os.fsdecode(k): os.fsdecode(v) for k, v in command_env.items()},
@@ -448,7 +485,7 @@ def _run_in_child(request: dict, fds: list[int]) -> None:
     os.environ.update(request["env"])
     argv = request["argv"]
     from_env = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    installed = sys.path[1:]  # without this file's folder, which a fresh start would not have
+    installed = _become_a_process_of(request["python"])
     if os.environ.get("PYTHONUNBUFFERED"):
         sys.stdout.reconfigure(write_through=True)
         sys.stderr.reconfigure(write_through=True)
@@ -464,6 +501,42 @@ def _run_in_child(request: dict, fds: list[int]) -> None:
         sys.path[:] = [os.path.dirname(os.path.abspath(script[0])), *from_env, *installed]
         runpy.run_path(script[0], run_name="__main__")
     sys.exit(0)
+
+
+def _become_a_process_of(python: str) -> list[str]:
+    """The installed part of the sys.path a fresh start of `python` has (after the script's or the working
+    directory's folder); where `python` is another venv's than this server's (one that borrows the same
+    packages), also that venv's sys.executable, sys.prefix and the paths sysconfig and site derive from it."""
+    installed = sys.path[1:]  # without this file's folder, which a fresh start would not have
+    venv = os.path.dirname(os.path.dirname(python))
+    if os.path.samefile(venv, sys.prefix):
+        return installed
+    import site
+    import sysconfig
+
+    ours, theirs = _site_paths(sys.prefix), _site_paths(venv)
+    at = installed.index(ours[0])
+    installed = [path for path in installed if path not in ours]
+    installed[at:at] = theirs
+    sys.executable, sys.prefix, sys.exec_prefix = python, venv, venv
+    site.PREFIXES[:] = [venv, venv]
+    sysconfig._CONFIG_VARS = None  # built from sys.prefix at its first use, then kept (private)
+    if hasattr(sysconfig, "_CONFIG_VARS_INITIALIZED"):  # Python 3.12 and later
+        sysconfig._CONFIG_VARS_INITIALIZED = False
+    return installed
+
+
+def _site_paths(venv: str) -> list[str]:
+    """A venv's site-packages folder and the folders its .pth files add, as `site` adds them at a start."""
+    import site
+
+    saved = sys.path[:]
+    try:
+        sys.path[:] = []
+        site.addsitedir(_site_packages_of(venv))
+        return sys.path[:]
+    finally:
+        sys.path[:] = saved
 
 
 def _fresh_random_seeds() -> None:

@@ -14,8 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from conftest import copy_of_example_project
 
 import preloaded_commands
 from template_dev import make_project_venv, render
@@ -23,14 +25,16 @@ from template_dev import make_project_venv, render
 PROBE = """
 import sys
 lightning_preloaded = "lightning.pytorch" in sys.modules  # before anything here imports: a forked command
-import gc, json, os, subprocess, time
+import gc, importlib.util, json, os, subprocess, time
 import __main__
 report = {
     "lightning_preloaded": lightning_preloaded,
     "argv": sys.argv,
     "cwd": os.getcwd(),
-    "path_head": sys.path[:2],
+    "path": sys.path,
     "executable": sys.executable,
+    "prefix": sys.prefix,
+    "package": importlib.util.find_spec("digits_mlp").origin,
     "main_spec": getattr(__main__.__spec__, "name", None),
     "group_is_own": os.getpgid(0) == os.getpid(),
     "session_apart": os.getsid(0) != int(os.environ["PROBE_TESTS_SESSION"]),
@@ -110,6 +114,28 @@ def test_a_commands_own_command_is_preloaded_in_its_process_group(probe) -> None
             time.sleep(0.1)
         assert not _running(another["pid"]), f"{name}: the group's other command outlived the group's SIGKILL"
         process.stdout.close()
+
+
+def test_a_venv_that_borrows_the_same_packages_shares_the_server_and_sees_itself(
+    example_project, probe, tmp_path
+) -> None:
+    """A copy of the example project with a venv of its own that borrows the example's packages: its command
+    is forked by the server that forks the example's, and sees its own venv as a fresh start of it does."""
+    command, options = probe
+    copy, _ = copy_of_example_project(example_project, tmp_path / "copy")
+    copys = [str(copy / ".venv" / "bin" / "python"), *command[1:], "exit-code"]
+    settings = preloaded_commands._settings_read_at_load(options["env"])
+    example_server = preloaded_commands._server_for(Path(command[0]), settings)
+    assert preloaded_commands._server_for(Path(copys[0]), settings) is example_server
+    reports = {}
+    for name, run in (("fresh", subprocess.run), ("preloaded", preloaded_commands.run)):
+        done = run(copys, **{**options, "cwd": copy}, input="", start_new_session=True, capture_output=True, text=True)
+        assert done.returncode == 3, done.stderr[-2000:]
+        reports[name] = json.loads(done.stdout)
+        reports[name].pop("group")
+    assert reports["preloaded"].pop("lightning_preloaded") and not reports["fresh"].pop("lightning_preloaded")
+    assert reports["preloaded"] == reports["fresh"]
+    assert reports["fresh"]["prefix"] == str(copy / ".venv") and reports["fresh"]["package"].startswith(str(copy))
 
 
 def _running(pid: int) -> bool:

@@ -21,7 +21,8 @@ nothing from the first venv but what they borrow.
 Settings that libraries read once, when they are loaded (libgomp's OMP_NUM_THREADS; Hugging Face's
 hub, cache and offline settings, which huggingface_hub, transformers and datasets read at import) are
 the command's own: each server is loaded with the values of the commands it starts, and commands
-with other values get a server of their own (`_settings_read_at_load`). What a fresh process would differ
+with other values get a server of their own (`_settings_read_at_load`; Hugging Face's only where
+huggingface_hub is installed). What a fresh process would differ
 in: the hash seed (shared by the children of one server, so the tests cannot catch hash-order
 dependence; nothing in the kit iterates sets of strings into results), the parent (a command's own
 command is the server's child, not the command's: nothing in the kit or Lightning reads `getppid` of
@@ -66,15 +67,17 @@ _READY = "command server ready"
 # session; None in the tests' own process. And the settings the server loaded its libraries with.
 _forked_by: tuple[str, int] | None = None
 _settings_when_loaded: tuple[tuple[str, str], ...] = ()
+_hugging_face_loaded = False
 
 
-def _settings_read_at_load(env) -> tuple[tuple[str, str], ...]:
-    """The variables of `env` that a preloaded library read when it was loaded (see SETTINGS_READ_AT_LOAD)."""
+def _settings_read_at_load(env, hugging_face: bool = True) -> tuple[tuple[str, str], ...]:
+    """The variables of `env` that a preloaded library read when it was loaded (see SETTINGS_READ_AT_LOAD);
+    Hugging Face's only where its libraries were loaded (`hugging_face`)."""
     return tuple(
         sorted(
             (name, value)
             for name, value in env.items()
-            if name in SETTINGS_READ_AT_LOAD or name.startswith(SETTINGS_READ_AT_LOAD_PREFIXES)
+            if name in SETTINGS_READ_AT_LOAD or (hugging_face and name.startswith(SETTINGS_READ_AT_LOAD_PREFIXES))
         )
     )
 
@@ -91,7 +94,7 @@ def can_start(command: list, **popen_options) -> bool:
     if python is None or _forked_by is None:
         return python is not None
     env = popen_options.get("env") or os.environ
-    if _settings_read_at_load(env) != _settings_when_loaded:
+    if _settings_read_at_load(env, _hugging_face_loaded) != _settings_when_loaded:
         return False  # its server was loaded with other values, and a command has only that server
     # A command's own command: from its server, which can put the child in the asking command's
     # process group only from the same session (a command that called setsid itself starts fresh).
@@ -190,17 +193,28 @@ def _borrowed_packages(python: Path) -> list[str]:
     """The folders `python`'s venv borrows its packages from (.pth files), when its own site-packages
     holds nothing else to import than the project's source folder; empty otherwise."""
     venv = python.parent.parent
-    borrowed = []
     for entry in Path(_site_packages_of(str(venv))).iterdir():
-        if entry.name.endswith(".dist-info"):
-            continue
-        if entry.suffix != ".pth":
-            return []  # a package of its own
-        lines = [line.strip() for line in entry.read_text().splitlines()]
-        if any(line.startswith("import") for line in lines):
+        if entry.suffix == ".pth" and any(line.startswith("import") for line in entry.read_text().splitlines()):
             return []  # code that runs at start
-        borrowed += [line for line in lines if line and not line.startswith("#")]
-    return sorted(folder for folder in borrowed if Path(folder) != venv.parent / "src")
+        if entry.suffix != ".pth" and not entry.name.endswith(".dist-info"):
+            return []  # a package of its own
+    return _folders_added(venv)
+
+
+def _folders_added(venv: Path) -> list[str]:
+    """The folders a venv's .pth files add to sys.path, but the project's own source folder."""
+    lines = [line.strip() for pth in Path(_site_packages_of(str(venv))).glob("*.pth") for line in pth.open()]
+    return sorted(
+        line for line in lines if line and not line.startswith(("#", "import")) and line != str(venv.parent / "src")
+    )
+
+
+def _has_hugging_face(python: Path) -> bool:
+    """Whether `python`'s venv has huggingface_hub (Lightning then loads it, which reads its settings)."""
+    venv = python.parent.parent
+    return any(
+        Path(folder, "huggingface_hub").is_dir() for folder in [_site_packages_of(str(venv)), *_folders_added(venv)]
+    )
 
 
 def _site_packages_of(venv: str) -> str:
@@ -271,8 +285,11 @@ class Popen(subprocess.Popen):
         ended (a DDP rank that outlived the command that started it): then its commands start fresh."""
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            server = None if _forked_by else _server_for(_interpreter(args), _settings_read_at_load(env))
-            connection.connect(_forked_by[0] if _forked_by else server.address)
+            if _forked_by:
+                connection.connect(_forked_by[0])
+            else:
+                python = _interpreter(args)
+                connection.connect(_server_for(python, _settings_read_at_load(env, _has_hugging_face(python))).address)
         except OSError:
             connection.close()
             if _forked_by is None:
@@ -358,12 +375,13 @@ def _serve(address: str) -> tuple[dict, list[int]]:
     """Preload, then accept commands until stdin closes; returns only in a command: (request, its fds)."""
     import gc
 
-    global _settings_when_loaded
-    _settings_when_loaded = _settings_read_at_load(os.environ)
+    global _settings_when_loaded, _hugging_face_loaded
     gc.disable()  # as the project's command imports Lightning (kit/base/garbage_collection.py)
     for module in PRELOAD:
         with contextlib.suppress(ImportError):  # a project without it: its commands import what they need
             __import__(module)
+    _hugging_face_loaded = "huggingface_hub" in sys.modules
+    _settings_when_loaded = _settings_read_at_load(os.environ, _hugging_face_loaded)
     gc.freeze()
     gc.enable()
     listener = _listen(address)

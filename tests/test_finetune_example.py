@@ -358,14 +358,17 @@ def _not_json(file: Path) -> None:
     ids=["weights-cut-short", "config-not-json", "weights-blob-deleted", "tokenizer-missing"],
 )
 def test_a_damaged_weight_cache_ends_in_one_line_naming_the_commands_that_mend_it(
-    finetune, tmp_path, file, damage, loads
+    finetune, file, damage, loads
 ) -> None:
     """Base weights that resolve from the cache but do not load (transformers fails deep inside the
     model's __init__, which jsonargparse wraps in seventy lines), or whose snapshot lacks a file the
     fetch's tree listing names: one line naming the model and the commands that find and mend it,
     exit 2, no run started. `weights verify` names a blob cut short."""
     project, command, env = finetune
-    cache = tmp_path / "hub"
+    # One folder for every damage, made anew: the tests' command server is one per HF_HUB_CACHE, which
+    # huggingface_hub reads when it is loaded (preloaded_commands.py).
+    cache = project.parent / "damaged-hub"
+    shutil.rmtree(cache, ignore_errors=True)
     shutil.copytree(Path(env["HF_HUB_CACHE"]), cache, symlinks=True)
     damage(cache / f"models--{BASE_MODEL.replace('/', '--')}" / "snapshots" / REVISION / file)
     damaged = (project, command, {**env, "HF_HUB_CACHE": str(cache)})

@@ -201,9 +201,8 @@ def test_a_command_whose_server_has_ended_starts_its_own_commands_fresh(example_
     project, venv = example_project
     gone = ("/nonexistent/command-server-socket", os.getsid(0))
     monkeypatch.setattr(preloaded_commands, "_forked_by", gone)  # as inside a command of that server
-    monkeypatch.setattr(
-        preloaded_commands, "_settings_when_loaded", preloaded_commands._settings_read_at_load(os.environ)
-    )
+    loaded_with = preloaded_commands._settings_read_at_load(os.environ, hugging_face=False)  # none in that venv
+    monkeypatch.setattr(preloaded_commands, "_settings_when_loaded", loaded_with)
     monkeypatch.setattr(sys, "prefix", str(venv.path))  # ... of the example project's venv
     command = [str(venv.python), "-m", "digits_mlp", "--help"]
     assert preloaded_commands.can_start(command)

@@ -22,12 +22,12 @@ Settings that libraries read once, when they are loaded (libgomp's OMP_NUM_THREA
 hub, cache and offline settings, which huggingface_hub, transformers and datasets read at import) are
 the command's own: each server is loaded with the values of the commands it starts, and commands
 with other values get a server of their own (`_settings_read_at_load`; Hugging Face's only where
-huggingface_hub is installed). What a fresh process would differ
-in: the hash seed (shared by the children of one server, so the tests cannot catch hash-order
-dependence; nothing in the kit iterates sets of strings into results), the parent (a command's own
-command is the server's child, not the command's: nothing in the kit or Lightning reads `getppid` of
-a rank), and who leads a new session (its server; the command leads its process group, which is
-what signals reach). torch's and numpy's global seeds are drawn anew in each child, as in a fresh process.
+huggingface_hub is installed). What a fresh process would differ in: the hash seed (shared by the
+children of one server, so the tests cannot catch hash-order dependence; nothing in the kit iterates
+sets of strings into results), the parent (a command's own command is the server's child, not the
+command's: nothing in the kit or Lightning reads `getppid` of a rank), and who leads a new session
+(its server; the command leads its process group, which is what signals reach). torch's and numpy's
+global seeds are drawn anew in each child, as in a fresh process.
 `TEST_FRESH_PROCESSES=1` starts every command as a fresh process.
 
 Hand-written because no kept library does this: multiprocessing's forkserver runs functions of the
@@ -52,7 +52,7 @@ import threading
 from pathlib import Path
 
 # torch and torchmetrics come with Lightning (and transformers, where installed); peft and datasets are
-# the fine-tune example's (1.4 s of a 5 s `fit` there). A venv without one skips it.
+# the fine-tune example's (0.5 s of CPU of a 4.9 s forked `fit` there). A venv without one skips it.
 PRELOAD = ("lightning.pytorch", "peft", "datasets")
 # Read when a library is loaded, not when it is used: the names, and the prefixes of names.
 SETTINGS_READ_AT_LOAD = ("OMP_NUM_THREADS",)
@@ -194,7 +194,7 @@ def _borrowed_packages(python: Path) -> list[str]:
     holds nothing else to import than the project's source folder; empty otherwise."""
     venv = python.parent.parent
     for entry in Path(_site_packages_of(str(venv))).iterdir():
-        if entry.suffix == ".pth" and any(line.startswith("import") for line in entry.read_text().splitlines()):
+        if entry.suffix == ".pth" and any(line.startswith("import") for line in _lines(entry)):
             return []  # code that runs at start
         if entry.suffix != ".pth" and not entry.name.endswith(".dist-info"):
             return []  # a package of its own
@@ -203,10 +203,14 @@ def _borrowed_packages(python: Path) -> list[str]:
 
 def _folders_added(venv: Path) -> list[str]:
     """The folders a venv's .pth files add to sys.path, but the project's own source folder."""
-    lines = [line.strip() for pth in Path(_site_packages_of(str(venv))).glob("*.pth") for line in pth.open()]
+    lines = [line.strip() for pth in Path(_site_packages_of(str(venv))).glob("*.pth") for line in _lines(pth)]
     return sorted(
         line for line in lines if line and not line.startswith(("#", "import")) and line != str(venv.parent / "src")
     )
+
+
+def _lines(file: Path) -> list[str]:
+    return file.read_text().splitlines()
 
 
 def _has_hugging_face(python: Path) -> bool:

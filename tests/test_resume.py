@@ -6,6 +6,7 @@ example must be seen exactly once per epoch across the crash.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from collections import Counter
@@ -399,3 +400,42 @@ def test_a_run_that_stopped_early_goes_on_as_a_new_run_from_its_final_checkpoint
     went_on = train(example_command, project, config, "after-early-stop", *go_on)
     assert went_on.returncode == 0, went_on.stderr[-3000:]
     assert validated_epochs(project, "after-early-stop") == {EPOCHS - 1}  # the third epoch, trained now
+
+
+def validation_rows(project: Path, run_name: str) -> list[dict[str, str]]:
+    with open(project / "runs" / run_name / "logs" / "metrics.csv") as stream:
+        return [row for row in csv.DictReader(stream) if row.get("val/acc")]
+
+
+def test_a_run_that_reaches_max_steps_mid_epoch_validates_there_finishes_and_resumes_exactly(
+    example_project, example_command, tmp_path
+) -> None:
+    """Lightning validates at an epoch's end only; a run whose `max_steps` ends mid-epoch validates there too.
+
+    Without that, early stopping raised before any validation (`fit --trainer.max_steps=4`: a traceback, a
+    failed run), and later the run ended on the previous epoch's values: its "best" checkpoint at the last
+    step carried a metric of other weights, and `finished` showed that metric as the run's.
+    """
+    project, _ = example_project
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", None, tmp_path / "unused", 0)
+    short = train(example_command, project, config, "max-steps-4", "--trainer.max_steps=4")
+    assert short.returncode == 0 and "Traceback" not in short.stderr, short.stderr[-3000:]
+    (row,) = validation_rows(project, "max-steps-4")
+    assert f"Run 'max-steps-4' finished. val/acc = {float(row['val/acc']):.4f}" in short.stdout, short.stdout[-2000:]
+
+    end_mid_epoch = ["--trainer.max_steps=14"]  # 10 steps an epoch: the end comes 4 steps into the second
+    reference = train(example_command, project, config, "max-steps-14", *end_mid_epoch)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert [row["epoch"] for row in validation_rows(project, "max-steps-14")] == ["0", "1"]
+    (best,) = (project / "runs" / "max-steps-14" / "checkpoints").glob("best-*step0000014.ckpt")
+    last_validation = float(validation_rows(project, "max-steps-14")[-1]["val/acc"])
+    assert torch.load(best, weights_only=True)["monitored_value"] == pytest.approx(last_validation)
+
+    kill = {"hook": "validation_start", "epoch": 1}  # the end's validation
+    killable = resume_test_config(tmp_path / "k.json", tmp_path / "k.jsonl", kill, tmp_path / "killed", 0)
+    assert train(example_command, project, killable, "max-steps-killed", *end_mid_epoch).returncode == -9
+    resumed = train(example_command, project, killable, "max-steps-killed", *end_mid_epoch)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Run 'max-steps-killed': resuming from last.ckpt (epoch 2, step 12)" in resumed.stdout
+    assert max_abs_difference(final_weights(project, "max-steps-killed"), final_weights(project, "max-steps-14")) == 0
+    assert validation_rows(project, "max-steps-killed")[-1] == validation_rows(project, "max-steps-14")[-1]

@@ -178,6 +178,14 @@ class RollingCheckpoint(Checkpoint):
         if not self._saving_allowed(trainer):
             return
         last_batch = batch_idx + 1 >= trainer.num_training_batches
+        if not last_batch and 0 <= trainer.max_steps <= trainer.global_step:
+            # `max_steps` ends training mid-epoch. Lightning validates at an epoch's last batch, or when
+            # told to stop: without this the run would end unvalidated, and best-k checkpoints and early
+            # stopping would act at the epoch's end on the previous validation's values (early stopping
+            # raises when there was none). Told to stop, Lightning validates here first; the same step in
+            # every process, so nothing needs agreeing. The step is then an epoch's last one (below).
+            trainer.should_stop = True
+            last_batch = True
         agreement_due = trainer.global_step >= self._next_agreement_step
         if last_batch:
             # The epoch-end save (or stop) follows this epoch's validation; divergence is decided

@@ -170,6 +170,23 @@ def test_fit_settings_that_train_nothing_are_refused(project_main, option: str, 
     assert not (tmp_path / "runs" / "nothing" / "manifest.json").exists()  # refused before the run started
 
 
+QUICK_TRIES = {
+    # Lightning rebuilds the training loader in order (a SequentialSampler): ResumableDataLoader refused it.
+    "--trainer.overfit_batches=1": 1,
+    # Training ends before the first epoch's validation: early stopping raised, finding no metric.
+    "--trainer.max_steps=3": 3,
+}
+
+
+@pytest.mark.parametrize("option", QUICK_TRIES)
+def test_lightnings_quick_try_settings_train_validate_and_finish(project_main, option: str, capsys) -> None:
+    """Both ended in a traceback and a failed run (and the same again on every re-run)."""
+    assert project_main(["fit", option, "--trainer.max_epochs=1", "--run_name", "quick"]) == 0
+    printed = capsys.readouterr()
+    assert f"epoch 1/1  step {QUICK_TRIES[option]}  " in printed.out, printed.out + printed.err[-3000:]
+    assert re.search(r"Run 'quick' finished\. val/acc = 0\.\d{4}, val/loss", printed.out), printed.out
+
+
 @pytest.mark.parametrize("command", ["fit", "find-lr", "find-batch-size"])
 def test_an_optimizer_setting_torch_refuses_is_one_line(project_main, command: str, capsys) -> None:
     """torch.optim's ValueError, raised in the model's configure_optimizers, said without its traceback by the

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .worker_processes import end_with_parent
@@ -93,6 +93,10 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("sampler"), SequentialSampler):
+            # In order, unshuffled: how Lightning rebuilds the loader for `trainer.overfit_batches`.
+            shuffle = False
+            del kwargs["sampler"]
         for forbidden in ("sampler", "batch_sampler", "generator"):
             if kwargs.get(forbidden) is not None:
                 raise ValueError(f"ResumableDataLoader sets its own {forbidden}; do not pass one.")

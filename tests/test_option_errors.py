@@ -170,6 +170,23 @@ def test_fit_settings_that_train_nothing_are_refused(project_main, option: str, 
     assert not (tmp_path / "runs" / "nothing" / "manifest.json").exists()  # refused before the run started
 
 
+def test_a_fit_told_not_to_checkpoint_is_refused_naming_what_keeps_fewer(project_main, capsys, tmp_path: Path) -> None:
+    """Lightning refused it naming a ModelCheckpoint the researcher never added (`fit` adds it); the line now
+    says why `fit` checkpoints, and the settings it names keep fewer files."""
+    assert project_main(["fit", "--trainer.enable_checkpointing=false", "--run_name", "unsaved"]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith("error: trainer.enable_checkpointing=false: `fit` checkpoints every run (last.ckpt")
+    assert printed.err.count("\n") == 1, printed.err
+    assert not (tmp_path / "runs" / "unsaved" / "manifest.json").exists()  # refused before the run started
+    fewer = ["--checkpointing.save_top_k=0", "--checkpointing.every_n_minutes=null", "--trainer.max_epochs=2"]
+    assert project_main(["fit", *fewer, "--run_name", "fewer"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "fewer" / "checkpoints").glob("*.ckpt")) == [
+        "final.ckpt",
+        "last.ckpt",
+        "previous.ckpt",
+    ]
+
+
 QUICK_TRIES = {
     # Lightning rebuilds the training loader in order (a SequentialSampler): ResumableDataLoader refused it.
     "--trainer.overfit_batches=1": 1,

@@ -137,6 +137,22 @@ def refuse_a_fit_that_trains_nothing(trainer) -> None:
         )
 
 
+class CheckpointsRequired(ValueError):
+    """`fit` told not to write checkpoints."""
+
+
+def refuse_a_fit_without_checkpoints(trainer) -> None:
+    """Refuse `trainer.enable_checkpointing=false`: Lightning refuses it beside the best-k ModelCheckpoint
+    that `fit` adds, naming a callback the researcher never added; and without checkpoints a run
+    could neither resume nor be marked finished. Says what keeps fewer instead."""
+    if trainer.get("enable_checkpointing") is False:
+        raise CheckpointsRequired(
+            "trainer.enable_checkpointing=false: `fit` checkpoints every run (last.ckpt to resume after a crash "
+            "or a requeue, final.ckpt to mark it finished). Fewer files: checkpointing.save_top_k=0 (no best "
+            "checkpoints), checkpointing.every_n_minutes=null (last.ckpt at epoch ends only)."
+        )
+
+
 def _uses_gpu(accelerator: str | None) -> bool:
     import torch
 

@@ -87,12 +87,14 @@ from .distributed import (
 from .divergence import TrainingDiverged
 from .fit_policies import (
     CheckpointPolicy,
+    CheckpointsRequired,
     EarlyStoppingPolicy,
     NothingToTrain,
     PrecisionUnavailable,
     automatic_precision,
     better_direction,
     refuse_a_fit_that_trains_nothing,
+    refuse_a_fit_without_checkpoints,
     refuse_a_precision_this_machine_lacks,
 )
 from .idle_hooks import skip_idle_batch_hooks
@@ -232,6 +234,7 @@ class ProjectCLI(LightningCLI):
 
     def _prepare_fit_run(self, config: Namespace) -> None:
         refuse_a_fit_that_trains_nothing(config.trainer)
+        refuse_a_fit_without_checkpoints(config.trainer)
         run = self.run
         run.check_same_config(self.config_text)
         if run.is_finished():
@@ -734,6 +737,7 @@ REFUSALS = (
     ShardingRefused,
     PrecisionUnavailable,
     NothingToTrain,
+    CheckpointsRequired,
 )
 
 

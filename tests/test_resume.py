@@ -436,3 +436,22 @@ def test_a_run_that_reaches_max_steps_mid_epoch_validates_there_finishes_and_res
     assert "Run 'max-steps-killed': resuming from last.ckpt (epoch 2, step 12)" in resumed.stdout
     assert max_abs_difference(final_weights(project, "max-steps-killed"), final_weights(project, "max-steps-14")) == 0
     assert validation_rows(project, "max-steps-killed")[-1] == validation_rows(project, "max-steps-14")[-1]
+
+
+def test_a_stop_between_accumulated_batches_resumes_exactly(example_project, example_command, tmp_path) -> None:
+    """With gradient accumulation, the gradients summed over a step's first batches are in no checkpoint. A stop
+    there wrote its checkpoint mid-sum, and the resumed run lost those batches' gradients (max abs diff 0.034).
+    The stop now waits for the step that uses them (a timed save too)."""
+    project, _ = example_project
+    accumulated = ["--trainer.accumulate_grad_batches=3"]  # 10 batches an epoch: steps after batches 3, 6, 9, 10
+    config = resume_test_config(tmp_path / "c.json", tmp_path / "r.jsonl", None, tmp_path / "unused", 0)
+    assert train(example_command, project, config, "accumulated", *accumulated).returncode == 0
+    sigterm = {"hook": "train_batch_end", "epoch": 0, "batch_index": 4, "signal": "SIGTERM"}  # mid-sum
+    stoppable = resume_test_config(tmp_path / "s.json", tmp_path / "s.jsonl", sigterm, tmp_path / "stopped", 0)
+    stopped = train(example_command, project, stoppable, "accumulated-stopped", *accumulated)
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    assert "Run 'accumulated-stopped' stopped on SIGTERM at step 2;" in stopped.stdout  # after batch 6
+    resumed = train(example_command, project, stoppable, "accumulated-stopped", *accumulated)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference_weights = final_weights(project, "accumulated")
+    assert max_abs_difference(final_weights(project, "accumulated-stopped"), reference_weights) == 0.0

@@ -19,11 +19,12 @@ Best-k checkpoints by the monitored metric come from Lightning's ModelCheckpoint
 
 On a stop signal (SIGUSR1: SLURM sends it before a time limit or preemption; SIGTERM: what
 `kill`, a scheduler or a container runtime sends; SIGINT: Ctrl-C) the signal handler only sets a
-flag. At the next batch boundary (or, on an epoch's last batch, after that epoch's validation)
-`last.ckpt` is written and training stops, without the validation Lightning would add at a
-mid-epoch stop (see _stop_mid_epoch); `stopped_by_signal` tells the command to exit with
-runs.REQUEUE_EXIT_CODE, so that a job script requeues the job and `supervise` restarts it, and
-the same command continues exactly. A second Ctrl-C stops at once, without a checkpoint.
+flag. At the next batch that steps the optimizer (or, on an epoch's last batch, after that
+epoch's validation) `last.ckpt` is written and training stops, without the validation Lightning
+would add at a mid-epoch stop (see _stop_mid_epoch); `stopped_by_signal` tells the command to exit
+with runs.REQUEUE_EXIT_CODE, so that a job script requeues the job and `supervise` restarts it, and
+the same command continues exactly. No checkpoint is written between accumulated batches: their
+summed gradients are in none. A second Ctrl-C stops at once, without a checkpoint.
 The handlers replace Lightning's for SIGTERM once training starts (Lightning's ends the process
 with exit status 0 at the next batch, which reads as success) and are restored when fit ends.
 
@@ -90,6 +91,7 @@ class RollingCheckpoint(Checkpoint):
         self.starts_another_run = False  # `fit --ckpt_path`: a new run going on from a checkpoint, even a final one
         self._handlers_before: dict[int, object] = {}
         self._next_agreement_step = 0
+        self._step_at_last_batch_end = 0  # the global step after the previous batch: did this batch step?
         self._last_agreement = (time.monotonic(), 0)  # (time, global step), rank 0's
         self.loss_watch = NonFiniteLossWatch()
 
@@ -104,6 +106,7 @@ class RollingCheckpoint(Checkpoint):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install_signal_handlers()  # again: Lightning installed its SIGTERM handler in between
+        self._step_at_last_batch_end = trainer.global_step  # restored by now, on a resume
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -186,11 +189,19 @@ class RollingCheckpoint(Checkpoint):
             # every process, so nothing needs agreeing. The step is then an epoch's last one (below).
             trainer.should_stop = True
             last_batch = True
+        stepped = trainer.global_step != self._step_at_last_batch_end
+        self._step_at_last_batch_end = trainer.global_step
         agreement_due = trainer.global_step >= self._next_agreement_step
         if last_batch:
             # The epoch-end save (or stop) follows this epoch's validation; divergence is decided
             # before that validation, so that no best-k checkpoint is taken of non-finite weights.
             self._agree_on_divergence(trainer)
+            return
+        if not stepped:
+            # Between accumulated batches (`trainer.accumulate_grad_batches`, or a manually optimized model
+            # that steps less than once a batch): the gradients summed so far are in no checkpoint, so a
+            # save or a stop here would lose them. Both wait for the batch that steps (the same batch in
+            # every process: they count the same steps).
             return
         step_due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
         if trainer.world_size == 1:

@@ -81,6 +81,15 @@ class RandomStateCheckpoint(pl.Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_before_the_next_fetch(trainer)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resumed at an epoch's end with `reload_dataloaders_every_n_epochs`, Lightning builds a new training
+        # loader when the next epoch starts: the one on_train_start saw is never iterated.
+        self._restore_before_the_next_fetch(trainer)
+
+    def _restore_before_the_next_fetch(self, trainer: pl.Trainer) -> None:
         if self._states_to_restore is None:
             return
         loader = trainer.train_dataloader

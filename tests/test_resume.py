@@ -6,7 +6,6 @@ example must be seen exactly once per epoch across the crash.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections import Counter
@@ -23,6 +22,7 @@ from training_runs import (
     read_records,
     resume_test_config,
     validated_epochs,
+    validation_rows,
 )
 from training_runs import train as train_with
 
@@ -400,11 +400,6 @@ def test_a_run_that_stopped_early_goes_on_as_a_new_run_from_its_final_checkpoint
     went_on = train(example_command, project, config, "after-early-stop", *go_on)
     assert went_on.returncode == 0, went_on.stderr[-3000:]
     assert validated_epochs(project, "after-early-stop") == {EPOCHS - 1}  # the third epoch, trained now
-
-
-def validation_rows(project: Path, run_name: str) -> list[dict[str, str]]:
-    with open(project / "runs" / run_name / "logs" / "metrics.csv") as stream:
-        return [row for row in csv.DictReader(stream) if row.get("val/acc")]
 
 
 def test_a_run_that_reaches_max_steps_mid_epoch_validates_there_finishes_and_resumes_exactly(

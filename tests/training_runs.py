@@ -128,9 +128,14 @@ def effective_batches(records: list[dict]) -> list[dict]:
     return kept
 
 
-def validated_epochs(project: Path, run_name: str) -> set[int]:
+def validation_rows(project: Path, run_name: str) -> list[dict[str, str]]:
+    """The rows of a run's logs/metrics.csv that a validation wrote (those with val/acc)."""
     with open(project / "runs" / run_name / "logs" / "metrics.csv") as stream:
-        return {int(row["epoch"]) for row in csv.DictReader(stream) if row.get("val/acc")}
+        return [row for row in csv.DictReader(stream) if row.get("val/acc")]
+
+
+def validated_epochs(project: Path, run_name: str) -> set[int]:
+    return {int(row["epoch"]) for row in validation_rows(project, run_name)}
 
 
 def best_checkpoints(project: Path, run_name: str) -> list[str]:
